@@ -1,0 +1,95 @@
+# uffdwp - plain GNU make. `make` builds everything, `make check` runs the
+# tests, `make run` runs the main job. SAN=asan|tsan builds into build-$(SAN).
+VERSION  := 0.1.0
+SOVER    := 0
+CC       ?= cc
+SAN      ?=
+BUILD    ?= build$(if $(SAN),-$(SAN))
+PREFIX   ?= /usr/local
+LIBDIR   ?= $(PREFIX)/lib
+INCDIR   ?= $(PREFIX)/include
+MANDIR   ?= $(PREFIX)/share/man
+BINDIR   ?= $(PREFIX)/bin
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wno-unused-parameter $(if $(WERROR),-Werror)
+SANFLAGS_asan := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS_tsan := -fsanitize=thread
+SANFLAGS := $(SANFLAGS_$(SAN))
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude -Isrc $(WARN) $(SANFLAGS) $(CFLAGS)
+LDLIBS   := -pthread -lm
+
+LIB_SRCS   := $(wildcard src/*.c)
+TOOL_SRCS  := $(wildcard tools/*.c bench/*.c)
+TEST_SRCS  := $(wildcard tests/*.c)
+EXAMPLES   := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+
+LIB_OBJS   := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
+PIC_OBJS   := $(patsubst %.c,$(BUILD)/pic/%.o,$(LIB_SRCS))
+TOOL_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(TOOL_SRCS))
+TEST_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_SRCS))
+
+STATIC  := $(BUILD)/libuffdwp.a
+SHARED  := $(BUILD)/libuffdwp.so.$(VERSION)
+TOOL    := $(BUILD)/uffdwp
+TESTRUN := $(BUILD)/tests/run
+
+.PHONY: all check run install clean
+all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES)
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*.h tests/*.h bench/*.h tools/*.h) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -c $< -o $@
+
+$(BUILD)/pic/%.o: %.c $(wildcard include/*.h src/*.h) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(PIC_OBJS) src/libuffdwp.map
+	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libuffdwp.so.$(SOVER) \
+	    -Wl,--version-script=src/libuffdwp.map -o $@ $(PIC_OBJS) $(LDLIBS)
+
+$(BUILD)/libuffdwp.so: $(SHARED)
+	ln -sf libuffdwp.so.$(VERSION) $(BUILD)/libuffdwp.so.$(SOVER)
+	ln -sf libuffdwp.so.$(VERSION) $@
+
+$(TOOL): $(TOOL_OBJS) $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJS) $(STATIC) $(LDLIBS)
+
+$(TESTRUN): $(TEST_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(LDLIBS)
+
+$(BUILD)/examples/%: examples/%.c $(STATIC) include/uffdwp.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+# TESTFLAGS passes options to the runner, e.g. TESTFLAGS='-f wp -b kernel'.
+check: all
+	$(TESTRUN) $(TESTFLAGS)
+
+run: all
+	$(TOOL) probe
+
+install: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man5
+	install -m 644 include/uffdwp.h $(DESTDIR)$(INCDIR)/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libuffdwp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuffdwp.so.$(SOVER)
+	ln -sf libuffdwp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuffdwp.so
+	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/
+	for s in 1 3 5; do for f in man/*.$$s; do [ -e "$$f" ] && \
+	    install -m 644 "$$f" $(DESTDIR)$(MANDIR)/man$$s/; done; done; true
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    uffdwp.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/uffdwp.pc
+
+clean:
+	rm -rf build build-asan build-tsan

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The small internal interface both backends implement, and the context
+ * they hang off. Arguments reach a backend already checked by context.c:
+ * ranges page-aligned, non-empty, inside user space; mode bits known.
+ */
+#ifndef UFFDWP_BACKEND_H
+#define UFFDWP_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stddef.h>
+#include "uffdwp.h"
+
+#define UFFDWP__HIDDEN __attribute__((visibility("hidden")))
+
+/* Called in the faulting thread (emulated in-thread mode): must be
+ * async-signal-safe. Returns 0 when it resolved the fault (page writable),
+ * non-zero to fall back to queueing the event and blocking the writer. */
+typedef int (*uffdwp__fault_hook)(void *arg, struct uffdwp *ctx,
+				  const struct uffdwp_event *ev);
+
+struct uffdwp__backend_ops {
+	/* Set ctx->fd and ctx->features from the requested features
+	 * (0 = UFFDWP_FEATURES_DEFAULT where available). */
+	int (*open)(struct uffdwp *ctx, uint64_t features);
+	void (*close)(struct uffdwp *ctx);
+	int (*register_range)(struct uffdwp *ctx, uintptr_t start, size_t len,
+			      unsigned mode, uint64_t *ioctls);
+	int (*unregister_range)(struct uffdwp *ctx, uintptr_t start, size_t len);
+	int (*writeprotect)(struct uffdwp *ctx, uintptr_t start, size_t len, unsigned mode);
+	int (*wake)(struct uffdwp *ctx, uintptr_t start, size_t len);
+	int (*copy)(struct uffdwp *ctx, uintptr_t dst, const void *src, size_t len,
+		    unsigned mode);
+	int (*read_events)(struct uffdwp *ctx, struct uffdwp_event *ev, size_t max);
+	/* Emulated only (NULL on the kernel): resolve faults in the faulting
+	 * thread through hook; hook NULL restores queue-and-block. */
+	int (*set_fault_hook)(struct uffdwp *ctx, uffdwp__fault_hook hook, void *arg);
+};
+
+struct uffdwp {
+	const struct uffdwp__backend_ops *ops;
+	enum uffdwp_backend backend;
+	int fd;
+	uint64_t features;
+	void *priv;  /* the backend's own state */
+};
+
+extern const struct uffdwp__backend_ops uffdwp__kernel_ops UFFDWP__HIDDEN;
+extern const struct uffdwp__backend_ops uffdwp__emulated_ops UFFDWP__HIDDEN;
+
+/* The features the emulated backend can offer. */
+#define UFFDWP__EMULATED_FEATURES (UFFDWP_FEATURE_PAGEFAULT_FLAG_WP | \
+				   UFFDWP_FEATURE_WP_UNPOPULATED | \
+				   UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM | \
+				   UFFDWP_FEATURE_THREAD_ID)
+
+/* Every feature bit this library knows. */
+#define UFFDWP__KNOWN_FEATURES ((UFFDWP_FEATURE_MOVE << 1) - 1)
+
+/* The kernel half of uffdwp_probe() (kernel.c). */
+void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;
+
+/* sysconf(_SC_PAGESIZE), cached. */
+size_t uffdwp__page_size(void) UFFDWP__HIDDEN;
+
+#endif

@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The test framework. Each TEST() lands in a table (the "uffdwp_tests"
+ * linker section); the runner (runner.c) forks each test once per backend it
+ * names, with a timeout. Inside a test, a failed check prints file:line and
+ * both values and ends the child with status 1; SKIP() ends it with 77 and a
+ * reason. Returning from the test body is a pass.
+ */
+#ifndef UFFDWP_TEST_H
+#define UFFDWP_TEST_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include "uffdwp.h"
+
+#define ON_KERNEL   (1u << UFFDWP_BACKEND_KERNEL)
+#define ON_EMULATED (1u << UFFDWP_BACKEND_EMULATED)
+#define ON_BOTH     (ON_KERNEL | ON_EMULATED)
+#define ON_NONE     0u  /* backend-independent: runs once, backend == AUTO */
+
+struct test_case {
+	const char *name;
+	void (*fn)(enum uffdwp_backend backend);
+	unsigned backends;
+	unsigned timeout_s;
+	const char *file;  /* the runner orders tests by file and line */
+	int line;
+};
+
+#define TEST_TIMEOUT(fn_, backends_, timeout_)                                    \
+	static void fn_(enum uffdwp_backend backend);                             \
+	static const struct test_case test_case_##fn_                              \
+		__attribute__((used, section("uffdwp_tests"), aligned(sizeof(void *)))) = \
+		{ #fn_, fn_, backends_, timeout_, __FILE__, __LINE__ };                                   \
+	static void fn_(enum uffdwp_backend backend)
+
+#define TEST(fn_, backends_) TEST_TIMEOUT(fn_, backends_, 30)
+
+#define TEST_EXIT_SKIP 77
+
+_Noreturn void test_fail(const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+_Noreturn void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#define FAIL(...) test_fail(__FILE__, __LINE__, __VA_ARGS__)
+#define SKIP(...) test_skip(__VA_ARGS__)
+
+#define CHECK(cond) do { if (!(cond)) FAIL("check failed: %s", #cond); } while (0)
+
+#define CHECK_EQ(a, b) do {                                                     \
+	long long a_ = (long long)(a), b_ = (long long)(b);                         \
+	if (a_ != b_)                                                               \
+		FAIL("%s == %s: %lld != %lld", #a, #b, a_, b_);                     \
+} while (0)
+
+/* expr must return exactly err (a negative errno, or 0). */
+#define CHECK_RET(expr, err) do {                                               \
+	long long r_ = (long long)(expr), e_ = (long long)(err);                    \
+	if (r_ != e_)                                                               \
+		FAIL("%s: got %lld (%s), want %lld (%s)", #expr, r_,                \
+		     r_ < 0 ? strerror((int)-r_) : "ok", e_,                        \
+		     e_ < 0 ? strerror((int)-e_) : "ok");                           \
+} while (0)
+
+#define CHECK_OK(expr) CHECK_RET(expr, 0)
+
+/* --- helpers (util.c) --- */
+
+size_t test_page(void);
+
+/* Open a context on backend with features (0 = defaults); skips the test
+ * when the kernel backend cannot be opened on this machine, or a requested
+ * feature is missing. */
+struct uffdwp *test_open(enum uffdwp_backend backend, uint64_t features);
+
+/* mmap npages of private anonymous memory, every byte set to 1 unless
+ * !touch (then never touched, all zero). Fails the test on error. */
+char *test_map(size_t npages, bool touch);
+
+/* Wait up to timeout_ms for the context's fd to be readable; true if it is. */
+bool test_wait_fd(struct uffdwp *ctx, int timeout_ms);
+
+/* Read exactly one event, waiting up to 5 s for it; fails the test otherwise. */
+struct uffdwp_event test_read_event(struct uffdwp *ctx);
+
+/* A thread that writes `value` at `addr` and then posts that it is done. */
+struct test_writer;
+struct test_writer *test_writer_start(volatile char *addr, char value);
+/* True if the writer finished within timeout_ms. */
+bool test_writer_done(struct test_writer *w, int timeout_ms);
+/* Join and free (the write must have completed). */
+void test_writer_join(struct test_writer *w);
+
+#endif

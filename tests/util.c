@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers shared by the tests. */
+#include <poll.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <sys/mman.h>
+#include <time.h>
+#include "test.h"
+
+size_t test_page(void)
+{
+	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+struct uffdwp *test_open(enum uffdwp_backend backend, uint64_t features)
+{
+	struct uffdwp_opts o = { .sz = sizeof(o), .backend = backend, .features = features };
+	struct uffdwp *ctx;
+	int ret = uffdwp_open(&ctx, &o);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("%s backend lacks a requested feature (0x%llx)",
+		     uffdwp_backend_name(backend), (unsigned long long)features);
+	if (ret < 0 && backend == UFFDWP_BACKEND_KERNEL && ret != -EINVAL && ret != -ENOMEM)
+		SKIP("kernel userfaultfd unavailable here: %s", strerror(-ret));
+	if (ret < 0)
+		FAIL("uffdwp_open(%s): %s", uffdwp_backend_name(backend), strerror(-ret));
+	CHECK_EQ(uffdwp_backend(ctx), backend);
+	return ctx;
+}
+
+char *test_map(size_t npages, bool touch)
+{
+	size_t len = npages * test_page();
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		FAIL("mmap %zu pages: %s", npages, strerror(errno));
+	if (touch)
+		memset(p, 1, len);
+	return p;
+}
+
+bool test_wait_fd(struct uffdwp *ctx, int timeout_ms)
+{
+	struct pollfd p = { .fd = uffdwp_fd(ctx), .events = POLLIN };
+	int n;
+
+	do
+		n = poll(&p, 1, timeout_ms);
+	while (n < 0 && errno == EINTR);
+	return n == 1 && (p.revents & POLLIN);
+}
+
+struct uffdwp_event test_read_event(struct uffdwp *ctx)
+{
+	struct uffdwp_event ev;
+
+	if (!test_wait_fd(ctx, 5000))
+		FAIL("no event within 5 s");
+	CHECK_RET(uffdwp_read_events(ctx, &ev, 1), 1);
+	return ev;
+}
+
+struct test_writer {
+	pthread_t thread;
+	volatile char *addr;
+	char value;
+	sem_t done;
+};
+
+static void *writer_main(void *arg)
+{
+	struct test_writer *w = arg;
+
+	*w->addr = w->value;
+	sem_post(&w->done);
+	return NULL;
+}
+
+struct test_writer *test_writer_start(volatile char *addr, char value)
+{
+	struct test_writer *w = calloc(1, sizeof(*w));
+
+	CHECK(w != NULL);
+	w->addr = addr;
+	w->value = value;
+	sem_init(&w->done, 0, 0);
+	CHECK_EQ(pthread_create(&w->thread, NULL, writer_main, w), 0);
+	return w;
+}
+
+bool test_writer_done(struct test_writer *w, int timeout_ms)
+{
+	struct timespec ts;
+	int ret;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	do
+		ret = sem_timedwait(&w->done, &ts);
+	while (ret < 0 && errno == EINTR);
+	if (ret == 0)
+		sem_post(&w->done); /* stays "done" for later calls */
+	return ret == 0;
+}
+
+void test_writer_join(struct test_writer *w)
+{
+	CHECK(test_writer_done(w, 5000));
+	pthread_join(w->thread, NULL);
+	sem_destroy(&w->done);
+	free(w);
+}
