@@ -298,7 +298,33 @@ struct uffdwp_engine_opts {
 	void *arg;
 };
 
-/* (the engine's full API and statistics are defined by src/engine.c's owner) */
+/*
+ * Start an engine over ctx. THREAD starts a handler thread; INTHREAD makes
+ * faulting threads resolve their own faults (kernel: needs a context opened
+ * with UFFDWP_FEATURE_SIGBUS); CALLER leaves polling uffdwp_fd() to the
+ * caller, who calls uffdwp_engine_dispatch(). One engine per context.
+ * Errors: -EINVAL bad opts; -EOPNOTSUPP mode impossible on this context;
+ * -EBUSY the context already has an engine; -ENOMEM; -EAGAIN (thread).
+ */
+UFFDWP_API int uffdwp_engine_start(struct uffdwp_engine **eng, struct uffdwp *ctx,
+				   const struct uffdwp_engine_opts *opts);
+
+/*
+ * Stop and free: returns once no fault is left unresolved and no thread of
+ * the engine runs. NULL is fine.
+ */
+UFFDWP_API void uffdwp_engine_stop(struct uffdwp_engine *eng);
+
+/*
+ * CALLER mode: handle every pending event without blocking. Returns the
+ * number handled (0 if none), or a negative errno.
+ */
+UFFDWP_API int uffdwp_engine_dispatch(struct uffdwp_engine *eng);
+
+/* The mode in force (never AUTO). */
+UFFDWP_API enum uffdwp_engine_mode uffdwp_engine_mode(const struct uffdwp_engine *eng);
+
+/* (statistics and tuning: defined with src/engine.c) */
 
 /* ------------------------------------------------------------------------
  * Write tracker: which pages changed since the last reset (src/tracker.c)
@@ -312,7 +338,35 @@ struct uffdwp_run {
 	size_t len;
 };
 
-/* (the tracker's full API is defined by src/tracker.c's owner) */
+enum uffdwp_track_method {
+	UFFDWP_TRACK_AUTO = 0,  /* async where the kernel has it, else sync, else emulated */
+	UFFDWP_TRACK_ASYNC,     /* WP_ASYNC + PAGEMAP_SCAN: no fault message, no thread */
+	UFFDWP_TRACK_SYNC,      /* kernel WP faults resolved by the engine */
+	UFFDWP_TRACK_EMULATED,  /* the emulated backend */
+};
+
+struct uffdwp_tracker_opts {
+	size_t sz;                        /* sizeof(struct uffdwp_tracker_opts) */
+	enum uffdwp_track_method method;  /* AUTO by default */
+	unsigned flags;                   /* UFFDWP_TRACK_* flags */
+};
+
+UFFDWP_API int uffdwp_tracker_create(struct uffdwp_tracker **t,
+				     const struct uffdwp_tracker_opts *opts);
+UFFDWP_API void uffdwp_tracker_destroy(struct uffdwp_tracker *t);
+
+/* Start tracking [addr, addr+len): every page counts as clean from now. */
+UFFDWP_API int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len);
+
+/*
+ * Written runs, from *cursor (0 = the start; updated to where to resume),
+ * at most max of them; with UFFDWP_COLLECT_RESET the pages reported become
+ * clean again atomically. Returns the number of runs, 0 when done.
+ */
+UFFDWP_API int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
+				      struct uffdwp_run *runs, size_t max, unsigned flags);
+
+/* (the rest of the tracker API: defined with src/tracker.c) */
 
 /* ------------------------------------------------------------------------
  * Snapshot files: the format, read and checked (src/format.c, src/snapfile.c)
