@@ -4,6 +4,7 @@
  * the backends receive only well-formed requests.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include "backend.h"
@@ -19,11 +20,14 @@
 
 size_t uffdwp__page_size(void)
 {
-	static size_t page;
+	static _Atomic size_t page;  /* 0 until first asked; any thread may ask */
+	size_t size = atomic_load_explicit(&page, memory_order_relaxed);
 
-	if (!page)
-		page = (size_t)sysconf(_SC_PAGESIZE);
-	return page;
+	if (!size) {
+		size = (size_t)sysconf(_SC_PAGESIZE);
+		atomic_store_explicit(&page, size, memory_order_relaxed);
+	}
+	return size;
 }
 
 const char *uffdwp_backend_name(enum uffdwp_backend backend)

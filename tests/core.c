@@ -131,7 +131,8 @@ TEST(wp_fault_and_unprotect_wakes, ON_BOTH)
 	CHECK(ev.pagefault.tid != 0);
 	CHECK(ev.pagefault.tid != (uint32_t)gettid());
 	CHECK(!test_writer_done(w, STILL_BLOCKED_MS));
-	CHECK_EQ(mem[page + 8], 1); /* the write has not happened (test_map wrote 1s) */
+	/* The write has not happened (test_map wrote 1s). */
+	CHECK_EQ(__atomic_load_n(&mem[page + 8], __ATOMIC_RELAXED), 1);
 	CHECK_OK(uffdwp_writeprotect(ctx, mem + page, page, 0));
 	test_writer_join(w);
 	CHECK_EQ(mem[page + 8], 42);

@@ -73,7 +73,9 @@ static void *writer_main(void *arg)
 {
 	struct test_writer *w = arg;
 
-	*w->addr = w->value;
+	/* Atomic so that a test may look at the byte while the writer is
+	 * blocked in this very store (TSan would call that a race). */
+	__atomic_store_n(w->addr, w->value, __ATOMIC_RELAXED);
 	sem_post(&w->done);
 	return NULL;
 }

@@ -1,0 +1,1388 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The emulated backend: userfaultfd write-protect semantics in user space,
+ * with mprotect(2) and a process-wide SIGSEGV handler.
+ *
+ * How it fits together:
+ *  - Every registration is a `struct emu_range` (one per mapping of uniform
+ *    protection) holding one bit per page: 1 = protected by us. A bit is set
+ *    before its page is made read-only and cleared only after the page is
+ *    writable again, so a page that is read-only because of us always has
+ *    its bit set.
+ *  - The ranges of all contexts form one sorted, immutable table, published
+ *    through an atomic pointer. The signal handler reads it lock-free inside
+ *    an epoch-counted read section; writers (register, unregister, close)
+ *    build a new table, publish it, and free the old one only after every
+ *    read section that could see it has ended (an RCU-like grace period).
+ *  - A write to a protected page raises SIGSEGV; the handler finds the
+ *    range, queues a waiter (on its own stack) on the owning context, makes
+ *    the context's eventfd readable and sleeps on a futex until un-protect or
+ *    uffdwp_wake() wakes it; it then returns and the write is retried, just
+ *    as the kernel retries the faulting instruction. The queued waiters *are*
+ *    the pending events, as in the kernel: an event is reported once, and a
+ *    waiter woken before it was read takes its event with it.
+ *  - Every change (register, unregister, protect, un-protect, close) is
+ *    serialised by one lock. It is a futex lock rather than a pthread mutex
+ *    because the engine's in-thread hook un-protects from the signal handler.
+ *    mprotect(2) takes the process's mmap lock anyway, so one lock costs no
+ *    parallelism.
+ *
+ * Differences from the kernel that cannot be removed are listed in
+ * man/uffdwp_emulated.7.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "backend.h"
+
+#define BITS_PER_WORD (8 * sizeof(unsigned long))
+
+/* ---------------------------------------------------------------------------
+ * Small async-signal-safe primitives
+ * ------------------------------------------------------------------------- */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected)
+{
+	syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word, int count)
+{
+	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+}
+
+/* A mutex usable from a signal handler (0 free, 1 held, 2 held + waiters). */
+typedef _Atomic uint32_t emu_lock;
+
+static void lock(emu_lock *l)
+{
+	uint32_t c = 0;
+
+	if (atomic_compare_exchange_strong(l, &c, 1))
+		return;
+	if (c != 2)
+		c = atomic_exchange(l, 2);
+	while (c != 0) {
+		futex_wait(l, 2);
+		c = atomic_exchange(l, 2);
+	}
+}
+
+static void unlock(emu_lock *l)
+{
+	if (atomic_exchange(l, 0) == 2)
+		futex_wake(l, 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * State
+ * ------------------------------------------------------------------------- */
+
+struct emu_ctx;
+
+/* One registration: [start, end) of one context, uniform protection. */
+struct emu_range {
+	uintptr_t start, end;
+	size_t page;  /* the mapping's page size (huge for hugetlbfs): one bit each */
+	int prot;  /* the mapping's protection when registered; un-protect restores it */
+	struct emu_ctx *owner;
+	_Atomic unsigned long bits[];  /* one bit per page: 1 = protected by us */
+};
+
+/* Immutable once published: the ranges of every context, sorted by start. */
+struct emu_table {
+	size_t n;
+	struct emu_range *ranges[];
+};
+
+/* A thread blocked on a fault: lives on that thread's signal-handler stack. */
+struct emu_waiter {
+	struct emu_waiter *prev, *next;
+	uintptr_t page;
+	uint32_t tid;
+	bool reported;          /* its event was read */
+	_Atomic uint32_t woken;
+};
+
+/* The fault hook and its argument, swapped as one pointer. */
+struct emu_hook {
+	uffdwp__fault_hook fn;
+	void *arg;
+};
+
+struct emu_ctx {
+	struct uffdwp *ctx;
+	struct emu_ctx *next;              /* all contexts, under emu.lock */
+	_Atomic(struct emu_hook *) hook;
+	emu_lock waiters_lock;             /* guards everything below */
+	struct emu_waiter *head, *tail;    /* in fault order */
+	size_t unreported;                 /* waiters whose event is unread */
+};
+
+static struct {
+	emu_lock lock;        /* serialises every change to ranges, bits, table, contexts */
+	emu_lock grace_lock;  /* one grace period at a time */
+	_Atomic(struct emu_table *) table;
+	_Atomic unsigned long epoch;
+	_Atomic unsigned long readers[2];  /* read sections in progress, per epoch parity */
+	/* Bumped before and after every change that can clear a bit (odd while
+	 * one is in progress; changes are serialised by lock): lets the handler
+	 * tell a fault that raced with un-protect from a foreign one. */
+	_Atomic unsigned long unprotect_seq;
+	struct emu_ctx *contexts;
+	bool handler_installed;
+	struct sigaction previous;  /* the SIGSEGV action before ours */
+} emu;
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static size_t page_size(void)
+{
+	return uffdwp__page_size();
+}
+
+static size_t page_index(const struct emu_range *r, uintptr_t addr)
+{
+	return (addr - r->start) / r->page;
+}
+
+static bool page_protected(struct emu_range *r, uintptr_t page)
+{
+	size_t i = page_index(r, page);
+
+	return atomic_load(&r->bits[i / BITS_PER_WORD]) & (1UL << (i % BITS_PER_WORD));
+}
+
+static void set_bits(struct emu_range *r, uintptr_t a, uintptr_t b, bool value)
+{
+	for (size_t i = page_index(r, a), n = page_index(r, b); i < n; i++) {
+		unsigned long bit = 1UL << (i % BITS_PER_WORD);
+
+		if (value)
+			atomic_fetch_or(&r->bits[i / BITS_PER_WORD], bit);
+		else
+			atomic_fetch_and(&r->bits[i / BITS_PER_WORD], ~bit);
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Read sections and grace periods (the handler's lock-free lookups)
+ * ------------------------------------------------------------------------- */
+
+static unsigned long reader_enter(void)
+{
+	for (;;) {
+		unsigned long e = atomic_load(&emu.epoch);
+
+		atomic_fetch_add(&emu.readers[e & 1], 1);
+		if (atomic_load(&emu.epoch) == e)
+			return e;
+		atomic_fetch_sub(&emu.readers[e & 1], 1);
+	}
+}
+
+static void reader_exit(unsigned long e)
+{
+	atomic_fetch_sub(&emu.readers[e & 1], 1);
+}
+
+/* Wait until no read section that began before the call is in progress.
+ * Read sections never sleep, so this is short. Never call it holding
+ * emu.lock: a read section may be waiting for that lock (the hook). */
+static void wait_for_readers(void)
+{
+	unsigned long e;
+
+	lock(&emu.grace_lock);
+	e = atomic_fetch_add(&emu.epoch, 1);
+	while (atomic_load(&emu.readers[e & 1]) != 0)
+		sched_yield();
+	unlock(&emu.grace_lock);
+}
+
+/* Index of the first range in t whose end is above addr (t->n if none). */
+static size_t first_range_ending_after(const struct emu_table *t, uintptr_t addr)
+{
+	size_t lo = 0, hi = t ? t->n : 0;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (t->ranges[mid]->end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static struct emu_range *find_range(const struct emu_table *t, uintptr_t addr)
+{
+	size_t i = first_range_ending_after(t, addr);
+
+	return t && i < t->n && t->ranges[i]->start <= addr ? t->ranges[i] : NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * /proc/self/maps, read without malloc or stdio (usable in the handler)
+ * ------------------------------------------------------------------------- */
+
+/* One mapping, as /proc/self/maps (or smaps) describes it. */
+struct mapping {
+	uintptr_t start, end;
+	int prot;
+	bool shared;
+	size_t page;  /* its page size: KernelPageSize from smaps, else the system's */
+};
+
+/* Called for each mapping overlapping the walked interval, clipped to it;
+ * returns false to stop the walk. */
+typedef bool (*mapping_fn)(void *arg, const struct mapping *m);
+
+static uintptr_t parse_number(const char **p, unsigned base)
+{
+	uintptr_t v = 0;
+
+	for (;; (*p)++) {
+		char c = **p;
+
+		if (c >= '0' && c <= '9')
+			v = v * base + (uintptr_t)(c - '0');
+		else if (base == 16 && c >= 'a' && c <= 'f')
+			v = v * base + (uintptr_t)(c - 'a' + 10);
+		else
+			return v;
+	}
+}
+
+/* Parse the head of a maps line, "start-end rwxp ...": false if it is not one
+ * (an smaps field line). */
+static bool parse_mapping(const char *line, struct mapping *m)
+{
+	const char *p = line;
+
+	m->start = parse_number(&p, 16);
+	if (p == line || *p++ != '-')
+		return false;
+	m->end = parse_number(&p, 16);
+	if (*p++ != ' ' || strlen(p) < 4)
+		return false;
+	m->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
+		  (p[2] == 'x' ? PROT_EXEC : 0);
+	m->shared = p[3] == 's';
+	m->page = page_size();
+	return true;
+}
+
+struct maps_walk {
+	uintptr_t lo, hi;
+	mapping_fn fn;
+	void *arg;
+	struct mapping pending;  /* smaps: reported once its page size is known */
+	bool have_pending, done;
+};
+
+static void report_pending(struct maps_walk *w)
+{
+	struct mapping m = w->pending;
+
+	if (!w->have_pending)
+		return;
+	w->have_pending = false;
+	m.start = m.start > w->lo ? m.start : w->lo;
+	m.end = m.end < w->hi ? m.end : w->hi;
+	if (!w->fn(w->arg, &m))
+		w->done = true;
+}
+
+static void walk_line(struct maps_walk *w, const char *line)
+{
+	struct mapping m;
+	const char *p;
+
+	if (parse_mapping(line, &m)) {
+		report_pending(w);
+		if (w->done || m.start >= w->hi) {
+			w->done = true;
+			return;
+		}
+		w->pending = m;
+		w->have_pending = m.end > w->lo;
+		return;
+	}
+	if (w->have_pending && !strncmp(line, "KernelPageSize:", 15)) {
+		p = line + 15;
+		while (*p == ' ')
+			p++;
+		w->pending.page = (size_t)parse_number(&p, 10) * 1024;
+	}
+}
+
+/* Walk the mappings overlapping [lo, hi) in address order; with page_sizes,
+ * read smaps to learn each one's page size (slower: it walks page tables).
+ * Returns 0, or a negative errno when the file cannot be read. */
+static int walk_mappings_of(const char *path, uintptr_t lo, uintptr_t hi, mapping_fn fn,
+			    void *arg)
+{
+	struct maps_walk w = { .lo = lo, .hi = hi, .fn = fn, .arg = arg };
+	char buf[4096], line[80];
+	size_t used = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	while (!w.done) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		for (ssize_t i = 0; i < n && !w.done; i++) {
+			if (buf[i] != '\n') {
+				/* Only the head of a line matters; paths are dropped. */
+				if (used < sizeof(line) - 1)
+					line[used++] = buf[i];
+				continue;
+			}
+			line[used] = '\0';
+			used = 0;
+			walk_line(&w, line);
+		}
+	}
+	if (!w.done)
+		report_pending(&w);
+	close(fd);
+	return 0;
+}
+
+static int walk_mappings(uintptr_t lo, uintptr_t hi, mapping_fn fn, void *arg)
+{
+	return walk_mappings_of("/proc/self/maps", lo, hi, fn, arg);
+}
+
+/* The first run of contiguous mapped memory in [lo, hi). */
+struct mapped_run {
+	uintptr_t start, end;
+};
+
+static bool extend_run(void *arg, const struct mapping *m)
+{
+	struct mapped_run *run = arg;
+	uintptr_t start = m->start, end = m->end;
+
+	if (run->end == 0) {
+		run->start = start;
+		run->end = end;
+		return true;
+	}
+	if (start != run->end)
+		return false;
+	run->end = end;
+	return true;
+}
+
+/* Returns true and the run when some of [lo, hi) is mapped. */
+static bool first_mapped_run(uintptr_t lo, uintptr_t hi, struct mapped_run *run)
+{
+	run->start = run->end = 0;
+	return walk_mappings(lo, hi, extend_run, run) == 0 && run->end != 0;
+}
+
+/* Whether [lo, hi) is mapped without holes (msync reports holes as ENOMEM). */
+static bool fully_mapped(uintptr_t lo, uintptr_t hi)
+{
+	return msync((void *)lo, hi - lo, MS_ASYNC) == 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Protection changes (callers hold emu.lock)
+ * ------------------------------------------------------------------------- */
+
+/* Bits made true to the kernel's page protections after a failed mprotect:
+ * a page is protected iff it is mapped and read-only while its range is
+ * writable. Holes lose their bits (the memory is gone). */
+struct resync {
+	struct emu_range *r;
+	uintptr_t cursor;
+};
+
+static bool resync_mapping(void *arg, const struct mapping *m)
+{
+	struct resync *rs = arg;
+	bool protected_by_us = (rs->r->prot & PROT_WRITE) && !(m->prot & PROT_WRITE);
+
+	set_bits(rs->r, rs->cursor, m->start, false);
+	set_bits(rs->r, m->start, m->end, protected_by_us);
+	rs->cursor = m->end;
+	return true;
+}
+
+static void resync_bits(struct emu_range *r, uintptr_t a, uintptr_t b)
+{
+	struct resync rs = { r, a };
+
+	atomic_fetch_add(&emu.unprotect_seq, 1);
+	if (walk_mappings(a, b, resync_mapping, &rs) == 0)
+		set_bits(r, rs.cursor, b, false);
+	atomic_fetch_add(&emu.unprotect_seq, 1);
+}
+
+/* One mprotect over [a, b) of r, with the bits ordered around it. */
+static int mprotect_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool protect)
+{
+	int ret;
+
+	if (protect) {
+		set_bits(r, a, b, true);
+		ret = mprotect((void *)a, b - a, r->prot & ~PROT_WRITE);
+	} else {
+		atomic_fetch_add(&emu.unprotect_seq, 1);
+		ret = mprotect((void *)a, b - a, r->prot);
+		if (ret == 0)
+			set_bits(r, a, b, false);
+		atomic_fetch_add(&emu.unprotect_seq, 1);
+	}
+	return ret == 0 ? 0 : -errno;
+}
+
+/*
+ * Protect or un-protect [a, b) of r. Unmapped holes are skipped, as the
+ * kernel skips them. Returns 0; -ENOENT when nothing in [a, b) is mapped;
+ * -ENOMEM when the split mappings would exceed vm.max_map_count; another
+ * -errno from mprotect. On failure the bits are re-read from the kernel, so
+ * every page reported protected is read-only and vice versa.
+ */
+static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool protect)
+{
+	struct mapped_run run;
+	uintptr_t cursor = a;
+	bool any = false;
+	int ret = mprotect_pages(r, a, b, protect);
+
+	if (ret == 0)
+		return 0;
+	resync_bits(r, a, b);
+	if (ret != -ENOMEM || fully_mapped(a, b))
+		return ret;
+	/* ENOMEM because of holes: one mprotect per mapped run. */
+	while (cursor < b && first_mapped_run(cursor, b, &run)) {
+		any = true;
+		ret = mprotect_pages(r, run.start, run.end, protect);
+		if (ret < 0) {
+			resync_bits(r, run.start, run.end);
+			return ret;
+		}
+		cursor = run.end;
+	}
+	return any ? 0 : -ENOENT;
+}
+
+/* Whether the ranges of ec cover [start, end) without gaps. */
+static bool covered(const struct emu_table *t, struct emu_ctx *ec, uintptr_t start, uintptr_t end)
+{
+	uintptr_t cursor = start;
+
+	for (size_t i = first_range_ending_after(t, start); t && i < t->n && cursor < end; i++) {
+		struct emu_range *r = t->ranges[i];
+
+		if (r->start > cursor || r->owner != ec)
+			return false;
+		cursor = r->end;
+	}
+	return cursor >= end;
+}
+
+/* For a range with gaps in our registrations: like the kernel, -ENOENT
+ * unless every mapped page of [start, end) is ours and one is mapped. */
+struct ownership_check {
+	const struct emu_table *t;
+	struct emu_ctx *ec;
+	bool any_mapped, all_ours;
+};
+
+static bool check_mapping_ours(void *arg, const struct mapping *m)
+{
+	struct ownership_check *oc = arg;
+
+	oc->any_mapped = true;
+	if (!covered(oc->t, oc->ec, m->start, m->end))
+		oc->all_ours = false;
+	return oc->all_ours;
+}
+
+/* -EINVAL, as the kernel, when [start, end) cuts a huge page of ec's. */
+static int check_huge_alignment(const struct emu_table *t, struct emu_ctx *ec,
+				uintptr_t start, uintptr_t end)
+{
+	for (size_t i = first_range_ending_after(t, start); t && i < t->n; i++) {
+		struct emu_range *r = t->ranges[i];
+
+		if (r->start >= end)
+			break;
+		if (r->owner == ec && ((start > r->start ? start : 0) | (end < r->end ? end : 0)) &
+				      (r->page - 1))
+			return -EINVAL;
+	}
+	return 0;
+}
+
+static int change_protection(struct emu_ctx *ec, uintptr_t start, uintptr_t end, bool protect)
+{
+	const struct emu_table *t = atomic_load(&emu.table);
+	bool any = false;
+	int ret = check_huge_alignment(t, ec, start, end);
+
+	if (ret < 0)
+		return ret;
+	if (!covered(t, ec, start, end)) {
+		struct ownership_check oc = { t, ec, false, true };
+
+		ret = walk_mappings(start, end, check_mapping_ours, &oc);
+		if (ret < 0)
+			return ret;
+		if (!oc.any_mapped || !oc.all_ours)
+			return -ENOENT;
+	}
+	for (size_t i = first_range_ending_after(t, start); t && i < t->n; i++) {
+		struct emu_range *r = t->ranges[i];
+		uintptr_t a = r->start > start ? r->start : start;
+		uintptr_t b = r->end < end ? r->end : end;
+
+		if (r->start >= end)
+			break;
+		if (r->owner != ec)
+			continue;
+		ret = change_pages(r, a, b, protect);
+		if (ret == -ENOENT)
+			continue;  /* a hole: skipped, as the kernel does */
+		if (ret < 0)
+			return ret;
+		any = true;
+	}
+	return any ? 0 : -ENOENT;
+}
+
+/* ---------------------------------------------------------------------------
+ * Waiters and events
+ * ------------------------------------------------------------------------- */
+
+static void eventfd_set(struct emu_ctx *ec)
+{
+	uint64_t one = 1;
+
+	(void)!write(ec->ctx->fd, &one, sizeof(one));
+}
+
+static void eventfd_clear(struct emu_ctx *ec)
+{
+	uint64_t count;
+
+	(void)!read(ec->ctx->fd, &count, sizeof(count));
+}
+
+static void unlink_waiter(struct emu_ctx *ec, struct emu_waiter *w)
+{
+	*(w->prev ? &w->prev->next : &ec->head) = w->next;
+	*(w->next ? &w->next->prev : &ec->tail) = w->prev;
+	if (!w->reported && --ec->unreported == 0)
+		eventfd_clear(ec);
+}
+
+/* Wake every thread waiting on a page in [start, end). */
+static void wake_waiters(struct emu_ctx *ec, uintptr_t start, uintptr_t end)
+{
+	struct emu_waiter *w, *next;
+
+	lock(&ec->waiters_lock);
+	for (w = ec->head; w; w = next) {
+		next = w->next;
+		if (w->page < start || w->page >= end)
+			continue;
+		unlink_waiter(ec, w);
+		/* The waiter may return and drop its frame as soon as it sees
+		 * woken; futex_wake on the stale address is harmless. */
+		atomic_store(&w->woken, 1);
+		futex_wake(&w->woken, 1);
+	}
+	unlock(&ec->waiters_lock);
+}
+
+static struct uffdwp_event fault_event(struct emu_ctx *ec, uintptr_t page, uint32_t tid)
+{
+	struct uffdwp_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.type = UFFDWP_EVENT_PAGEFAULT;
+	ev.pagefault.flags = UFFDWP_PAGEFAULT_FLAG_WRITE | UFFDWP_PAGEFAULT_FLAG_WP;
+	ev.pagefault.address = page;
+	ev.pagefault.tid = (ec->ctx->features & UFFDWP_FEATURE_THREAD_ID) ? tid : 0;
+	return ev;
+}
+
+/* ---------------------------------------------------------------------------
+ * The SIGSEGV handler
+ * ------------------------------------------------------------------------- */
+
+/* The last fault this thread let retry without finding it protected: a
+ * second fault at the same address with no un-protect in between is not
+ * ours. Initial-exec TLS: no allocation on first use in a handler. */
+static __thread uintptr_t retried_page __attribute__((tls_model("initial-exec")));
+static __thread unsigned long retried_seq __attribute__((tls_model("initial-exec")));
+
+/*
+ * A write fault at page found no protected page of ours. Either it is not
+ * ours, or it raced with an un-protect (the page was read-only when the
+ * write faulted and is writable now). unprotect_seq is odd while an
+ * un-protect is in progress: then always retry. Otherwise retry once per
+ * value; a repeat with the same even value had no un-protect in between
+ * (one that started after the recorded read ends at least 2 higher), so
+ * the fault is foreign.
+ */
+static bool retry_after_unprotect(uintptr_t page)
+{
+	unsigned long seq = atomic_load(&emu.unprotect_seq);
+
+	if (seq & 1)
+		return true;
+	if (retried_page == page && retried_seq == seq) {
+		retried_page = 0;
+		return false;
+	}
+	retried_page = page;
+	retried_seq = seq;
+	return true;
+}
+
+/* Queue w as a pending fault unless page stopped being protected meanwhile
+ * (checked under the lock, as un-protect clears the bit before it wakes). */
+static bool enqueue_waiter(struct emu_ctx *ec, struct emu_range *r, struct emu_waiter *w)
+{
+	bool queued = false;
+
+	lock(&ec->waiters_lock);
+	if (page_protected(r, w->page)) {
+		w->next = NULL;
+		w->prev = ec->tail;
+		*(ec->tail ? &ec->tail->next : &ec->head) = w;
+		ec->tail = w;
+		if (ec->unreported++ == 0)
+			eventfd_set(ec);
+		queued = true;
+	}
+	unlock(&ec->waiters_lock);
+	return queued;
+}
+
+/* Sleep until woken, with the interrupted code's signal mask so the
+ * thread still receives signals while it waits (as a kernel waiter does). */
+static void wait_until_woken(struct emu_waiter *w, const ucontext_t *uc)
+{
+	pthread_sigmask(SIG_SETMASK, &uc->uc_sigmask, NULL);
+	while (!atomic_load(&w->woken))
+		futex_wait(&w->woken, 0);
+}
+
+/* Returns true when the fault was ours (resolved, or waited for). */
+static bool handle_write_fault(uintptr_t addr, const ucontext_t *uc)
+{
+	unsigned long epoch = reader_enter();
+	struct emu_range *r = find_range(atomic_load(&emu.table), addr);
+	uintptr_t page = addr & ~(uintptr_t)((r ? r->page : page_size()) - 1);
+	struct emu_waiter waiter = { .page = page };
+	struct emu_hook *hook;
+	struct emu_ctx *ec;
+	bool queued;
+
+	if (!r || !(r->prot & PROT_WRITE) || !page_protected(r, page)) {
+		reader_exit(epoch);
+		return retry_after_unprotect(page);
+	}
+	ec = r->owner;
+	waiter.tid = (uint32_t)gettid();
+	hook = atomic_load(&ec->hook);
+	if (hook) {
+		struct uffdwp_event ev = fault_event(ec, page, waiter.tid);
+
+		if (hook->fn(hook->arg, ec->ctx, &ev) == 0) {
+			reader_exit(epoch);
+			return true;
+		}
+	}
+	queued = enqueue_waiter(ec, r, &waiter);
+	reader_exit(epoch);
+	if (queued)
+		wait_until_woken(&waiter, uc);
+	return true;
+}
+
+/* Hand a fault that is not ours to the action installed before us. */
+static void forward_fault(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *prev = &emu.previous;
+	bool from_fault = si->si_code > 0;
+
+	if (prev->sa_flags & SA_SIGINFO) {
+		prev->sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (prev->sa_handler == SIG_IGN && !from_fault)
+		return;
+	if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
+		/* The default action, as if we had never been installed: the
+		 * faulting instruction runs again and the process dies of
+		 * SIGSEGV, with a core. (The kernel forces the default for a
+		 * fault even when SIGSEGV is ignored.) */
+		struct sigaction dfl = { .sa_handler = SIG_DFL };
+
+		sigaction(SIGSEGV, &dfl, NULL);
+		if (!from_fault)
+			raise(sig);
+		return;
+	}
+	prev->sa_handler(sig);
+}
+
+static void on_sigsegv(int sig, siginfo_t *si, void *uc)
+{
+	int saved_errno = errno;
+	bool ours = si->si_code == SEGV_ACCERR &&
+		    handle_write_fault((uintptr_t)si->si_addr, uc);
+
+	errno = saved_errno;
+	if (!ours)
+		forward_fault(sig, si, uc);
+}
+
+/* Called with emu.lock held. */
+static int install_handler(void)
+{
+	struct sigaction sa = {
+		.sa_sigaction = on_sigsegv,
+		/* SA_NODEFER: a signal handler that interrupts a blocked writer
+		 * may itself write protected memory and block in turn. */
+		.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER,
+	};
+
+	if (emu.handler_installed)
+		return 0;
+	/* Asynchronous signals wait while the handler holds a lock; the
+	 * wait itself restores the interrupted mask. */
+	sigfillset(&sa.sa_mask);
+	sigdelset(&sa.sa_mask, SIGSEGV);
+	sigdelset(&sa.sa_mask, SIGBUS);
+	sigdelset(&sa.sa_mask, SIGILL);
+	sigdelset(&sa.sa_mask, SIGFPE);
+	sigdelset(&sa.sa_mask, SIGTRAP);
+	if (sigaction(SIGSEGV, &sa, &emu.previous) < 0)
+		return -errno;
+	emu.handler_installed = true;
+	return 0;
+}
+
+/* Called with emu.lock held, when no context is left. The previous action
+ * comes back only if ours is still the one installed: a handler installed
+ * after ours chains to ours, which keeps forwarding. */
+static void restore_handler(void)
+{
+	struct sigaction cur;
+
+	if (!emu.handler_installed || sigaction(SIGSEGV, NULL, &cur) < 0 ||
+	    !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigsegv)
+		return;
+	if (sigaction(SIGSEGV, &emu.previous, NULL) == 0)
+		emu.handler_installed = false;
+}
+
+/* ---------------------------------------------------------------------------
+ * Table changes (callers hold emu.lock; they free what they retire only
+ * after unlocking and wait_for_readers())
+ * ------------------------------------------------------------------------- */
+
+static struct emu_table *table_alloc(size_t n)
+{
+	struct emu_table *t = malloc(sizeof(*t) + n * sizeof(t->ranges[0]));
+
+	if (t)
+		t->n = 0;
+	return t;
+}
+
+static struct emu_range *range_alloc(uintptr_t start, uintptr_t end, size_t page, int prot,
+				     struct emu_ctx *owner)
+{
+	size_t pages = (end - start) / page;
+	size_t words = (pages + BITS_PER_WORD - 1) / BITS_PER_WORD;
+	struct emu_range *r = calloc(1, sizeof(*r) + words * sizeof(r->bits[0]));
+
+	if (!r)
+		return NULL;
+	r->start = start;
+	r->end = end;
+	r->page = page;
+	r->prot = prot;
+	r->owner = owner;
+	return r;
+}
+
+/* A copy of [start, end) of r, with its bits. */
+static struct emu_range *range_slice(struct emu_range *r, uintptr_t start, uintptr_t end)
+{
+	struct emu_range *s = range_alloc(start, end, r->page, r->prot, r->owner);
+
+	if (!s)
+		return NULL;
+	for (uintptr_t p = start; p < end; p += r->page)
+		if (page_protected(r, p))
+			set_bits(s, p, p + r->page, true);
+	return s;
+}
+
+static int compare_ranges(const void *a, const void *b)
+{
+	const struct emu_range *x = *(struct emu_range *const *)a;
+	const struct emu_range *y = *(struct emu_range *const *)b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Publish t (sorted here) and return the table it replaces. */
+static struct emu_table *table_publish(struct emu_table *t)
+{
+	qsort(t->ranges, t->n, sizeof(t->ranges[0]), compare_ranges);
+	return atomic_exchange(&emu.table, t);
+}
+
+/* What a change leaves to free after the grace period. */
+struct retired {
+	struct emu_table *table;
+	struct emu_range **ranges;
+	size_t n;
+};
+
+static void retired_free(struct retired *old)
+{
+	wait_for_readers();
+	for (size_t i = 0; i < old->n; i++)
+		free(old->ranges[i]);
+	free(old->ranges);
+	free(old->table);
+}
+
+/* ---------------------------------------------------------------------------
+ * Register
+ * ------------------------------------------------------------------------- */
+
+struct mapping_list {
+	struct mapping *v;
+	size_t n, cap;
+	int error;
+};
+
+static bool collect_mapping(void *arg, const struct mapping *m)
+{
+	struct mapping_list *l = arg;
+	struct mapping *last = l->n ? &l->v[l->n - 1] : NULL;
+
+	if (last && last->end == m->start && last->prot == m->prot && last->page == m->page) {
+		last->end = m->end;
+		return true;
+	}
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 16;
+		struct mapping *v = realloc(l->v, cap * sizeof(*v));
+
+		if (!v) {
+			l->error = -ENOMEM;
+			return false;
+		}
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n++] = *m;
+	return true;
+}
+
+/* New ranges, growing as registration finds unregistered mapped parts. */
+struct range_list {
+	struct emu_range **v;
+	size_t n;
+};
+
+static void range_list_free(struct range_list *l)
+{
+	for (size_t k = 0; k < l->n; k++)
+		free(l->v[k]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+static int range_list_add(struct range_list *l, uintptr_t start, uintptr_t end,
+			  const struct mapping *m, struct emu_ctx *owner)
+{
+	struct emu_range **v = realloc(l->v, (l->n + 1) * sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	l->v = v;
+	v[l->n] = range_alloc(start, end, m->page, m->prot, owner);
+	if (!v[l->n])
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+/* The parts of the mappings that ec has not registered yet, as new ranges.
+ * -EBUSY when another context holds a mapped part (the kernel's answer). */
+static int new_ranges(const struct emu_table *t, struct emu_ctx *ec,
+		      const struct mapping_list *maps, struct range_list *out)
+{
+	for (size_t m = 0; m < maps->n; m++) {
+		uintptr_t cursor = maps->v[m].start, end = maps->v[m].end;
+		size_t i = first_range_ending_after(t, cursor);
+
+		while (cursor < end) {
+			struct emu_range *r = t && i < t->n ? t->ranges[i] : NULL;
+			uintptr_t gap_end = r && r->start < end ? r->start : end;
+			int ret;
+
+			if (cursor < gap_end) {
+				ret = range_list_add(out, cursor, gap_end, &maps->v[m], ec);
+				if (ret < 0)
+					return ret;
+				cursor = gap_end;
+				continue;
+			}
+			if (r->owner != ec)
+				return -EBUSY;
+			cursor = r->end;
+			i++;
+		}
+	}
+	return 0;
+}
+
+static int emu_register_range(struct uffdwp *ctx, uintptr_t start, size_t len,
+			      unsigned mode, uint64_t *ioctls)
+{
+	struct emu_ctx *ec = ctx->priv;
+	struct mapping_list maps = { 0 };
+	struct range_list added = { 0 };
+	struct retired old = { 0 };
+	const struct emu_table *t;
+	struct emu_table *nt = NULL;
+	int ret;
+
+	if (mode & UFFDWP_REGISTER_MODE_MISSING)
+		return -EOPNOTSUPP;
+	lock(&emu.lock);
+	t = atomic_load(&emu.table);
+	ret = walk_mappings_of("/proc/self/smaps", start, start + len, collect_mapping, &maps);
+	if (ret == 0)
+		ret = maps.error;
+	for (size_t m = 0; ret == 0 && m < maps.n; m++)
+		if ((maps.v[m].start | maps.v[m].end) & (maps.v[m].page - 1))
+			ret = -EINVAL;  /* not aligned to the huge pages */
+	if (ret == 0 && maps.n == 0)
+		ret = -EINVAL;  /* the kernel's answer for a range with nothing mapped */
+	if (ret == 0)
+		ret = new_ranges(t, ec, &maps, &added);
+	if (ret == 0 && added.n) {
+		nt = table_alloc((t ? t->n : 0) + added.n);
+		if (!nt)
+			ret = -ENOMEM;
+	}
+	if (ret == 0 && nt) {
+		for (size_t i = 0; t && i < t->n; i++)
+			nt->ranges[nt->n++] = t->ranges[i];
+		for (size_t k = 0; k < added.n; k++)
+			nt->ranges[nt->n++] = added.v[k];
+		free(added.v);
+		added = (struct range_list){ 0 };
+		old.table = table_publish(nt);
+	}
+	unlock(&emu.lock);
+	range_list_free(&added);
+	free(maps.v);
+	retired_free(&old);
+	if (ret == 0 && ioctls)
+		*ioctls = UFFDWP_IOCTL_WAKE | UFFDWP_IOCTL_WRITEPROTECT;
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------
+ * Unregister
+ * ------------------------------------------------------------------------- */
+
+static bool any_mapping(void *arg, const struct mapping *m)
+{
+	*(bool *)arg = true;
+	return false;
+}
+
+/*
+ * Remove [start, end) from the ranges of ec that overlap it (un-protected
+ * first), replacing each by what remains of it. Called with emu.lock held.
+ */
+static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
+			 struct retired *old)
+{
+	const struct emu_table *t = atomic_load(&emu.table);
+	struct emu_table *nt;
+	size_t i, first = first_range_ending_after(t, start), overlapping = 0;
+
+	for (i = first; t && i < t->n && t->ranges[i]->start < end; i++) {
+		struct emu_range *r = t->ranges[i];
+		uintptr_t a = r->start > start ? r->start : start;
+		uintptr_t b = r->end < end ? r->end : end;
+		int ret;
+
+		if (r->owner != ec)
+			continue;
+		ret = change_pages(r, a, b, false);
+		if (ret < 0 && ret != -ENOENT)
+			return ret;
+		overlapping++;
+	}
+	if (!overlapping)
+		return 0;
+	nt = table_alloc(t->n + overlapping);  /* each may split in two */
+	old->ranges = calloc(overlapping, sizeof(*old->ranges));
+	if (!nt || !old->ranges) {
+		free(nt);
+		free(old->ranges);
+		old->ranges = NULL;
+		return -ENOMEM;
+	}
+	for (i = 0; i < t->n; i++) {
+		struct emu_range *r = t->ranges[i], *head = NULL, *tail = NULL;
+
+		if (r->owner != ec || r->end <= start || r->start >= end) {
+			nt->ranges[nt->n++] = r;
+			continue;
+		}
+		if (r->start < start && !(head = range_slice(r, r->start, start)))
+			goto nomem;
+		if (r->end > end && !(tail = range_slice(r, end, r->end))) {
+			free(head);
+			goto nomem;
+		}
+		if (head)
+			nt->ranges[nt->n++] = head;
+		if (tail)
+			nt->ranges[nt->n++] = tail;
+		old->ranges[old->n++] = r;
+	}
+	old->table = table_publish(nt);
+	return 0;
+nomem:
+	/* Free the slices made so far: they are the entries not in t. */
+	for (size_t k = 0; k < nt->n; k++) {
+		bool from_t = false;
+
+		for (size_t j = 0; j < t->n && !from_t; j++)
+			from_t = nt->ranges[k] == t->ranges[j];
+		if (!from_t)
+			free(nt->ranges[k]);
+	}
+	free(nt);
+	free(old->ranges);
+	old->ranges = NULL;
+	old->n = 0;
+	return -ENOMEM;
+}
+
+static int emu_unregister_range(struct uffdwp *ctx, uintptr_t start, size_t len)
+{
+	struct emu_ctx *ec = ctx->priv;
+	uintptr_t end = start + len;
+	struct retired old = { 0 };
+	const struct emu_table *t;
+	bool mapped = fully_mapped(start, end);
+	int ret = 0;
+
+	lock(&emu.lock);
+	if (!mapped)
+		ret = walk_mappings(start, end, any_mapping, &mapped);
+	if (ret == 0 && !mapped)
+		ret = -EINVAL;  /* the kernel's answer when nothing is mapped */
+	/* Like the kernel: another context's registration is not ours to drop. */
+	t = atomic_load(&emu.table);
+	for (size_t i = first_range_ending_after(t, start); ret == 0 && t && i < t->n &&
+	     t->ranges[i]->start < end; i++)
+		if (t->ranges[i]->owner != ec)
+			ret = -EINVAL;
+	if (ret == 0)
+		ret = check_huge_alignment(t, ec, start, end);
+	if (ret == 0)
+		ret = remove_ranges(ec, start, end, &old);
+	unlock(&emu.lock);
+	if (ret == 0)
+		wake_waiters(ec, start, end);
+	retired_free(&old);
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------
+ * The other operations
+ * ------------------------------------------------------------------------- */
+
+static int emu_writeprotect(struct uffdwp *ctx, uintptr_t start, size_t len, unsigned mode)
+{
+	struct emu_ctx *ec = ctx->priv;
+	bool protect = mode & UFFDWP_WRITEPROTECT_MODE_WP;
+	int ret;
+
+	lock(&emu.lock);
+	ret = change_protection(ec, start, start + len, protect);
+	unlock(&emu.lock);
+	if (ret == 0 && !protect && !(mode & UFFDWP_WRITEPROTECT_MODE_DONTWAKE))
+		wake_waiters(ec, start, start + len);
+	return ret;
+}
+
+/* Like UFFDIO_WAKE: wakes whatever waits in the range, registered or not. */
+static int emu_wake(struct uffdwp *ctx, uintptr_t start, size_t len)
+{
+	wake_waiters(ctx->priv, start, start + len);
+	return 0;
+}
+
+static int emu_copy(struct uffdwp *ctx, uintptr_t dst, const void *src, size_t len,
+		    unsigned mode)
+{
+	return -EOPNOTSUPP;  /* no missing-page faults to resolve */
+}
+
+/* Events are copied out in batches after the lock is dropped: ev may itself
+ * be protected memory, and a fault under waiters_lock would deadlock. */
+#define EVENT_BATCH 32
+
+static int emu_read_events(struct uffdwp *ctx, struct uffdwp_event *ev, size_t max)
+{
+	struct emu_ctx *ec = ctx->priv;
+	size_t done = 0;
+
+	while (done < max) {
+		struct uffdwp_event batch[EVENT_BATCH];
+		size_t n = 0;
+
+		lock(&ec->waiters_lock);
+		for (struct emu_waiter *w = ec->head; w && n < EVENT_BATCH && done + n < max;
+		     w = w->next) {
+			if (w->reported)
+				continue;
+			w->reported = true;
+			batch[n++] = fault_event(ec, w->page, w->tid);
+		}
+		ec->unreported -= n;
+		if (n && ec->unreported == 0)
+			eventfd_clear(ec);
+		unlock(&ec->waiters_lock);
+		if (n == 0)
+			break;
+		memcpy(ev + done, batch, n * sizeof(batch[0]));
+		done += n;
+	}
+	return done ? (int)done : -EAGAIN;
+}
+
+static int emu_set_fault_hook(struct uffdwp *ctx, uffdwp__fault_hook fn, void *arg)
+{
+	struct emu_ctx *ec = ctx->priv;
+	struct emu_hook *h = NULL, *old;
+
+	if (fn) {
+		h = malloc(sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		h->fn = fn;
+		h->arg = arg;
+	}
+	old = atomic_exchange(&ec->hook, h);
+	if (old) {
+		wait_for_readers();
+		free(old);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * fork(): the child gets its memory back writable and empty contexts
+ * ------------------------------------------------------------------------- */
+
+static void atfork_prepare(void)
+{
+	lock(&emu.grace_lock);
+	lock(&emu.lock);
+}
+
+static void atfork_parent(void)
+{
+	unlock(&emu.lock);
+	unlock(&emu.grace_lock);
+}
+
+/*
+ * In the child only the forking thread exists, so nobody could ever
+ * resolve a fault: like the kernel without UFFDWP_FEATURE_EVENT_FORK, the
+ * child's memory is neither registered nor protected. Each context stays
+ * open but empty, with an event fd of its own (the inherited one is shared
+ * with the parent).
+ */
+static void atfork_child(void)
+{
+	struct emu_table *t = atomic_exchange(&emu.table, NULL);
+
+	for (size_t i = 0; t && i < t->n; i++) {
+		struct emu_range *r = t->ranges[i];
+
+		mprotect((void *)r->start, r->end - r->start, r->prot);
+		free(r);
+	}
+	free(t);
+	for (struct emu_ctx *ec = emu.contexts; ec; ec = ec->next) {
+		int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+		if (fd >= 0) {
+			dup3(fd, ec->ctx->fd, O_CLOEXEC);
+			close(fd);
+		}
+		ec->head = ec->tail = NULL;
+		ec->unreported = 0;
+		atomic_store(&ec->waiters_lock, 0);
+	}
+	atomic_store(&emu.readers[0], 0);
+	atomic_store(&emu.readers[1], 0);
+	atomic_store(&emu.lock, 0);
+	atomic_store(&emu.grace_lock, 0);
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* ---------------------------------------------------------------------------
+ * Open and close
+ * ------------------------------------------------------------------------- */
+
+static int emu_open(struct uffdwp *ctx, uint64_t features)
+{
+	struct emu_ctx *ec;
+	int ret;
+
+	if (features & ~UFFDWP__EMULATED_FEATURES)
+		return -EOPNOTSUPP;
+	ec = calloc(1, sizeof(*ec));
+	if (!ec)
+		return -ENOMEM;
+	ec->ctx = ctx;
+	ctx->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (ctx->fd < 0) {
+		ret = -errno;
+		free(ec);
+		return ret;
+	}
+	ctx->features = features ? features : UFFDWP__EMULATED_FEATURES;
+	ctx->priv = ec;
+	pthread_once(&atfork_once, register_atfork);
+	lock(&emu.lock);
+	ret = install_handler();
+	if (ret == 0) {
+		ec->next = emu.contexts;
+		emu.contexts = ec;
+	}
+	unlock(&emu.lock);
+	if (ret < 0) {
+		close(ctx->fd);
+		free(ec);
+	}
+	return ret;
+}
+
+/*
+ * Un-protect and drop every range of the context, then wake every thread
+ * blocked on it: they retry their writes, which now succeed.
+ */
+static void emu_close(struct uffdwp *ctx)
+{
+	struct emu_ctx *ec = ctx->priv;
+	struct retired old = { 0 };
+	const struct emu_table *t;
+	struct emu_table *nt;
+	struct emu_ctx **pp;
+
+	lock(&emu.lock);
+	t = atomic_load(&emu.table);
+	nt = table_alloc(t ? t->n : 0);
+	old.ranges = calloc(t ? t->n : 1, sizeof(*old.ranges));
+	atomic_fetch_add(&emu.unprotect_seq, 1);
+	for (size_t i = 0; t && i < t->n; i++) {
+		struct emu_range *r = t->ranges[i];
+
+		if (r->owner != ec) {
+			if (nt)
+				nt->ranges[nt->n++] = r;
+			continue;
+		}
+		/* Over the whole range, merging its mappings: cannot need more. */
+		mprotect((void *)r->start, r->end - r->start, r->prot);
+		set_bits(r, r->start, r->end, false);
+		if (old.ranges)
+			old.ranges[old.n++] = r;
+	}
+	atomic_fetch_add(&emu.unprotect_seq, 1);
+	if (nt && old.ranges) {
+		old.table = table_publish(nt);
+	} else {
+		/* Out of memory: the ranges stay published, un-protected and
+		 * orphaned (no fault in them can be ours any more); leaked. */
+		for (size_t i = 0; t && i < t->n; i++)
+			if (t->ranges[i]->owner == ec)
+				t->ranges[i]->owner = NULL;
+		free(nt);
+		free(old.ranges);
+		old.ranges = NULL;
+		old.n = 0;
+	}
+	for (pp = &emu.contexts; *pp != ec; pp = &(*pp)->next)
+		;
+	*pp = ec->next;
+	unlock(&emu.lock);
+
+	retired_free(&old);  /* after it, no handler can still reach ec */
+	wake_waiters(ec, 0, UINTPTR_MAX);
+	free(atomic_load(&ec->hook));
+
+	lock(&emu.lock);
+	if (!emu.contexts)
+		restore_handler();
+	unlock(&emu.lock);
+	close(ctx->fd);
+	free(ec);
+}
+
+const struct uffdwp__backend_ops uffdwp__emulated_ops = {
+	.open = emu_open,
+	.close = emu_close,
+	.register_range = emu_register_range,
+	.unregister_range = emu_unregister_range,
+	.writeprotect = emu_writeprotect,
+	.wake = emu_wake,
+	.copy = emu_copy,
+	.read_events = emu_read_events,
+	.set_fault_hook = emu_set_fault_hook,
+};
