@@ -23,6 +23,7 @@ LDLIBS   := -pthread -lm
 LIB_SRCS   := $(wildcard src/*.c)
 TOOL_SRCS  := $(wildcard tools/*.c bench/*.c)
 TEST_SRCS  := $(wildcard tests/*.c)
+MANSECTIONS := $(sort $(subst .,,$(suffix $(wildcard man/*))))
 EXAMPLES   := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 LIB_OBJS   := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
@@ -78,18 +79,41 @@ run: all
 
 install: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL)
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \
-	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man5
+	    $(addprefix $(DESTDIR)$(MANDIR)/man,$(MANSECTIONS))
 	install -m 644 include/uffdwp.h $(DESTDIR)$(INCDIR)/
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf libuffdwp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuffdwp.so.$(SOVER)
 	ln -sf libuffdwp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuffdwp.so
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/
-	for s in 1 3 5; do for f in man/*.$$s; do [ -e "$$f" ] && \
-	    install -m 644 "$$f" $(DESTDIR)$(MANDIR)/man$$s/; done; done; true
+	$(foreach s,$(MANSECTIONS),install -m 644 $(wildcard man/*.$(s)) $(DESTDIR)$(MANDIR)/man$(s)/;)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    uffdwp.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/uffdwp.pc
 
 clean:
 	rm -rf build build-asan build-tsan
+
+# Fuzzing the snapshot decoder (src/format.c) with libFuzzer: needs clang and
+# its runtime (Debian: libclang-rt-14-dev). `make fuzz` runs for FUZZ_SECONDS,
+# seeded by the committed fuzz/corpus; what it finds goes to build/fuzz/corpus
+# (copy small, interesting inputs to fuzz/corpus: `make check` replays them).
+# `make fuzz-seeds` rewrites the generated seeds in fuzz/corpus.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS  := -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+.PHONY: fuzz fuzz-seeds
+build/fuzz/fuzz_decode: fuzz/fuzz_decode.c fuzz/harness.h src/format.c src/format.h include/uffdwp.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_decode.c src/format.c
+
+fuzz: build/fuzz/fuzz_decode
+	@mkdir -p build/fuzz/corpus
+	build/fuzz/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
+	    -dict=fuzz/snapshot.dict build/fuzz/corpus fuzz/corpus
+
+fuzz-seeds: fuzz/make_seeds.c src/format.c src/format.h
+	@mkdir -p build/fuzz fuzz/corpus
+	$(CC) -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -O2 -o build/fuzz/make_seeds fuzz/make_seeds.c src/format.c
+	build/fuzz/make_seeds fuzz/corpus

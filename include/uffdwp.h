@@ -177,8 +177,8 @@ UFFDWP_API int uffdwp_writeprotect(struct uffdwp *ctx, void *addr, size_t len, u
 
 /*
  * Wake the threads waiting on faults in the range (after an un-protect with
- * MODE_DONTWAKE). Errors: -EINVAL as for uffdwp_writeprotect(); -ENOENT
- * (emulated backend) the range is not registered.
+ * MODE_DONTWAKE); a range with no waiter is no error. Errors: -EINVAL as
+ * for uffdwp_writeprotect().
  */
 UFFDWP_API int uffdwp_wake(struct uffdwp *ctx, void *addr, size_t len);
 
@@ -284,10 +284,17 @@ enum uffdwp_engine_mode {
 #define UFFDWP_KEEP    1  /* leave it pending; resolve later with uffdwp_writeprotect() */
 
 /*
- * Called for each page fault and each other event (fork, remap, remove,
- * unmap; the return value is then ignored). In UFFDWP_ENGINE_INTHREAD mode
- * it runs inside a signal handler in the faulting thread and must be
- * async-signal-safe (and may not return UFFDWP_KEEP).
+ * Called for each page fault, before the page is un-protected (the page
+ * still holds what it held before the write), and for each other event
+ * (fork, remap, remove, unmap; the return value is then ignored). A fork
+ * event's fd is the callback's to close; with fn NULL the engine closes it,
+ * which un-protects the child's memory.
+ *
+ * THREAD and CALLER modes call it from one thread at a time. In INTHREAD
+ * mode it runs inside a signal handler (SIGBUS on the kernel backend,
+ * SIGSEGV on the emulated one) in the faulting thread, possibly in several
+ * threads at once: it must be async-signal-safe, must not write protected
+ * memory, and UFFDWP_KEEP is treated as UFFDWP_RESOLVE.
  */
 typedef int (*uffdwp_fault_fn)(void *arg, const struct uffdwp_event *ev);
 
@@ -299,37 +306,110 @@ struct uffdwp_engine_opts {
 };
 
 /*
- * Start an engine over ctx. THREAD starts a handler thread; INTHREAD makes
- * faulting threads resolve their own faults (kernel: needs a context opened
- * with UFFDWP_FEATURE_SIGBUS); CALLER leaves polling uffdwp_fd() to the
- * caller, who calls uffdwp_engine_dispatch(). One engine per context.
- * Errors: -EINVAL bad opts; -EOPNOTSUPP mode impossible on this context;
- * -EBUSY the context already has an engine; -ENOMEM; -EAGAIN (thread).
+ * Start an engine over ctx; on success *eng is set and 0 returned. Faults
+ * already pending are handled as soon as it runs.
+ *  - THREAD: a handler thread reads faults in batches, calls fn, un-protects
+ *    and wakes. It sleeps in poll(2) when idle and spins briefly while
+ *    faults keep coming. A syscall writing into protected memory (read(2)
+ *    into a protected buffer) blocks until resolved, as a plain write does.
+ *  - INTHREAD: the faulting thread resolves its own fault in a signal
+ *    handler: no thread switch, the fastest mode. Kernel backend: ctx must
+ *    have been opened with UFFDWP_FEATURE_SIGBUS; a process-wide SIGBUS
+ *    handler is installed (SIGBUS that is not ours goes to the handler
+ *    installed before, or kills as by default); a syscall writing into
+ *    protected memory fails with EFAULT instead of blocking, on both
+ *    backends. Handles write-protect faults only (a range registered with
+ *    UFFDWP_REGISTER_MODE_MISSING too is not supported). When ctx has
+ *    event features (EVENT_FORK, _REMAP, _REMOVE, _UNMAP) a thread still
+ *    reads those events.
+ *  - CALLER: no thread of ours; poll uffdwp_fd() and call
+ *    uffdwp_engine_dispatch() when it is readable.
+ *  - AUTO: INTHREAD on the emulated backend or on a SIGBUS context, else
+ *    THREAD; uffdwp_engine_mode() says which.
+ * One engine per context, at most UFFDWP_ENGINE_MAX_INTHREAD INTHREAD
+ * engines per process on the kernel backend.
+ * Errors: -EINVAL eng or ctx NULL, opts->sz too small, unknown mode;
+ * -EOPNOTSUPP INTHREAD on a kernel context without SIGBUS, or THREAD/CALLER
+ * on a SIGBUS context (its faults are never queued); -EBUSY ctx already has
+ * an engine, or too many INTHREAD engines; -ENOMEM; -EAGAIN, -EMFILE (no
+ * thread or eventfd could be created).
  */
+#define UFFDWP_ENGINE_MAX_INTHREAD 16
 UFFDWP_API int uffdwp_engine_start(struct uffdwp_engine **eng, struct uffdwp *ctx,
 				   const struct uffdwp_engine_opts *opts);
 
 /*
- * Stop and free: returns once no fault is left unresolved and no thread of
- * the engine runs. NULL is fine.
+ * Stop and free the engine. Every fault pending when it is called is handed
+ * to fn and resolved (unless kept) before it returns; then no thread of the
+ * engine runs, no signal handler uses it, and nothing of it is left
+ * blocked. Faults that arrive after it returns wait for whoever resolves
+ * them next (uffdwp_writeprotect(), or closing the context). Safe while
+ * faults are arriving; not from fn itself. NULL is fine.
  */
 UFFDWP_API void uffdwp_engine_stop(struct uffdwp_engine *eng);
 
 /*
- * CALLER mode: handle every pending event without blocking. Returns the
- * number handled (0 if none), or a negative errno.
+ * CALLER mode only: handle every pending event without blocking. Returns
+ * the number of events handled (0 if none was pending), or a negative
+ * errno: -EINVAL eng NULL or not in CALLER mode; errors of
+ * uffdwp_read_events() other than -EAGAIN.
  */
 UFFDWP_API int uffdwp_engine_dispatch(struct uffdwp_engine *eng);
 
 /* The mode in force (never AUTO). */
 UFFDWP_API enum uffdwp_engine_mode uffdwp_engine_mode(const struct uffdwp_engine *eng);
 
-/* (statistics and tuning: defined with src/engine.c) */
+#define UFFDWP_ENGINE_LATENCY_BUCKETS 40
+#define UFFDWP_ENGINE_BATCH_BUCKETS   8
+
+/* What an engine has done since it started (counters only grow). */
+struct uffdwp_engine_stats {
+	size_t sz;           /* sizeof(struct uffdwp_engine_stats), set by the caller */
+	uint64_t faults;     /* page faults handed to fn (or resolved, fn NULL) */
+	uint64_t resolved;   /* of those, un-protected by the engine */
+	uint64_t kept;       /* of those, left pending by fn (UFFDWP_KEEP) */
+	uint64_t events;     /* fork, remap, remove and unmap events */
+	uint64_t eagain;     /* un-protects retried because the address space changed */
+	uint64_t errors;     /* faults that could not be resolved (a writer may stay
+				blocked): an un-protect failed other than with -ENOENT */
+	uint64_t batches;    /* reads that returned events (THREAD, CALLER) */
+	/*
+	 * Resolution latency, log2 ns: [i] counts faults resolved in
+	 * [2^i, 2^(i+1)) ns (the last bucket: that or more), measured from the
+	 * moment the engine read the fault (INTHREAD: entered the signal
+	 * handler) to the return of the call that woke the writer.
+	 */
+	uint64_t latency_log2_ns[UFFDWP_ENGINE_LATENCY_BUCKETS];
+	/* Events per read, log2: [i] counts batches of [2^i, 2^(i+1)) events. */
+	uint64_t batch_log2[UFFDWP_ENGINE_BATCH_BUCKETS];
+};
+
+/*
+ * Copy the engine's counters into *st (st->sz must be set; fields beyond
+ * it are left alone). Counters of different fields are not one atomic
+ * snapshot while faults are being resolved. Returns 0, or -EINVAL (NULL,
+ * or st->sz smaller than the fields up to batches).
+ */
+UFFDWP_API int uffdwp_engine_stats(const struct uffdwp_engine *eng,
+				   struct uffdwp_engine_stats *st);
 
 /* ------------------------------------------------------------------------
  * Write tracker: which pages changed since the last reset (src/tracker.c)
  * ------------------------------------------------------------------------ */
 
+/*
+ * A tracker watches ranges of the caller's memory and answers which pages
+ * were written since they were last reset (GetWriteWatch/ResetWriteWatch,
+ * a garbage collector's dirty bits). It owns its own context (and, for the
+ * SYNC and EMULATED methods, an engine thread): the tracked ranges must not
+ * be registered with another context. Costs and caveats of each method:
+ * uffdwp_tracker(3). All calls may be made from any thread; collects and
+ * resets are serialised with each other.
+ *
+ * After fork(2) the child's copy is not tracked (its writes are never
+ * reported, its memory is not protected) and every call on it but destroy
+ * fails with -ECHILD; the parent's tracking is unaffected.
+ */
 struct uffdwp_tracker;
 
 /* A run of written pages: [addr, addr + len), len a multiple of the page. */
@@ -345,28 +425,104 @@ enum uffdwp_track_method {
 	UFFDWP_TRACK_EMULATED,  /* the emulated backend */
 };
 
+/*
+ * Accept huge-page granularity: tracked ranges keep transparent huge pages
+ * (without it the tracker applies MADV_NOHUGEPAGE to them), and SYNC and
+ * EMULATED record and un-protect a whole huge-page-aligned block of
+ * uffdwp_tracker_granule() bytes on its first write, so a run may include
+ * pages of that block that were not written. Fewer faults, coarser answers.
+ */
+#define UFFDWP_TRACK_HUGE (1U << 0)
+
 struct uffdwp_tracker_opts {
 	size_t sz;                        /* sizeof(struct uffdwp_tracker_opts) */
 	enum uffdwp_track_method method;  /* AUTO by default */
 	unsigned flags;                   /* UFFDWP_TRACK_* flags */
 };
 
+/*
+ * Create a tracker with no ranges. Errors: -EINVAL bad opts (sz, method,
+ * unknown flags); -EOPNOTSUPP the method is not available here (ASYNC needs
+ * Linux 6.7's WP_ASYNC, WP_UNPOPULATED and PAGEMAP_SCAN; SYNC a usable
+ * kernel userfaultfd); the errors of uffdwp_open() and
+ * uffdwp_engine_start(); -ENOMEM.
+ */
 UFFDWP_API int uffdwp_tracker_create(struct uffdwp_tracker **t,
 				     const struct uffdwp_tracker_opts *opts);
+
+/* Stop tracking everything (the memory is left writable) and free. NULL is fine. */
 UFFDWP_API void uffdwp_tracker_destroy(struct uffdwp_tracker *t);
 
-/* Start tracking [addr, addr+len): every page counts as clean from now. */
+/* The method in force (never AUTO). */
+UFFDWP_API enum uffdwp_track_method uffdwp_tracker_method(const struct uffdwp_tracker *t);
+
+/* Name of a method ("auto", "async", "sync", "emulated"), or "?". */
+UFFDWP_API const char *uffdwp_track_method_name(enum uffdwp_track_method method);
+
+/*
+ * The unit of tracking in bytes: the page, or the PMD huge-page size with
+ * UFFDWP_TRACK_HUGE under SYNC and EMULATED.
+ */
+UFFDWP_API size_t uffdwp_tracker_granule(const struct uffdwp_tracker *t);
+
+/*
+ * Start tracking [addr, addr+len) of private anonymous (or, where the kernel
+ * allows, shmem) memory: every page counts as clean from now, including
+ * pages never touched. len and addr are page-aligned, and with
+ * UFFDWP_TRACK_HUGE granule-aligned under SYNC and EMULATED.
+ * Errors: -EINVAL bad alignment, len 0, or nothing mapped there; -EEXIST
+ * the range overlaps one already tracked; -EBUSY registered with another
+ * context; -EOPNOTSUPP a memory type the method cannot track; -ECHILD.
+ */
 UFFDWP_API int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len);
 
 /*
- * Written runs, from *cursor (0 = the start; updated to where to resume),
- * at most max of them; with UFFDWP_COLLECT_RESET the pages reported become
- * clean again atomically. Returns the number of runs, 0 when done.
+ * Stop tracking a range given to uffdwp_tracker_add() (the same addr and
+ * len): its pages become writable and are forgotten. It is fine to call
+ * after the memory was unmapped. Errors: -ENOENT no such range; -ECHILD.
+ */
+UFFDWP_API int uffdwp_tracker_remove(struct uffdwp_tracker *t, void *addr, size_t len);
+
+/* With collect and bitmap: the pages reported become clean again, atomically. */
+#define UFFDWP_COLLECT_RESET (1U << 0)
+
+/*
+ * Written runs in address order, from *cursor on (0 = from the start), at
+ * most max of them into runs; *cursor is moved past them, so calling again
+ * resumes. Returns the number of runs, 0 when the pass is done (no written
+ * page left after *cursor); iterate without allocating:
+ *
+ *   uintptr_t cur = 0;
+ *   while ((n = uffdwp_tracker_collect(t, &cur, runs, 64, UFFDWP_COLLECT_RESET)) > 0)
+ *       save(runs, n);
+ *
+ * With UFFDWP_COLLECT_RESET each reported page is clean from the instant it
+ * is reported: a write racing the collect is reported by this pass or by the
+ * next one, never lost. Runs never cross the boundary of a tracked range;
+ * one written stretch may be split across two calls.
+ * Errors: -EINVAL NULL arguments, max 0 or unknown flags; -ENOENT part of a
+ * tracked range is no longer mapped or was replaced (munmap, mremap, a new
+ * mmap over it): uffdwp_tracker_remove() it; -ECHILD; -ENOMEM.
  */
 UFFDWP_API int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
 				      struct uffdwp_run *runs, size_t max, unsigned flags);
 
-/* (the rest of the tracker API: defined with src/tracker.c) */
+/*
+ * The written pages of [addr, addr+len) (page-aligned) as a bitmap: bit i
+ * (bit i % 64 of bitmap[i / 64]) is set when page i is written; pages not
+ * tracked read as clean. bitmap has room for len / page bits. With
+ * UFFDWP_COLLECT_RESET those pages become clean, as for collect. Returns
+ * the number of written pages, or a negative errno as for collect.
+ */
+UFFDWP_API long uffdwp_tracker_bitmap(struct uffdwp_tracker *t, void *addr, size_t len,
+				      uint64_t *bitmap, unsigned flags);
+
+/*
+ * Make every tracked page of [addr, addr+len) clean (addr NULL and len 0:
+ * all of them), as a collect with reset would, without reporting.
+ * Errors as for collect.
+ */
+UFFDWP_API int uffdwp_tracker_reset(struct uffdwp_tracker *t, void *addr, size_t len);
 
 /* ------------------------------------------------------------------------
  * Snapshot files: the format, read and checked (src/format.c, src/snapfile.c)
@@ -379,9 +535,12 @@ UFFDWP_API int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *curso
  * A chain is a full snapshot followed by incrementals, each the parent of
  * the next. The functions below read files (they never write one: that is
  * the live snapshot's job) and describe the first problem they find in an
- * optional struct uffdwp_snapshot_error.
+ * optional struct uffdwp_snapshot_error: its message is set for a problem
+ * in a file's bytes (with the byte offset), and left empty for a failure
+ * around them (open, memory, the restore target): then the errno says it.
  *
  * Errors common to them: -EINVAL bad arguments (NULL path, sz too small);
+ * -ESPIPE (info, restore) the file is not a regular file;
  * -EBADMSG the file is corrupt (bad magic, checksum mismatch, a record
  * outside the regions, totals that do not match); -ENODATA it ends before
  * its trailer (truncated, or still being written); -ENOTSUP a format
@@ -414,7 +573,7 @@ struct uffdwp_snapshot_info {
 /* Where and why a snapshot file was found wanting. */
 struct uffdwp_snapshot_error {
 	size_t sz;              /* sizeof(struct uffdwp_snapshot_error), set by the caller */
-	size_t file;            /* which file of a chain, from 0 */
+	size_t file;            /* which file of a chain, from 0; npaths: the restore target */
 	uint64_t offset;        /* byte offset in that file of the header or record at fault */
 	char message[200];      /* one sentence, without the file name; "" if none */
 };
@@ -491,6 +650,157 @@ UFFDWP_API int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t
 /* ------------------------------------------------------------------------
  * Live snapshots (src/snapshot.c)
  * ------------------------------------------------------------------------ */
+
+/*
+ * A live snapshot saves the pages of some regions as they were at one
+ * instant, while the program keeps writing them, without fork(). Begin
+ * write-protects the regions and returns: that instant is the snapshot's
+ * point in time. A background thread then saves every page and lets it go
+ * (un-protects it); a write to a page not yet saved first copies the old
+ * contents into a bounded side buffer and goes on at once
+ * (copy-before-write), so a writer waits only when the side buffer is full
+ * (back-pressure: it then waits for the sink, memory stays bounded).
+ *
+ * Consistency is per instant, not per transaction: a write that completes
+ * before begin returns may be in the snapshot, one that starts after it
+ * never is. A program whose data holds invariants only at quiescent points
+ * (e.g. under its own lock) calls begin at such a point (under that lock).
+ *
+ * Writes made by the kernel on behalf of a system call (read(2) into a
+ * region) while a page is still protected: with the in-thread engine mode
+ * (the default where available) they fail with EFAULT, as do all such writes
+ * under UFFDWP_FEATURE_SIGBUS and the emulated backend; with
+ * UFFDWP_ENGINE_THREAD they wait like any writer.
+ *
+ * Discarding or unmapping a region (munmap, MADV_DONTNEED) while its
+ * snapshot runs makes the snapshot fail cleanly (-EFAULT or -ENOENT), never
+ * hang; the pages already discarded cannot be saved. A child forked during a
+ * snapshot gets its memory writable and is not part of the snapshot.
+ */
+
+struct uffdwp_snapshot;
+
+/*
+ * The callback sink: called from the snapshot's thread with len bytes
+ * (a multiple of the page) holding the pages from addr as they were at the
+ * snapshot instant; every page of the snapshot is passed exactly once, in
+ * no particular order. data is valid during the call only. Return 0, or a
+ * negative errno to stop the snapshot with that error.
+ */
+typedef int (*uffdwp_snapshot_sink_fn)(void *arg, uint64_t addr, const void *data,
+				       size_t len);
+
+/* The side buffer's size when uffdwp_snapshot_opts.side_buffer is 0. */
+#define UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT ((size_t)64 << 20)
+
+struct uffdwp_snapshot_opts {
+	size_t sz;                  /* sizeof(struct uffdwp_snapshot_opts) */
+	/*
+	 * The sink: fn if not NULL, else the file descriptor fd, which
+	 * receives a snapshot file (uffdwp-snapshot(5)) written sequentially:
+	 * a regular file, a pipe or a socket (blocking or not). The fd stays
+	 * the caller's; it is neither closed nor synced.
+	 */
+	int fd;
+	uffdwp_snapshot_sink_fn fn;
+	void *arg;
+	/* Bytes of side buffer for copy-before-write, rounded down to pages
+	 * (at least one); 0: UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT. Allocated
+	 * lazily: only what writers use is ever touched. */
+	size_t side_buffer;
+	/*
+	 * Without a tracker the snapshot opens its own context on the regions
+	 * (which must not be registered with another one: -EBUSY) with this
+	 * backend (AUTO: kernel if usable with UFFDWP_FEATURE_WP_UNPOPULATED,
+	 * else emulated) and runs an engine in this mode (AUTO: in-thread
+	 * where possible; CALLER is not allowed).
+	 */
+	enum uffdwp_backend backend;
+	enum uffdwp_engine_mode engine_mode;
+	/*
+	 * With a write tracker (method SYNC or EMULATED; ASYNC resolves
+	 * faults in the kernel and cannot copy-before-write: -EOPNOTSUPP)
+	 * tracking exactly the snapshot's regions, the snapshot uses the
+	 * tracker's context and resets the tracker at its instant, so that
+	 * the next snapshot can be incremental:
+	 *   parent_id 0: a full snapshot;
+	 *   parent_id = uffdwp_snapshot_id() of the previous snapshot taken
+	 *   with this tracker (which must have succeeded): an incremental
+	 *   snapshot holding only the pages written since; its begin pause
+	 *   grows with the written pages, not with the regions.
+	 * A snapshot that failed or was cancelled leaves the tracker reset
+	 * without a saved parent: the next one must be full.
+	 */
+	struct uffdwp_tracker *tracker;
+	uint64_t parent_id;
+};
+
+/*
+ * Begin a snapshot of nregions regions ([addr, addr + len), page-aligned,
+ * non-overlapping, in any order): returns once every page to save is
+ * write-protected (the snapshot instant), with *snap set and the saving
+ * under way in a thread of the snapshot's own.
+ * Errors: -EINVAL bad arguments (no sink, unaligned or overlapping regions,
+ * nregions 0, sz too small, engine mode CALLER, parent_id without tracker);
+ * -EBUSY a region is registered with another context; -EOPNOTSUPP the
+ * backend or tracker method cannot copy-before-write; -ENOMEM; -EAGAIN (no
+ * thread); and what uffdwp_open(), uffdwp_register() and
+ * uffdwp_writeprotect() return. On failure nothing is left protected.
+ */
+UFFDWP_API int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
+				     const struct uffdwp_snapshot_region *regions,
+				     size_t nregions, const struct uffdwp_snapshot_opts *opts);
+
+/* The snapshot's id (non-zero): the file's snapshot_id, and the parent_id
+ * of the next incremental snapshot. */
+UFFDWP_API uint64_t uffdwp_snapshot_id(const struct uffdwp_snapshot *snap);
+
+/*
+ * A file descriptor that poll(2) reports readable (POLLIN) once the
+ * snapshot has finished (saved, failed or cancelled). Do not read or close
+ * it; it is valid until uffdwp_snapshot_end().
+ */
+UFFDWP_API int uffdwp_snapshot_fd(const struct uffdwp_snapshot *snap);
+
+/*
+ * Wait up to timeout_ms (-1: without limit) for the snapshot to finish.
+ * Returns 0 when it has been saved completely (the sink has every byte),
+ * -ETIMEDOUT when it is still running, or the error that stopped it
+ * (-ECANCELED after uffdwp_snapshot_cancel(); the sink's errno, e.g.
+ * -EPIPE, -ENOSPC; -EFAULT or -ENOENT a region was unmapped).
+ */
+UFFDWP_API int uffdwp_snapshot_wait(struct uffdwp_snapshot *snap, int timeout_ms);
+
+struct uffdwp_snapshot_progress {
+	size_t sz;                /* sizeof(struct uffdwp_snapshot_progress) */
+	uint64_t pages_total;     /* pages the snapshot saves */
+	uint64_t pages_done;      /* of them, handed to the sink */
+	uint64_t pages_copied;    /* saved through the side buffer (copy-before-write) */
+	uint64_t writer_waits;    /* times a writer waited: side buffer full, or its
+				     page was being saved */
+	uint64_t side_peak;       /* most bytes of side buffer in use at once */
+	uint64_t bytes_out;       /* bytes written to the fd sink */
+	uint64_t begin_ns;        /* how long uffdwp_snapshot_begin() took */
+	int finished;             /* 1 once uffdwp_snapshot_wait() would not block */
+};
+
+/* Fill *p (p->sz set by the caller); any thread, any time until end.
+ * Returns 0 or -EINVAL (sz too small). */
+UFFDWP_API int uffdwp_snapshot_progress(const struct uffdwp_snapshot *snap,
+					struct uffdwp_snapshot_progress *p);
+
+/* Stop a running snapshot: pages not yet saved are let go unsaved and
+ * waiting writers released; the snapshot finishes with -ECANCELED (unless
+ * it had already finished). The fd sink is left incomplete (no trailer). */
+UFFDWP_API void uffdwp_snapshot_cancel(struct uffdwp_snapshot *snap);
+
+/*
+ * Wait for the snapshot to finish, let go of its regions (a snapshot
+ * without tracker unregisters them and stops its engine here; a tracker's
+ * interposer is removed) and free it. Returns what
+ * uffdwp_snapshot_wait(snap, -1) would. NULL is fine (returns 0).
+ */
+UFFDWP_API int uffdwp_snapshot_end(struct uffdwp_snapshot *snap);
 
 #ifdef __cplusplus
 }

@@ -4,5 +4,8 @@
 #define UFFDWP_COMMANDS_H
 
 int cmd_probe(int argc, char **argv);     /* tools/probe.c */
+int cmd_bench(int argc, char **argv);     /* bench/harness.c */
+int cmd_snapshot(int argc, char **argv);  /* tools/snapshot_cmd.c */
+int cmd_demo(int argc, char **argv);      /* tools/demo.c */
 
 #endif

@@ -10,6 +10,9 @@ static const struct {
 	const char *summary;
 } commands[] = {
 	{ "probe", cmd_probe, "what this machine supports, and why [--json]" },
+	{ "bench", cmd_bench, "benchmarks: fault, ... [SUITE...] [--json] [--quick]" },
+	{ "snapshot", cmd_snapshot, "snapshot files: info|verify|restore FILE..." },
+	{ "demo", cmd_demo, "a live snapshot of a busy store, beside fork() [--size MIB]" },
 };
 
 static int usage(FILE *out, int status)

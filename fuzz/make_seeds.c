@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Writes the fuzzer's seed corpus into the directory argv[1]: small streams
+ * (page size 512, the format's minimum, to keep them small), sound ones named
+ * good-* and a few damaged ones. Built and run by `make fuzz-seeds`.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "format.h"
+
+#define PAGE 512u
+#define CAP  (64 * 1024)
+
+struct seed {
+	unsigned char buf[CAP];
+	size_t len;
+	struct uffdwp__encoder enc;
+};
+
+static void check(ssize_t ret, const char *what)
+{
+	if (ret < 0) {
+		fprintf(stderr, "make_seeds: %s: %s\n", what, strerror((int)-ret));
+		exit(1);
+	}
+}
+
+static void begin(struct seed *s, uint64_t id, uint64_t parent,
+		  const struct uffdwp_snapshot_region *regions, uint32_t n)
+{
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION, .page_size = PAGE, .snapshot_id = id,
+		.parent_id = parent, .time_ns = 1700000000000000000ull, .region_count = n,
+		.regions = regions,
+	};
+	ssize_t got;
+
+	check(uffdwp__encoder_init(&s->enc, &h), "header");
+	got = uffdwp__encode_header(&s->enc, s->buf, CAP);
+	check(got, "header");
+	s->len = (size_t)got;
+}
+
+static void page(struct seed *s, uint64_t addr, unsigned char fill)
+{
+	unsigned char contents[PAGE];
+	ssize_t got;
+
+	for (size_t i = 0; i < PAGE; i++)
+		contents[i] = (unsigned char)(fill + i);
+	got = uffdwp__encode_page(&s->enc, addr, contents, s->buf + s->len, CAP - s->len);
+	check(got, "page");
+	s->len += (size_t)got;
+}
+
+static void zero(struct seed *s, uint64_t addr, uint64_t npages)
+{
+	ssize_t got = uffdwp__encode_zero(&s->enc, addr, npages, s->buf + s->len, CAP - s->len);
+
+	check(got, "zero");
+	s->len += (size_t)got;
+}
+
+static void end(struct seed *s)
+{
+	ssize_t got = uffdwp__encode_trailer(&s->enc, s->buf + s->len, CAP - s->len);
+
+	check(got, "trailer");
+	s->len += (size_t)got;
+}
+
+static void save(const char *dir, const char *name, const void *buf, size_t len)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "wb");
+	if (!f || fwrite(buf, 1, len, f) != len || fclose(f) != 0) {
+		fprintf(stderr, "make_seeds: %s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct uffdwp_snapshot_region two[] = {
+		{ 0x10000, 4 * PAGE }, { 0x40000, 8 * PAGE },
+	};
+	static struct uffdwp_snapshot_region many[40];
+	static struct seed s;
+	unsigned char copy[CAP];
+
+	if (argc != 2) {
+		fprintf(stderr, "usage: make_seeds DIR\n");
+		return 2;
+	}
+	begin(&s, 0x1111, 0, two, 2);
+	page(&s, 0x40000 + 3 * PAGE, 1);
+	zero(&s, 0x10000, 2);
+	page(&s, 0x10000 + 3 * PAGE, 2);
+	zero(&s, 0x40000 + 4 * PAGE, 4);
+	end(&s);
+	save(argv[1], "good-full", s.buf, s.len);
+
+	/* damaged copies of it */
+	memcpy(copy, s.buf, s.len);
+	save(argv[1], "cut-mid-page", copy, s.len / 2);
+	copy[100] ^= 4;
+	save(argv[1], "flip-in-record", copy, s.len);
+	memcpy(copy, s.buf, s.len);
+	copy[8] = 9;
+	save(argv[1], "version-9", copy, s.len);
+
+	begin(&s, 0x2222, 0x1111, two, 2);
+	zero(&s, 0x40000 + 3 * PAGE, 1);
+	page(&s, 0x10000, 3);
+	end(&s);
+	save(argv[1], "good-incremental", s.buf, s.len);
+
+	begin(&s, 0x3333, 0, two, 2);
+	end(&s);
+	save(argv[1], "good-empty", s.buf, s.len);
+	save(argv[1], "cut-header", s.buf, 30);
+
+	for (size_t i = 0; i < sizeof(many) / sizeof(many[0]); i++)
+		many[i] = (struct uffdwp_snapshot_region){ 0x100000 + i * 4 * PAGE, 2 * PAGE };
+	begin(&s, 0x4444, 0x3333, many, sizeof(many) / sizeof(many[0]));
+	page(&s, many[39].addr + PAGE, 4);
+	zero(&s, many[0].addr, 2);
+	zero(&s, many[17].addr + PAGE, 1);
+	end(&s);
+	save(argv[1], "good-many-regions", s.buf, s.len);
+	s.buf[s.len] = 0;
+	save(argv[1], "data-after-trailer", s.buf, s.len + 1);
+	return 0;
+}
