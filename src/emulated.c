@@ -96,7 +96,10 @@ struct emu_range {
 	uintptr_t start, end;
 	size_t page;  /* the mapping's page size (huge for hugetlbfs): one bit each */
 	int prot;  /* the mapping's protection when registered; un-protect restores it */
-	struct emu_ctx *owner;
+	/* NULL only for a range that close() could not unpublish (out of
+	 * memory): un-protected and no longer anyone's. */
+	struct emu_ctx *_Atomic owner;
+	struct emu_range *link;  /* on a list of ranges being made or retired */
 	_Atomic unsigned long bits[];  /* one bit per page: 1 = protected by us */
 };
 
@@ -143,6 +146,7 @@ static struct {
 	struct emu_ctx *contexts;
 	bool handler_installed;
 	struct sigaction previous;  /* the SIGSEGV action before ours */
+	_Atomic bool previous_spent;  /* its SA_RESETHAND was used up */
 } emu;
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -489,6 +493,14 @@ static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool prot
 	return any ? 0 : -ENOENT;
 }
 
+/* Close and the fork child: the whole of r writable again, holes and all.
+ * Un-protecting a whole range only merges mappings, so it cannot run into
+ * vm.max_map_count; what still fails is left as it is (bits resynced). */
+static void unprotect_all(struct emu_range *r)
+{
+	change_pages(r, r->start, r->end, false);
+}
+
 /* Whether the ranges of ec cover [start, end) without gaps. */
 static bool covered(const struct emu_table *t, struct emu_ctx *ec, uintptr_t start, uintptr_t end)
 {
@@ -701,15 +713,14 @@ static bool handle_write_fault(uintptr_t addr, const ucontext_t *uc)
 	struct emu_range *r = find_range(atomic_load(&emu.table), addr);
 	uintptr_t page = addr & ~(uintptr_t)((r ? r->page : page_size()) - 1);
 	struct emu_waiter waiter = { .page = page };
+	struct emu_ctx *ec = r ? r->owner : NULL;
 	struct emu_hook *hook;
-	struct emu_ctx *ec;
 	bool queued;
 
-	if (!r || !(r->prot & PROT_WRITE) || !page_protected(r, page)) {
+	if (!ec || !(r->prot & PROT_WRITE) || !page_protected(r, page)) {
 		reader_exit(epoch);
 		return retry_after_unprotect(page);
 	}
-	ec = r->owner;
 	waiter.tid = (uint32_t)gettid();
 	hook = atomic_load(&ec->hook);
 	if (hook) {
@@ -727,19 +738,27 @@ static bool handle_write_fault(uintptr_t addr, const ucontext_t *uc)
 	return true;
 }
 
-/* Hand a fault that is not ours to the action installed before us. */
-static void forward_fault(int sig, siginfo_t *si, void *uc)
+/*
+ * Hand a fault that is not ours to the action installed before us, as the
+ * kernel would have delivered it: SA_RESETHAND spends the handler once; it
+ * runs with the interrupted mask plus its own sa_mask (not our handler's,
+ * which blocks every asynchronous signal: a handler that longjmps out would
+ * keep it). One difference, on purpose: SIGSEGV stays unblocked even
+ * without SA_NODEFER, so that it may write protected memory and block like
+ * any writer instead of being killed.
+ */
+static void forward_fault(int sig, siginfo_t *si, ucontext_t *uc)
 {
 	const struct sigaction *prev = &emu.previous;
 	bool from_fault = si->si_code > 0;
+	bool spent = (prev->sa_flags & SA_RESETHAND) &&
+		     atomic_exchange(&emu.previous_spent, true);
+	void (*handler)(int) = spent ? SIG_DFL : prev->sa_handler;
+	sigset_t mask;
 
-	if (prev->sa_flags & SA_SIGINFO) {
-		prev->sa_sigaction(sig, si, uc);
+	if (handler == SIG_IGN && !from_fault)
 		return;
-	}
-	if (prev->sa_handler == SIG_IGN && !from_fault)
-		return;
-	if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
+	if (handler == SIG_DFL || handler == SIG_IGN) {
 		/* The default action, as if we had never been installed: the
 		 * faulting instruction runs again and the process dies of
 		 * SIGSEGV, with a core. (The kernel forces the default for a
@@ -751,7 +770,13 @@ static void forward_fault(int sig, siginfo_t *si, void *uc)
 			raise(sig);
 		return;
 	}
-	prev->sa_handler(sig);
+	sigorset(&mask, &uc->uc_sigmask, &prev->sa_mask);
+	sigdelset(&mask, SIGSEGV);
+	pthread_sigmask(SIG_SETMASK, &mask, NULL);
+	if (prev->sa_flags & SA_SIGINFO)
+		prev->sa_sigaction(sig, si, uc);
+	else
+		handler(sig);
 }
 
 static void on_sigsegv(int sig, siginfo_t *si, void *uc)
@@ -760,7 +785,7 @@ static void on_sigsegv(int sig, siginfo_t *si, void *uc)
 	bool ours = si->si_code == SEGV_ACCERR &&
 		    handle_write_fault((uintptr_t)si->si_addr, uc);
 
-	errno = saved_errno;
+	errno = saved_errno;  /* the previous handler sees it too */
 	if (!ours)
 		forward_fault(sig, si, uc);
 }
@@ -787,21 +812,25 @@ static int install_handler(void)
 	sigdelset(&sa.sa_mask, SIGTRAP);
 	if (sigaction(SIGSEGV, &sa, &emu.previous) < 0)
 		return -errno;
+	atomic_store(&emu.previous_spent, false);
 	emu.handler_installed = true;
 	return 0;
 }
 
 /* Called with emu.lock held, when no context is left. The previous action
  * comes back only if ours is still the one installed: a handler installed
- * after ours chains to ours, which keeps forwarding. */
+ * after ours chains to ours, which keeps forwarding. A spent SA_RESETHAND
+ * handler comes back as SIG_DFL, as the kernel would have left it. */
 static void restore_handler(void)
 {
-	struct sigaction cur;
+	struct sigaction cur, prev = emu.previous;
 
 	if (!emu.handler_installed || sigaction(SIGSEGV, NULL, &cur) < 0 ||
 	    !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigsegv)
 		return;
-	if (sigaction(SIGSEGV, &emu.previous, NULL) == 0)
+	if ((prev.sa_flags & SA_RESETHAND) && atomic_load(&emu.previous_spent))
+		prev.sa_handler = SIG_DFL;
+	if (sigaction(SIGSEGV, &prev, NULL) == 0)
 		emu.handler_installed = false;
 }
 
@@ -867,16 +896,29 @@ static struct emu_table *table_publish(struct emu_table *t)
 /* What a change leaves to free after the grace period. */
 struct retired {
 	struct emu_table *table;
-	struct emu_range **ranges;
-	size_t n;
+	struct emu_range *ranges;  /* linked through link */
 };
+
+static void retire_range(struct retired *old, struct emu_range *r)
+{
+	r->link = old->ranges;
+	old->ranges = r;
+}
+
+static void free_range_list(struct emu_range *r)
+{
+	while (r) {
+		struct emu_range *next = r->link;
+
+		free(r);
+		r = next;
+	}
+}
 
 static void retired_free(struct retired *old)
 {
 	wait_for_readers();
-	for (size_t i = 0; i < old->n; i++)
-		free(old->ranges[i]);
-	free(old->ranges);
+	free_range_list(old->ranges);
 	free(old->table);
 }
 
@@ -1041,6 +1083,7 @@ static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 {
 	const struct emu_table *t = atomic_load(&emu.table);
 	struct emu_table *nt;
+	struct emu_range *made = NULL;  /* the slices, freed if we fail */
 	size_t i, first = first_range_ending_after(t, start), overlapping = 0;
 
 	for (i = first; t && i < t->n && t->ranges[i]->start < end; i++) {
@@ -1059,48 +1102,35 @@ static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 	if (!overlapping)
 		return 0;
 	nt = table_alloc(t->n + overlapping);  /* each may split in two */
-	old->ranges = calloc(overlapping, sizeof(*old->ranges));
-	if (!nt || !old->ranges) {
-		free(nt);
-		free(old->ranges);
-		old->ranges = NULL;
+	if (!nt)
 		return -ENOMEM;
-	}
 	for (i = 0; i < t->n; i++) {
-		struct emu_range *r = t->ranges[i], *head = NULL, *tail = NULL;
+		struct emu_range *r = t->ranges[i], *slice[2] = { NULL, NULL };
 
 		if (r->owner != ec || r->end <= start || r->start >= end) {
 			nt->ranges[nt->n++] = r;
 			continue;
 		}
-		if (r->start < start && !(head = range_slice(r, r->start, start)))
+		if (r->start < start && !(slice[0] = range_slice(r, r->start, start)))
 			goto nomem;
-		if (r->end > end && !(tail = range_slice(r, end, r->end))) {
-			free(head);
+		if (r->end > end && !(slice[1] = range_slice(r, end, r->end))) {
+			free(slice[0]);
 			goto nomem;
 		}
-		if (head)
-			nt->ranges[nt->n++] = head;
-		if (tail)
-			nt->ranges[nt->n++] = tail;
-		old->ranges[old->n++] = r;
+		for (int k = 0; k < 2; k++)
+			if (slice[k]) {
+				nt->ranges[nt->n++] = slice[k];
+				slice[k]->link = made;
+				made = slice[k];
+			}
+		retire_range(old, r);
 	}
 	old->table = table_publish(nt);
 	return 0;
 nomem:
-	/* Free the slices made so far: they are the entries not in t. */
-	for (size_t k = 0; k < nt->n; k++) {
-		bool from_t = false;
-
-		for (size_t j = 0; j < t->n && !from_t; j++)
-			from_t = nt->ranges[k] == t->ranges[j];
-		if (!from_t)
-			free(nt->ranges[k]);
-	}
+	free_range_list(made);
 	free(nt);
-	free(old->ranges);
-	old->ranges = NULL;
-	old->n = 0;
+	old->ranges = NULL;  /* still published */
 	return -ENOMEM;
 }
 
@@ -1129,8 +1159,9 @@ static int emu_unregister_range(struct uffdwp *ctx, uintptr_t start, size_t len)
 	if (ret == 0)
 		ret = remove_ranges(ec, start, end, &old);
 	unlock(&emu.lock);
-	if (ret == 0)
-		wake_waiters(ec, start, end);
+	/* Even on failure: pages may have been un-protected before it, and a
+	 * writer woken on a page still protected just faults again. */
+	wake_waiters(ec, start, end);
 	retired_free(&old);
 	return ret;
 }
@@ -1247,10 +1278,8 @@ static void atfork_child(void)
 	struct emu_table *t = atomic_exchange(&emu.table, NULL);
 
 	for (size_t i = 0; t && i < t->n; i++) {
-		struct emu_range *r = t->ranges[i];
-
-		mprotect((void *)r->start, r->end - r->start, r->prot);
-		free(r);
+		unprotect_all(t->ranges[i]);
+		free(t->ranges[i]);
 	}
 	free(t);
 	for (struct emu_ctx *ec = emu.contexts; ec; ec = ec->next) {
@@ -1328,8 +1357,6 @@ static void emu_close(struct uffdwp *ctx)
 	lock(&emu.lock);
 	t = atomic_load(&emu.table);
 	nt = table_alloc(t ? t->n : 0);
-	old.ranges = calloc(t ? t->n : 1, sizeof(*old.ranges));
-	atomic_fetch_add(&emu.unprotect_seq, 1);
 	for (size_t i = 0; t && i < t->n; i++) {
 		struct emu_range *r = t->ranges[i];
 
@@ -1338,26 +1365,14 @@ static void emu_close(struct uffdwp *ctx)
 				nt->ranges[nt->n++] = r;
 			continue;
 		}
-		/* Over the whole range, merging its mappings: cannot need more. */
-		mprotect((void *)r->start, r->end - r->start, r->prot);
-		set_bits(r, r->start, r->end, false);
-		if (old.ranges)
-			old.ranges[old.n++] = r;
+		unprotect_all(r);
+		if (nt)
+			retire_range(&old, r);
+		else
+			r->owner = NULL;  /* out of memory: stays published, leaked */
 	}
-	atomic_fetch_add(&emu.unprotect_seq, 1);
-	if (nt && old.ranges) {
+	if (nt)
 		old.table = table_publish(nt);
-	} else {
-		/* Out of memory: the ranges stay published, un-protected and
-		 * orphaned (no fault in them can be ours any more); leaked. */
-		for (size_t i = 0; t && i < t->n; i++)
-			if (t->ranges[i]->owner == ec)
-				t->ranges[i]->owner = NULL;
-		free(nt);
-		free(old.ranges);
-		old.ranges = NULL;
-		old.n = 0;
-	}
 	for (pp = &emu.contexts; *pp != ec; pp = &(*pp)->next)
 		;
 	*pp = ec->next;

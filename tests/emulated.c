@@ -253,6 +253,82 @@ TEST(foreign_sigsegv_reaches_previous_handler, ON_EMULATED)
 	CHECK((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == foreign_handler);
 }
 
+/* A program's handler that makes any faulting page writable, and counts. */
+static atomic_int program_faults;
+static sigset_t program_mask;  /* the signal mask its last call ran with */
+
+static void unprotecting_handler(int sig, siginfo_t *si, void *uc)
+{
+	uintptr_t page = (uintptr_t)si->si_addr & ~(uintptr_t)(test_page() - 1);
+
+	pthread_sigmask(SIG_SETMASK, NULL, &program_mask);
+	atomic_fetch_add(&program_faults, 1);
+	mprotect((void *)page, test_page(), PROT_READ | PROT_WRITE);
+}
+
+/* arg: true to close the context after the first forwarded fault. */
+static void resethand_child(void *arg)
+{
+	struct sigaction sa = { .sa_sigaction = unprotecting_handler,
+				.sa_flags = SA_SIGINFO | SA_RESETHAND }, cur;
+	char *mem = test_map(1, true), *foreign = map_pages(2, PROT_READ);
+	struct rlimit no_core = { 0, 0 };
+	struct uffdwp *ctx;
+
+	setrlimit(RLIMIT_CORE, &no_core);
+	CHECK_OK(sigaction(SIGSEGV, &sa, NULL));
+	ctx = open_protected(UFFDWP_BACKEND_EMULATED, mem, 1);
+	foreign[0] = 1;  /* the program's handler, once */
+	CHECK_EQ(atomic_load(&program_faults), 1);
+	if (arg) {
+		/* What comes back is what the kernel left: SIG_DFL. */
+		uffdwp_close(ctx);
+		CHECK_OK(sigaction(SIGSEGV, NULL, &cur));
+		CHECK(cur.sa_handler == SIG_DFL);
+		_exit(0);
+	}
+	foreign[test_page()] = 1;  /* SA_RESETHAND: the default action now */
+	_exit(3);
+}
+
+/* A previous handler installed with SA_RESETHAND runs once, as the kernel
+ * would run it; the next foreign fault gets the default action. */
+TEST(previous_handler_sa_resethand, ON_EMULATED)
+{
+	int status;
+
+	status = in_child(resethand_child, NULL);
+	CHECK(WIFSIGNALED(status));
+	CHECK_EQ(WTERMSIG(status), SIGSEGV);
+	status = in_child(resethand_child, (void *)1);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* The previous handler runs with the mask the kernel would give it (the
+ * interrupted mask plus its sa_mask), not with the library's handler's,
+ * except that SIGSEGV stays unblocked (see uffdwp_emulated(7)). */
+TEST(previous_handler_signal_mask, ON_EMULATED)
+{
+	struct sigaction sa = { .sa_sigaction = unprotecting_handler, .sa_flags = SA_SIGINFO };
+	char *mem = test_map(1, true), *foreign = map_pages(1, PROT_READ);
+	struct uffdwp *ctx;
+	sigset_t none;
+
+	sigemptyset(&none);
+	CHECK_OK(pthread_sigmask(SIG_SETMASK, &none, NULL));
+	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, SIGUSR2);
+	CHECK_OK(sigaction(SIGSEGV, &sa, NULL));
+	ctx = open_protected(backend, mem, 1);
+	foreign[0] = 1;
+	CHECK_EQ(atomic_load(&program_faults), 1);
+	CHECK(sigismember(&program_mask, SIGUSR2));
+	CHECK(!sigismember(&program_mask, SIGUSR1));
+	CHECK(!sigismember(&program_mask, SIGINT));
+	CHECK(!sigismember(&program_mask, SIGSEGV));
+	uffdwp_close(ctx);
+}
+
 static void write_to(void *addr)
 {
 	struct rlimit no_core = { 0, 0 };
@@ -290,6 +366,82 @@ TEST(real_crash_dies_of_sigsegv, ON_EMULATED)
 	status = in_child(crash_with_context_open, (void *)(intptr_t)PROT_READ);
 	CHECK(WIFSIGNALED(status));
 	CHECK_EQ(WTERMSIG(status), SIGSEGV);
+}
+
+/* A thread whose own stack gets protected: the fault can only be delivered
+ * on its alternate signal stack (SA_ONSTACK). */
+enum { STACK_PAGES = 64 };
+
+struct stack_case {
+	char *stack, *altstack;
+	uintptr_t frame;     /* the writer's frame address, reported before the protect */
+	sem_t ready, go;
+	atomic_bool done;
+};
+
+static __attribute__((noinline)) void touch_stack(void)
+{
+	volatile char buf[3 * 1024];
+
+	for (size_t i = 0; i < sizeof(buf); i += 256)
+		buf[i] = (char)i;
+}
+
+static void *stack_writer_main(void *arg)
+{
+	struct stack_case *sc = arg;
+	stack_t ss = { .ss_sp = sc->altstack, .ss_size = 16 * test_page() };
+
+	CHECK_OK(sigaltstack(&ss, NULL));
+	sc->frame = (uintptr_t)__builtin_frame_address(0);
+	sem_post(&sc->ready);
+	while (sem_wait(&sc->go) < 0)
+		;
+	touch_stack();
+	atomic_store(&sc->done, true);
+	return NULL;
+}
+
+TEST(fault_on_own_stack_uses_alternate_stack, ON_EMULATED)
+{
+	size_t page = test_page();
+	struct stack_case sc = { .stack = map_pages(STACK_PAGES, PROT_READ | PROT_WRITE),
+				 .altstack = map_pages(16, PROT_READ | PROT_WRITE) };
+	struct uffdwp *ctx = test_open(backend, 0);
+	pthread_attr_t attr;
+	pthread_t t;
+	char *lo;
+	int events = 0;
+
+	if (UNDER_TSAN)
+		SKIP("TSan refuses pthread_attr_setstack (pthread_create: EINVAL)");
+	sem_init(&sc.ready, 0, 0);
+	sem_init(&sc.go, 0, 0);
+	CHECK_EQ(pthread_attr_init(&attr), 0);
+	CHECK_EQ(pthread_attr_setstack(&attr, sc.stack, STACK_PAGES * page), 0);
+	CHECK_EQ(pthread_create(&t, &attr, stack_writer_main, &sc), 0);
+	CHECK_OK(sem_wait(&sc.ready));
+	/* The page of the writer's frame and those below: what it writes next. */
+	lo = (char *)(sc.frame & ~(uintptr_t)(page - 1)) - 7 * page;
+	CHECK(lo >= sc.stack);
+	CHECK_OK(uffdwp_register(ctx, lo, 8 * page, UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, lo, 8 * page, UFFDWP_WRITEPROTECT_MODE_WP));
+	sem_post(&sc.go);
+	while (!atomic_load(&sc.done)) {
+		struct uffdwp_event ev;
+
+		if (!test_wait_fd(ctx, 100))
+			continue;
+		CHECK_RET(uffdwp_read_events(ctx, &ev, 1), 1);
+		CHECK(ev.pagefault.address >= (uintptr_t)lo &&
+		      ev.pagefault.address < (uintptr_t)lo + 8 * page);
+		CHECK_OK(uffdwp_writeprotect(ctx, (void *)(uintptr_t)ev.pagefault.address,
+					     page, 0));
+		events++;
+	}
+	pthread_join(t, NULL);
+	CHECK(events > 0);
+	uffdwp_close(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -462,6 +614,31 @@ TEST(munmap_under_registration, ON_BOTH)
 	CHECK_RET(uffdwp_writeprotect(ctx, mem, 4 * page, 0), -ENOENT);
 	CHECK_RET(uffdwp_unregister(ctx, mem, 4 * page), -EINVAL);
 	uffdwp_close(ctx);
+}
+
+/* What close(), and a fork child, leave writable: every page, including
+ * those past a hole that munmap made inside the registration. */
+static void write_past_hole(void *arg)
+{
+	char *mem = arg;
+
+	((volatile char *)mem)[2 * test_page()] = 5;
+	((volatile char *)mem)[0] = 5;
+}
+
+TEST(unprotect_past_a_hole_on_close_and_fork, ON_BOTH)
+{
+	size_t page = test_page();
+	char *mem = test_map(3, true);
+	struct uffdwp *ctx = open_protected(backend, mem, 3);
+	int status;
+
+	CHECK_OK(munmap(mem + page, page));
+	status = in_child(write_past_hole, mem);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	uffdwp_close(ctx);
+	write_past_hole(mem);  /* no context left: a fault here would kill us */
+	CHECK_EQ(mem[2 * page], 5);
 }
 
 struct fork_case {
