@@ -75,7 +75,7 @@ check: all
 	$(TESTRUN) $(TESTFLAGS)
 
 run: all
-	$(TOOL) probe
+	$(TOOL) demo
 
 install: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL)
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \

@@ -356,6 +356,15 @@ UFFDWP_API void uffdwp_engine_stop(struct uffdwp_engine *eng);
  */
 UFFDWP_API int uffdwp_engine_dispatch(struct uffdwp_engine *eng);
 
+/*
+ * Wait until every event the engine had read when the call began has been
+ * handed to fn and resolved. A change that raises an event (madvise(2),
+ * munmap(2), mremap(2), fork(2)) returns as soon as the engine has *read*
+ * it, possibly before fn has run: call this after it to see fn's effects.
+ * Not from fn. Returns 0, or -EINVAL (eng NULL).
+ */
+UFFDWP_API int uffdwp_engine_flush(struct uffdwp_engine *eng);
+
 /* The mode in force (never AUTO). */
 UFFDWP_API enum uffdwp_engine_mode uffdwp_engine_mode(const struct uffdwp_engine *eng);
 
@@ -778,7 +787,8 @@ struct uffdwp_snapshot_progress {
 	uint64_t pages_copied;    /* saved through the side buffer (copy-before-write) */
 	uint64_t writer_waits;    /* times a writer waited: side buffer full, or its
 				     page was being saved */
-	uint64_t side_peak;       /* most bytes of side buffer in use at once */
+	uint64_t side_peak;       /* most bytes of side buffer memory at once (slots
+				     in use, or populated just ahead of the writers) */
 	uint64_t bytes_out;       /* bytes written to the fd sink */
 	uint64_t begin_ns;        /* how long uffdwp_snapshot_begin() took */
 	int finished;             /* 1 once uffdwp_snapshot_wait() would not block */

@@ -17,6 +17,25 @@
 
 extern const struct test_case __start_uffdwp_tests[], __stop_uffdwp_tests[];
 
+/* Undo steps a test registered (test_cleanup), run however it ends. */
+static void (*cleanups[8])(void);
+static int ncleanups;
+
+void test_cleanup(void (*fn)(void))
+{
+	if (ncleanups == (int)(sizeof(cleanups) / sizeof(cleanups[0])))
+		FAIL("too many cleanups");
+	cleanups[ncleanups++] = fn;
+}
+
+static _Noreturn void end_test(int status)
+{
+	while (ncleanups > 0)
+		cleanups[--ncleanups]();
+	fflush(NULL);
+	_exit(status);
+}
+
 _Noreturn void test_fail(const char *file, int line, const char *fmt, ...)
 {
 	va_list ap;
@@ -26,8 +45,7 @@ _Noreturn void test_fail(const char *file, int line, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
-	fflush(NULL);
-	_exit(1);
+	end_test(1);
 }
 
 _Noreturn void test_skip(const char *fmt, ...)
@@ -38,8 +56,7 @@ _Noreturn void test_skip(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
-	fflush(NULL);
-	_exit(TEST_EXIT_SKIP);
+	end_test(TEST_EXIT_SKIP);
 }
 
 static double now(void)
@@ -101,8 +118,7 @@ static enum outcome run_one(const struct test_case *t, enum uffdwp_backend be,
 		dup2(pipefd[1], STDERR_FILENO);
 		setvbuf(stdout, NULL, _IOLBF, 0);
 		t->fn(be);
-		fflush(NULL);
-		_exit(0);
+		end_test(0);
 	}
 	setpgid(pid, pid);
 	close(pipefd[1]);

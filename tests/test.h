@@ -69,6 +69,10 @@ _Noreturn void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 
 
 #define CHECK_OK(expr) CHECK_RET(expr, 0)
 
+/* Run fn when the test ends, passed, failed or skipped (last in, first
+ * out): for changes to the machine that must not outlive the test. */
+void test_cleanup(void (*fn)(void));
+
 /* --- helpers (util.c) --- */
 
 size_t test_page(void);
@@ -81,6 +85,14 @@ struct uffdwp *test_open(enum uffdwp_backend backend, uint64_t features);
 /* mmap npages of private anonymous memory, every byte set to 1 unless
  * !touch (then never touched, all zero). Fails the test on error. */
 char *test_map(size_t npages, bool touch);
+
+/* Make sure swap is active, for tests of swapped-out pages: if none is,
+ * and we are root, a swap file is made and enabled for this test only.
+ * Skips when neither is possible. */
+void test_need_swap(void);
+
+/* True if the page at addr is swapped out (/proc/self/pagemap). */
+bool test_page_swapped(const void *addr);
 
 /* Wait up to timeout_ms for the context's fd to be readable; true if it is. */
 bool test_wait_fd(struct uffdwp *ctx, int timeout_ms);

@@ -3,7 +3,9 @@
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/swap.h>
 #include <time.h>
 #include "test.h"
 
@@ -39,6 +41,80 @@ char *test_map(size_t npages, bool touch)
 	if (touch)
 		memset(p, 1, len);
 	return p;
+}
+
+static bool swap_active(void)
+{
+	FILE *f = fopen("/proc/swaps", "r");
+	char line[256];
+	int lines = 0;
+
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f))
+		lines++;
+	fclose(f);
+	return lines > 1; /* a header, then one line per swap area */
+}
+
+#define TEST_SWAP_FILE "/var/tmp/uffdwp-test.swap"  /* not tmpfs: swap needs a disk */
+#define TEST_SWAP_SIZE (64 << 20)
+
+static void swap_file_off(void)
+{
+	swapoff(TEST_SWAP_FILE);
+	unlink(TEST_SWAP_FILE);
+}
+
+/* A swap area is a file whose first page says so: version 1, its last
+ * usable page, and "SWAPSPACE2" at the end of that page (mkswap(8)). */
+static bool make_swap_file(void)
+{
+	size_t page = test_page();
+	char *header = calloc(1, page);
+	uint32_t fields[3] = { 1, (uint32_t)(TEST_SWAP_SIZE / page - 1), 0 };
+	int fd = open(TEST_SWAP_FILE, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+	bool ok;
+
+	CHECK(header != NULL);
+	memcpy(header + 1024, fields, sizeof(fields));
+	memcpy(header + page - 10, "SWAPSPACE2", 10);
+	ok = fd >= 0 && fallocate(fd, 0, 0, TEST_SWAP_SIZE) == 0 &&
+	     pwrite(fd, header, page, 0) == (ssize_t)page && fsync(fd) == 0;
+	if (fd >= 0)
+		close(fd);
+	free(header);
+	return ok;
+}
+
+void test_need_swap(void)
+{
+	if (swap_active())
+		return;
+	if (geteuid() != 0)
+		SKIP("no swap is active and only root could add some");
+	swap_file_off(); /* what an interrupted earlier run left */
+	if (!make_swap_file()) {
+		unlink(TEST_SWAP_FILE);
+		SKIP("cannot make a swap file in /var/tmp: %s", strerror(errno));
+	}
+	test_cleanup(swap_file_off);
+	if (swapon(TEST_SWAP_FILE, 0) != 0)
+		SKIP("swapon: %s", strerror(errno));
+}
+
+bool test_page_swapped(const void *addr)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t entry = 0;
+	off_t at = (off_t)((uintptr_t)addr / test_page() * sizeof(entry));
+	bool read_ok;
+
+	CHECK(fd >= 0);
+	read_ok = pread(fd, &entry, sizeof(entry), at) == (ssize_t)sizeof(entry);
+	close(fd);
+	CHECK(read_ok);
+	return entry & (UINT64_C(1) << 62); /* the pagemap's "swapped" bit */
 }
 
 bool test_wait_fd(struct uffdwp *ctx, int timeout_ms)

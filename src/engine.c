@@ -1,0 +1,836 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fault-resolution engine: the loop every user of write-protection
+ * writes by hand, done once (uffdwp_engine(3)).
+ *
+ * THREAD: one handler thread reads faults in batches (up to BATCH_MAX per
+ * read), hands each to the callback, then un-protects the batch's pages -
+ * sorted and merged into runs, one un-protect-and-wake ioctl per run.
+ * It sleeps in poll(2) on the context's fd and an eventfd (stop) when idle;
+ * when faults follow each other closely it spins on the fd for a while
+ * instead, because in a VM every sleep/wake pair of the handler costs tens
+ * of microseconds (BRIEF §4: 42-46 us per fault with poll, 17-18 busy).
+ *
+ * INTHREAD: the faulting thread resolves its own fault. Kernel backend: the
+ * context has UFFD_FEATURE_SIGBUS, so a write to a protected page raises
+ * SIGBUS in the writer; a process-wide handler finds the engine through a
+ * small lock-free table and un-protects. Emulated backend: the backend's
+ * fault hook, called from its SIGSEGV handler.
+ *
+ * CALLER: uffdwp_engine_dispatch() runs one pass of the THREAD loop's body.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+#include "backend.h"
+
+/* Events read at once (the kernel backend reads at most 64 per call). */
+#define BATCH_MAX 64
+
+/* The handler thread spins on the fd, for up to this long, when the last
+ * gap between faults was shorter: a burst is going on. A budget that
+ * followed the gaps more tightly (a few gaps long) measured worse: the
+ * writers' wake-up latency has a long tail, and every spin that ends a
+ * moment too early costs a full sleep/wake round trip. */
+#define SPIN_NS 100000
+
+/* -EAGAIN from an un-protect lasts as long as the address-space change
+ * (a fork copies the whole mm with it pending): give up only after this. */
+#define EAGAIN_GIVE_UP_NS (10ull * 1000000000ull)
+
+/* In-thread mode: a thread faulting this many times in a row on one page
+ * makes the handler check (pagemap) that it can be a write-protect fault. */
+#define SIGBUS_REPEATS_BEFORE_CHECK 8
+
+#define EVENT_FEATURES (UFFDWP_FEATURE_EVENT_FORK | UFFDWP_FEATURE_EVENT_REMAP | \
+			UFFDWP_FEATURE_EVENT_REMOVE | UFFDWP_FEATURE_EVENT_UNMAP)
+
+struct engine_counters {
+	_Atomic uint64_t faults, resolved, kept, events, eagain, errors, batches;
+	_Atomic uint64_t latency_log2_ns[UFFDWP_ENGINE_LATENCY_BUCKETS];
+	_Atomic uint64_t batch_log2[UFFDWP_ENGINE_BATCH_BUCKETS];
+};
+
+struct uffdwp_engine {
+	struct uffdwp *ctx;
+	enum uffdwp_engine_mode mode;
+	uffdwp_fault_fn fn;
+	void *arg;
+	uintptr_t page_mask;
+	size_t page;
+
+	/* Held from reading events to having handled them: one reader at a
+	 * time, and uffdwp_engine_flush() waits on it. */
+	pthread_mutex_t read_lock;
+	/* Faults read while an un-protect waited out -EAGAIN: handled next. */
+	struct uffdwp_event deferred[BATCH_MAX];
+	size_t ndeferred;
+
+	bool has_thread;
+	pthread_t thread;
+	int stop_fd;              /* eventfd: wakes the handler thread */
+	_Atomic bool stopping;
+
+	int sigbus_slot;          /* kernel INTHREAD: index in sigbus_slots, else -1 */
+	bool hooked;              /* emulated INTHREAD: the backend's fault hook is ours */
+
+	struct engine_counters stats;
+	struct uffdwp_engine *next_started;  /* all engines, for "one per context" */
+};
+
+static pthread_mutex_t engines_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uffdwp_engine *engines_started;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static unsigned log2_floor(uint64_t v)
+{
+	return v ? 63u - (unsigned)__builtin_clzll(v) : 0;
+}
+
+static void count(_Atomic uint64_t *c, uint64_t n)
+{
+	atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+static void count_latency(struct uffdwp_engine *eng, uint64_t since_ns, uint64_t nfaults)
+{
+	unsigned b = log2_floor(now_ns() - since_ns);
+
+	if (b >= UFFDWP_ENGINE_LATENCY_BUCKETS)
+		b = UFFDWP_ENGINE_LATENCY_BUCKETS - 1;
+	count(&eng->stats.latency_log2_ns[b], nfaults);
+}
+
+/* ---------------------------------------------------------------------------
+ * Resolving: un-protect, waiting out -EAGAIN
+ * ------------------------------------------------------------------------- */
+
+static void pass_event(struct uffdwp_engine *eng, const struct uffdwp_event *ev)
+{
+	count(&eng->stats.events, 1);
+	if (eng->fn)
+		eng->fn(eng->arg, ev);
+	else if (ev->type == UFFDWP_EVENT_FORK)
+		close(ev->fork.fd);  /* nobody wants the child's faults */
+}
+
+/*
+ * While an un-protect fails with -EAGAIN, the event that made the address
+ * space change may be pending: read what is pending, pass the non-fault
+ * events on (reading a fork event is what lets fork() finish), keep the
+ * faults for later. Returns true if anything was read.
+ */
+static bool absorb_pending_events(struct uffdwp_engine *eng)
+{
+	struct uffdwp_event ev[BATCH_MAX];
+	size_t room = BATCH_MAX - eng->ndeferred;
+	int n;
+
+	if (room == 0)
+		return false;
+	n = uffdwp_read_events(eng->ctx, ev, room);
+	for (int i = 0; i < n; i++) {
+		if (ev[i].type == UFFDWP_EVENT_PAGEFAULT)
+			eng->deferred[eng->ndeferred++] = ev[i];
+		else
+			pass_event(eng, &ev[i]);
+	}
+	return n > 0;
+}
+
+/*
+ * uffdwp_writeprotect() that rides out -EAGAIN. in_signal: called from a
+ * signal handler, where the events are read by another thread (or there
+ * are none), so only yield. Once the event is read the kernel still says
+ * -EAGAIN until the forking thread has returned from the change; yielding
+ * lets it run.
+ */
+static int writeprotect_retrying(struct uffdwp_engine *eng, uintptr_t start, size_t len,
+				 unsigned mode, bool in_signal)
+{
+	uint64_t give_up = 0;
+	int ret;
+
+	while ((ret = uffdwp_writeprotect(eng->ctx, (void *)start, len, mode)) == -EAGAIN) {
+		count(&eng->stats.eagain, 1);
+		if (!in_signal && absorb_pending_events(eng))
+			continue;
+		if (!give_up)
+			give_up = now_ns() + EAGAIN_GIVE_UP_NS;
+		else if (now_ns() > give_up)
+			break;
+		sched_yield();
+	}
+	return ret;
+}
+
+/* Un-protect [start, start+len) and wake its writers; false if any page
+ * of it stays protected. A range partly unmapped or unregistered meanwhile
+ * fails as a whole with -ENOENT: then page by page, so the pages still
+ * ours are not left protected. Pages that are gone need nothing: unmap
+ * and unregister wake their writers. */
+static bool unprotect_run(struct uffdwp_engine *eng, uintptr_t start, size_t len)
+{
+	int ret = writeprotect_retrying(eng, start, len, 0, false);
+	bool ok = true;
+
+	if (ret == -ENOENT && len > eng->page) {
+		for (size_t off = 0; off < len; off += eng->page)
+			ok &= unprotect_run(eng, start + off, eng->page);
+		return ok;
+	}
+	return ret == 0 || ret == -ENOENT;
+}
+
+static void sort_pages(uintptr_t *p, size_t n)
+{
+	for (size_t i = 1; i < n; i++) {
+		uintptr_t v = p[i];
+		size_t j = i;
+
+		for (; j > 0 && p[j - 1] > v; j--)
+			p[j] = p[j - 1];
+		p[j] = v;
+	}
+}
+
+/*
+ * Resolve a batch: the pages (they may repeat: two threads faulting on one
+ * page) are sorted and merged into runs of adjacent pages, and each run is
+ * un-protected and woken by one ioctl. Un-protecting every run with
+ * DONTWAKE and then waking the batch's span with one UFFDIO_WAKE was
+ * measured too: it costs one more ioctl per batch (k + 1 against k), wakes
+ * the first writers later, and the span also wakes writers whose faults
+ * are not read yet (they fault again) and must be split around kept pages.
+ * Merging adjacent pages is where a batch saves ioctls.
+ */
+static void resolve_pages(struct uffdwp_engine *eng, uintptr_t *pages, size_t n,
+			  uint64_t read_ns)
+{
+	size_t failed = 0;
+
+	if (n == 0)
+		return;
+	sort_pages(pages, n);
+	for (size_t i = 0; i < n;) {
+		size_t j = i + 1;
+
+		while (j < n && pages[j] <= pages[j - 1] + eng->page)
+			j++;
+		if (!unprotect_run(eng, pages[i], pages[j - 1] + eng->page - pages[i]))
+			failed += j - i;
+		i = j;
+	}
+	count(&eng->stats.resolved, n - failed);
+	count(&eng->stats.errors, failed);
+	count_latency(eng, read_ns, n);
+}
+
+/* Hand a batch to the callback and resolve what it does not keep. */
+static void handle_batch(struct uffdwp_engine *eng, const struct uffdwp_event *ev, size_t n,
+			 uint64_t read_ns)
+{
+	uintptr_t pages[BATCH_MAX];
+	size_t npages = 0;
+	unsigned b = log2_floor(n);
+
+	count(&eng->stats.batches, 1);
+	count(&eng->stats.batch_log2[b < UFFDWP_ENGINE_BATCH_BUCKETS ? b
+					: UFFDWP_ENGINE_BATCH_BUCKETS - 1], 1);
+	for (size_t i = 0; i < n; i++) {
+		if (ev[i].type != UFFDWP_EVENT_PAGEFAULT) {
+			pass_event(eng, &ev[i]);
+			continue;
+		}
+		count(&eng->stats.faults, 1);
+		if (eng->fn && eng->fn(eng->arg, &ev[i]) == UFFDWP_KEEP)
+			count(&eng->stats.kept, 1);
+		else
+			pages[npages++] = (uintptr_t)ev[i].pagefault.address & eng->page_mask;
+	}
+	resolve_pages(eng, pages, npages, read_ns);
+}
+
+/*
+ * Handle everything pending, batch by batch, until the fd has nothing more.
+ * Returns the number of events handled, or a negative errno from reading.
+ * Called with read_lock held.
+ */
+static int drain_locked(struct uffdwp_engine *eng)
+{
+	struct uffdwp_event ev[BATCH_MAX];
+	int total = 0;
+
+	for (;;) {
+		uint64_t read_ns = now_ns();
+		int n;
+
+		if (eng->ndeferred) {
+			n = (int)eng->ndeferred;
+			memcpy(ev, eng->deferred, (size_t)n * sizeof(ev[0]));
+			eng->ndeferred = 0;
+		} else {
+			n = uffdwp_read_events(eng->ctx, ev, BATCH_MAX);
+			if (n == -EAGAIN)
+				return total;
+			if (n < 0)
+				return total ? total : n;
+		}
+		handle_batch(eng, ev, (size_t)n, read_ns);
+		total += n;
+	}
+}
+
+/* drain_locked() under read_lock. The lock is taken per drain, not for
+ * the handler thread's life, so that flush can slip in between. */
+static int drain(struct uffdwp_engine *eng)
+{
+	int ret;
+
+	pthread_mutex_lock(&eng->read_lock);
+	ret = drain_locked(eng);
+	pthread_mutex_unlock(&eng->read_lock);
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------
+ * THREAD mode
+ * ------------------------------------------------------------------------- */
+
+/* Sleep until the fd or the stop eventfd is readable. */
+static void wait_for_events(struct uffdwp_engine *eng)
+{
+	struct pollfd p[2] = {
+		{ .fd = uffdwp_fd(eng->ctx), .events = POLLIN },
+		{ .fd = eng->stop_fd, .events = POLLIN },
+	};
+
+	while (poll(p, 2, -1) < 0 && errno == EINTR)
+		;
+}
+
+/*
+ * Spin for up to spin_ns, draining the fd: catches the next fault of a
+ * burst without the sleep/wake round trip. Returns true if it handled any.
+ * Each turn yields: when CPUs are scarce the writer just woken may be
+ * waiting for this very CPU, and a spin that holds it delays the fault it
+ * is waiting for (measured: p99 went from ~25 us to ~120 us).
+ */
+static bool spin_for_events(struct uffdwp_engine *eng, uint64_t spin_ns)
+{
+	uint64_t deadline = now_ns() + spin_ns;
+
+	do {
+		if (drain(eng) > 0)
+			return true;
+		sched_yield();
+	} while (now_ns() < deadline && !atomic_load_explicit(&eng->stopping,
+							       memory_order_relaxed));
+	return false;
+}
+
+static void *handler_thread(void *arg)
+{
+	struct uffdwp_engine *eng = arg;
+	bool burst = false;  /* the last gap was short: spin before sleeping */
+
+	for (;;) {
+		/* Loaded before draining: the last drain sees every fault that
+		 * was pending when stop was asked. */
+		bool stopping = atomic_load(&eng->stopping);
+		uint64_t idle_since;
+
+		drain(eng);
+		if (stopping)
+			break;
+		idle_since = now_ns();
+		if (burst && spin_for_events(eng, SPIN_NS))
+			continue;
+		wait_for_events(eng);
+		burst = now_ns() - idle_since < SPIN_NS;
+	}
+	return NULL;
+}
+
+static int start_thread(struct uffdwp_engine *eng)
+{
+	sigset_t all, old;
+	int ret;
+
+	eng->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (eng->stop_fd < 0)
+		return -errno;
+	/* The thread takes no asynchronous signal: the program's handlers
+	 * run in the program's threads, and poll is not interrupted. */
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGILL);
+	sigdelset(&all, SIGFPE);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = -pthread_create(&eng->thread, NULL, handler_thread, eng);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret < 0) {
+		close(eng->stop_fd);
+		return ret;
+	}
+	eng->has_thread = true;
+	return 0;
+}
+
+static void stop_thread(struct uffdwp_engine *eng)
+{
+	uint64_t one = 1;
+
+	atomic_store(&eng->stopping, true);
+	while (write(eng->stop_fd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+	pthread_join(eng->thread, NULL);
+	close(eng->stop_fd);
+	eng->has_thread = false;
+}
+
+/* ---------------------------------------------------------------------------
+ * INTHREAD mode, kernel backend: the SIGBUS handler
+ * ------------------------------------------------------------------------- */
+
+/*
+ * The in-thread engines. The handler reads a slot inside its readers
+ * count; stop empties the slot, then waits for the count to drop to zero
+ * before freeing the engine.
+ */
+static struct {
+	_Atomic(struct uffdwp_engine *) eng;
+	_Atomic unsigned readers;
+} sigbus_slots[UFFDWP_ENGINE_MAX_INTHREAD];
+
+/* Install/restore of the handler, under engines_lock. */
+static struct sigaction sigbus_previous;
+static bool sigbus_installed;
+static int sigbus_users;
+
+/* The page this thread last faulted on in a row, and how often. */
+static __thread uintptr_t sigbus_last_page __attribute__((tls_model("initial-exec")));
+static __thread unsigned sigbus_repeats __attribute__((tls_model("initial-exec")));
+
+/* /proc/self/pagemap: bit 63 present, bit 57 uffd write-protected (also
+ * set on the marker of a protected page never touched). */
+#define PAGEMAP_PRESENT (1ull << 63)
+#define PAGEMAP_UFFD_WP (1ull << 57)
+
+/*
+ * Could a write to page be failing for write-protection? A missing page (a
+ * range registered for missing faults too) or a file page beyond the end
+ * of its file is neither present nor marked; a page a protector has just
+ * un-protected again is present, and its write will succeed on retry.
+ * (open/pread/close are async-signal-safe.) Unknown counts as yes.
+ */
+static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t entry = PAGEMAP_PRESENT;
+
+	if (fd >= 0) {
+		if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
+		    (ssize_t)sizeof(entry))
+			entry = PAGEMAP_PRESENT;
+		close(fd);
+	}
+	return entry & (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
+}
+
+/*
+ * Resolve a SIGBUS at page if it belongs to eng. Without a callback the
+ * un-protect itself tells: it fails with -ENOENT outside eng's ranges.
+ * With one, ownership must be known before the callback runs, so it is
+ * asked first by protecting the page again: a no-op on a protected page
+ * that fails the same way outside eng's ranges (and if the program
+ * un-protected the page meanwhile, the un-protect below restores that).
+ */
+static bool sigbus_resolve(struct uffdwp_engine *eng, uintptr_t page, uint64_t t0)
+{
+	int ret;
+
+	if (eng->fn) {
+		struct uffdwp_event ev = {
+			.type = UFFDWP_EVENT_PAGEFAULT,
+			.pagefault = {
+				.flags = UFFDWP_PAGEFAULT_FLAG_WRITE | UFFDWP_PAGEFAULT_FLAG_WP,
+				.address = page,
+				.tid = (uint32_t)gettid(),
+			},
+		};
+
+		if (writeprotect_retrying(eng, page, eng->page, UFFDWP_WRITEPROTECT_MODE_WP,
+					  true) < 0)
+			return false;
+		eng->fn(eng->arg, &ev);
+	}
+	/* DONTWAKE: on a SIGBUS context nobody sleeps on a fault. */
+	ret = writeprotect_retrying(eng, page, eng->page, UFFDWP_WRITEPROTECT_MODE_DONTWAKE, true);
+	if (ret == -ENOENT && !eng->fn)
+		return false;
+	count(&eng->stats.faults, 1);
+	if (ret < 0) {
+		count(&eng->stats.errors, 1);
+		return false;  /* forwarded: better a crash than a silent loop */
+	}
+	count(&eng->stats.resolved, 1);
+	count_latency(eng, t0, 1);
+	return true;
+}
+
+static bool sigbus_ours(uintptr_t addr)
+{
+	uint64_t t0 = now_ns();
+	size_t page_size = uffdwp__page_size();
+	uintptr_t page = addr & ~(uintptr_t)(page_size - 1);
+
+	/* A fault that keeps coming back to one page may be no write-protect
+	 * fault at all (a missing page, a truncated file in a registered
+	 * range): un-protecting would loop forever. Check, then. (Repeats are
+	 * legitimate too: another thread re-protecting the page each time.) */
+	if (page != sigbus_last_page) {
+		sigbus_last_page = page;
+		sigbus_repeats = 0;
+	} else if (++sigbus_repeats >= SIGBUS_REPEATS_BEFORE_CHECK) {
+		sigbus_repeats = 0;
+		if (!page_can_be_wp_fault(page, page_size))
+			return false;
+	}
+	for (size_t i = 0; i < UFFDWP_ENGINE_MAX_INTHREAD; i++) {
+		struct uffdwp_engine *eng;
+		bool ours = false;
+
+		if (!atomic_load_explicit(&sigbus_slots[i].eng, memory_order_relaxed))
+			continue;
+		atomic_fetch_add(&sigbus_slots[i].readers, 1);
+		eng = atomic_load(&sigbus_slots[i].eng);
+		if (eng)
+			ours = sigbus_resolve(eng, page, t0);
+		atomic_fetch_sub(&sigbus_slots[i].readers, 1);
+		if (ours)
+			return true;
+	}
+	return false;
+}
+
+/* Hand a SIGBUS that is not ours to whatever was installed before. */
+static void forward_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *prev = &sigbus_previous;
+	bool from_fault = si->si_code > 0;
+
+	if (prev->sa_flags & SA_SIGINFO) {
+		prev->sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (prev->sa_handler == SIG_IGN && !from_fault)
+		return;
+	if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
+		/* As if we had never been there: a fault re-executes and
+		 * dies of SIGBUS; a sent signal is sent again. */
+		struct sigaction dfl = { .sa_handler = SIG_DFL };
+
+		sigaction(SIGBUS, &dfl, NULL);
+		if (!from_fault)
+			raise(sig);
+		return;
+	}
+	prev->sa_handler(sig);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved_errno = errno;
+	bool ours = si->si_code == BUS_ADRERR && sigbus_ours((uintptr_t)si->si_addr);
+
+	errno = saved_errno;
+	if (!ours)
+		forward_sigbus(sig, si, uc);
+}
+
+/* Called with engines_lock held. */
+static int sigbus_attach(struct uffdwp_engine *eng)
+{
+	size_t slot = 0;
+
+	while (slot < UFFDWP_ENGINE_MAX_INTHREAD && atomic_load(&sigbus_slots[slot].eng))
+		slot++;
+	if (slot == UFFDWP_ENGINE_MAX_INTHREAD)
+		return -EBUSY;
+	if (!sigbus_installed) {
+		struct sigaction sa = {
+			.sa_sigaction = on_sigbus,
+			/* NODEFER: a SIGBUS of another kind raised inside the
+			 * callback must still reach the previous handler. */
+			.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER,
+		};
+
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(SIGBUS, &sa, &sigbus_previous) < 0)
+			return -errno;
+		sigbus_installed = true;
+	}
+	sigbus_users++;
+	eng->sigbus_slot = (int)slot;
+	atomic_store(&sigbus_slots[slot].eng, eng);
+	return 0;
+}
+
+/* Called with engines_lock held. The previous handler comes back only if
+ * ours is still the one installed (one installed after ours chains to it). */
+static void sigbus_detach(struct uffdwp_engine *eng)
+{
+	struct sigaction cur;
+	int slot = eng->sigbus_slot;
+
+	atomic_store(&sigbus_slots[slot].eng, NULL);
+	while (atomic_load(&sigbus_slots[slot].readers))
+		sched_yield();
+	eng->sigbus_slot = -1;
+	if (--sigbus_users > 0)
+		return;
+	if (sigaction(SIGBUS, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+	    cur.sa_sigaction == on_sigbus && sigaction(SIGBUS, &sigbus_previous, NULL) == 0)
+		sigbus_installed = false;
+}
+
+/* ---------------------------------------------------------------------------
+ * INTHREAD mode, emulated backend: the backend's fault hook
+ * ------------------------------------------------------------------------- */
+
+/* Called in the faulting thread from the backend's SIGSEGV handler, which
+ * has already found that the page is one of ctx's protected pages. */
+static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_event *ev)
+{
+	struct uffdwp_engine *eng = arg;
+	uint64_t t0 = now_ns();
+	uintptr_t page = (uintptr_t)ev->pagefault.address & eng->page_mask;
+	int ret;
+
+	count(&eng->stats.faults, 1);
+	if (eng->fn)
+		eng->fn(eng->arg, ev);
+	/* Waking costs little here and releases any writer of this page
+	 * that queued before the hook was installed. */
+	ret = uffdwp_writeprotect(ctx, (void *)page, eng->page, 0);
+	if (ret < 0) {
+		count(&eng->stats.errors, 1);
+		return ret;  /* the backend queues the fault and blocks instead */
+	}
+	count(&eng->stats.resolved, 1);
+	count_latency(eng, t0, 1);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The API
+ * ------------------------------------------------------------------------- */
+
+static bool has_engine(const struct uffdwp *ctx)
+{
+	for (const struct uffdwp_engine *e = engines_started; e; e = e->next_started)
+		if (e->ctx == ctx)
+			return true;
+	return false;
+}
+
+static void unlink_engine(struct uffdwp_engine *eng)
+{
+	for (struct uffdwp_engine **p = &engines_started; *p; p = &(*p)->next_started)
+		if (*p == eng) {
+			*p = eng->next_started;
+			return;
+		}
+}
+
+/* The mode to run in, or a negative errno. */
+static int choose_mode(const struct uffdwp *ctx, enum uffdwp_engine_mode asked)
+{
+	bool emulated = uffdwp_backend(ctx) == UFFDWP_BACKEND_EMULATED;
+	bool sigbus = uffdwp_features(ctx) & UFFDWP_FEATURE_SIGBUS;
+
+	switch (asked) {
+	case UFFDWP_ENGINE_AUTO:
+		return emulated || sigbus ? UFFDWP_ENGINE_INTHREAD : UFFDWP_ENGINE_THREAD;
+	case UFFDWP_ENGINE_THREAD:
+	case UFFDWP_ENGINE_CALLER:
+		/* A SIGBUS context never queues a fault: nothing to read. */
+		return sigbus ? -EOPNOTSUPP : (int)asked;
+	case UFFDWP_ENGINE_INTHREAD:
+		return emulated || sigbus ? (int)asked : -EOPNOTSUPP;
+	}
+	return -EINVAL;
+}
+
+/* Set up the chosen mode; called with engines_lock held. */
+static int start_mode(struct uffdwp_engine *eng)
+{
+	bool events = uffdwp_features(eng->ctx) & EVENT_FEATURES;
+	int ret;
+
+	switch (eng->mode) {
+	case UFFDWP_ENGINE_THREAD:
+		return start_thread(eng);
+	case UFFDWP_ENGINE_CALLER:
+		return 0;
+	case UFFDWP_ENGINE_INTHREAD:
+		if (uffdwp_backend(eng->ctx) == UFFDWP_BACKEND_EMULATED) {
+			ret = eng->ctx->ops->set_fault_hook(eng->ctx, emulated_hook, eng);
+			if (ret < 0)
+				return ret;
+			eng->hooked = true;
+			/* Faults queued before the hook: resolve them now. */
+			drain(eng);
+			return 0;
+		}
+		ret = sigbus_attach(eng);
+		/* Events still come through the fd; fork() waits for its. */
+		if (ret == 0 && events) {
+			ret = start_thread(eng);
+			if (ret < 0)
+				sigbus_detach(eng);
+		}
+		return ret;
+	default:
+		return -EINVAL;
+	}
+}
+
+int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
+			const struct uffdwp_engine_opts *opts)
+{
+	struct uffdwp_engine_opts o = { .sz = sizeof(o) };
+	struct uffdwp_engine *eng;
+	int mode, ret;
+
+	if (!out || !ctx)
+		return -EINVAL;
+	if (opts) {
+		if (opts->sz < offsetof(struct uffdwp_engine_opts, arg) + sizeof(opts->arg))
+			return -EINVAL;
+		o.mode = opts->mode;
+		o.fn = opts->fn;
+		o.arg = opts->arg;
+	}
+	mode = choose_mode(ctx, o.mode);
+	if (mode < 0)
+		return mode;
+	eng = calloc(1, sizeof(*eng));
+	if (!eng)
+		return -ENOMEM;
+	eng->ctx = ctx;
+	eng->mode = (enum uffdwp_engine_mode)mode;
+	eng->fn = o.fn;
+	eng->arg = o.arg;
+	eng->page = uffdwp__page_size();
+	eng->page_mask = ~(uintptr_t)(eng->page - 1);
+	eng->stop_fd = -1;
+	eng->sigbus_slot = -1;
+	pthread_mutex_init(&eng->read_lock, NULL);
+
+	pthread_mutex_lock(&engines_lock);
+	ret = has_engine(ctx) ? -EBUSY : start_mode(eng);
+	if (ret == 0) {
+		eng->next_started = engines_started;
+		engines_started = eng;
+	}
+	pthread_mutex_unlock(&engines_lock);
+	if (ret < 0) {
+		pthread_mutex_destroy(&eng->read_lock);
+		free(eng);
+		return ret;
+	}
+	*out = eng;
+	return 0;
+}
+
+void uffdwp_engine_stop(struct uffdwp_engine *eng)
+{
+	if (!eng)
+		return;
+	pthread_mutex_lock(&engines_lock);
+	if (eng->sigbus_slot >= 0)
+		sigbus_detach(eng);
+	if (eng->hooked) {
+		/* Returns once no handler runs our hook any more. */
+		eng->ctx->ops->set_fault_hook(eng->ctx, NULL, NULL);
+		eng->hooked = false;
+	}
+	if (eng->has_thread)
+		stop_thread(eng);
+	unlink_engine(eng);
+	pthread_mutex_unlock(&engines_lock);
+	/* What the thread did not see (CALLER mode; emulated faults that
+	 * queued while the hook was going away). A SIGBUS context queues no
+	 * fault, so this reads nothing there. */
+	drain(eng);
+	pthread_mutex_destroy(&eng->read_lock);
+	free(eng);
+}
+
+int uffdwp_engine_dispatch(struct uffdwp_engine *eng)
+{
+	if (!eng || eng->mode != UFFDWP_ENGINE_CALLER)
+		return -EINVAL;
+	return drain(eng);
+}
+
+int uffdwp_engine_flush(struct uffdwp_engine *eng)
+{
+	if (!eng)
+		return -EINVAL;
+	/* Whoever read an event holds the lock until it has handled it. */
+	pthread_mutex_lock(&eng->read_lock);
+	pthread_mutex_unlock(&eng->read_lock);
+	return 0;
+}
+
+enum uffdwp_engine_mode uffdwp_engine_mode(const struct uffdwp_engine *eng)
+{
+	return eng->mode;
+}
+
+int uffdwp_engine_stats(const struct uffdwp_engine *eng, struct uffdwp_engine_stats *st)
+{
+	const struct engine_counters *c;
+	struct uffdwp_engine_stats s = { 0 };
+	size_t n;
+
+	if (!eng || !st || st->sz < offsetof(struct uffdwp_engine_stats, batches) +
+				       sizeof(st->batches))
+		return -EINVAL;
+	c = &eng->stats;
+	s.faults = atomic_load(&c->faults);
+	s.resolved = atomic_load(&c->resolved);
+	s.kept = atomic_load(&c->kept);
+	s.events = atomic_load(&c->events);
+	s.eagain = atomic_load(&c->eagain);
+	s.errors = atomic_load(&c->errors);
+	s.batches = atomic_load(&c->batches);
+	for (size_t i = 0; i < UFFDWP_ENGINE_LATENCY_BUCKETS; i++)
+		s.latency_log2_ns[i] = atomic_load(&c->latency_log2_ns[i]);
+	for (size_t i = 0; i < UFFDWP_ENGINE_BATCH_BUCKETS; i++)
+		s.batch_log2[i] = atomic_load(&c->batch_log2[i]);
+	n = st->sz < sizeof(s) ? st->sz : sizeof(s);
+	s.sz = st->sz;
+	memcpy(st, &s, n);
+	return 0;
+}

@@ -1,0 +1,1245 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Live snapshots: a point-in-time copy of memory regions, saved by a thread
+ * of ours while the program keeps writing them.
+ *
+ * The set. The pages to save are a sorted list of runs (the regions for a
+ * full snapshot, the tracker's written runs for an incremental one), each
+ * page with a one-byte state:
+ *
+ *   PENDING  protected, not saved: its memory still holds the snapshot's
+ *            contents, and nobody may write it until someone claims it;
+ *   CLAIMED  one party (the saver thread, or one faulting writer) is copying
+ *            it; everybody else who wants the page waits for DONE;
+ *   DONE     its snapshot contents are safe (handed to the sink, or copied
+ *            into the side buffer); it may be un-protected.
+ *
+ * A page moves PENDING -> CLAIMED by one compare-and-swap, so exactly one
+ * party copies it, and it is copied while still protected, so the copy is
+ * never torn: the saver un-protects a page only after copying it, and a
+ * writer that faults on it meanwhile waits for DONE (for the length of one
+ * batch read, not for the sink) before its write is let through.
+ *
+ * Copy-before-write. A writer faulting on a PENDING page claims it, copies
+ * it into a slot of the side buffer, publishes the slot and goes on at once.
+ * The side buffer is a ring of slots: a writer reserves a free slot (the
+ * count `avail`; when it is 0 the writer sleeps on it: back-pressure), takes
+ * the next ring index, copies, and marks the slot with its sequence number.
+ * The saver consumes slots strictly in ring order and frees them in that
+ * order, so a slot handed out is always one already consumed. All of this
+ * is lock-free and async-signal-safe (atomics, memcpy and futexes), because
+ * with the in-thread engine it runs in the faulting thread's signal handler.
+ *
+ * The saver reads live memory with process_vm_readv(2) on itself rather
+ * than memcpy: a region unmapped under us then yields EFAULT and a clean
+ * error instead of a crash. It reads a batch of contiguous pages, then
+ * un-protects them (own context) and marks them DONE, and only then
+ * encodes and writes them, so writers never wait for the sink unless the
+ * side buffer is full.
+ *
+ * Without a tracker the snapshot opens its own context and engine, protects
+ * the regions at begin and un-protects each page once saved. With a tracker
+ * (SYNC or EMULATED) it borrows the tracker's context: an interposer copies
+ * before the tracker un-protects; the saver never un-protects (a clean page
+ * must stay protected for the tracker), and the begin instant is the
+ * tracker's reset.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include "backend.h"
+#include "format.h"
+#include "snapshot.h"
+#include "tracker.h"
+
+enum { PAGE_PENDING = 0, PAGE_CLAIMED = 1, PAGE_DONE = 2 };
+
+/* Pages per saver batch: 512 KiB with 4 KiB pages (fits a core's L2, so the
+ * checksum and the write re-read the batch from cache) and 3 iovecs a page,
+ * well under IOV_MAX. */
+#define BATCH 128
+
+/* At most this many pages from a batch's first page to its last: pages in
+ * between were saved by writers, and one un-protect covers the span. */
+#define SPAN (4 * BATCH)
+
+/* Runs collected from the tracker per call. */
+#define COLLECT_CHUNK 256
+
+/* Side buffer slots kept populated ahead of the writers (MADV_POPULATE_WRITE),
+ * so a copy-before-write never waits for the kernel to allocate its slot. */
+#define POPULATE_AHEAD 512
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  /* Linux 5.14 */
+#endif
+
+/* The saver thread's start gate. */
+enum { GATE_WAIT = 0, GATE_GO = 1, GATE_ABORT = 2 };
+
+struct run {
+	uint64_t addr;
+	uint64_t npages;
+	uint64_t first;  /* index of its first page in the state array */
+};
+
+struct uffdwp_snapshot {
+	size_t page;
+
+	/* The set of pages to save. */
+	struct run *runs;
+	size_t nruns;
+	uint64_t total;
+	_Atomic uint8_t *state;
+	size_t state_len;  /* bytes mapped for state */
+
+	/* The regions, sorted: the file header's. */
+	struct uffdwp_snapshot_region *regions;
+	size_t nregions;
+
+	/* The sink. */
+	int fd;
+	uffdwp_snapshot_sink_fn fn;
+	void *arg;
+	struct uffdwp__encoder enc;
+	uint64_t id, parent_id, time_ns;
+
+	/* Where the faults come from. */
+	struct uffdwp *ctx;
+	bool own_ctx;
+	struct uffdwp_engine *eng;
+	struct uffdwp_tracker *tracker;
+	size_t granule;  /* tracker: bytes the interposer is called for */
+
+	/* The side buffer: a ring of nslots page-sized slots (see the top). */
+	unsigned char *side;
+	size_t nslots;
+	uint64_t *slot_addr;
+	_Atomic uint64_t *slot_seq;  /* k + 1 once ring index k is published */
+	_Atomic uint32_t avail;      /* free slots */
+	_Atomic uint32_t avail_waiters;
+	_Atomic uint64_t head;       /* ring indexes handed out */
+	uint64_t tail;               /* saver only: ring indexes consumed */
+	_Atomic uint64_t side_peak;  /* slots */
+	size_t populated;            /* saver only: slots [0, populated) are populated */
+
+	/* Wake-ups. */
+	_Atomic uint32_t done_gen, done_waiters;    /* a page became DONE */
+	_Atomic uint32_t pub_gen, saver_sleeping;   /* a slot was published */
+	_Atomic uint32_t ready;   /* tracker: the set is known (or begin failed) */
+	_Atomic uint32_t gate;    /* GATE_*: the saver may start */
+	_Atomic int stop;         /* 0, or the error that stops the snapshot */
+
+	/* Progress. */
+	_Atomic uint64_t done, copied, waits, bytes_out;
+	uint64_t begin_ns;
+	_Atomic int finished;
+	int result;
+	int efd;
+
+	pthread_t thread;
+	bool thread_started;
+	bool vm_readv;  /* process_vm_readv works here */
+	bool frozen;    /* nobody writes the memory: encode it in place */
+
+	/* The saver's buffers. */
+	unsigned char *bounce;               /* BATCH pages */
+	uint64_t claimed[BATCH];             /* set indexes of the batch */
+	uint64_t claimed_addr[BATCH];        /* their addresses */
+	const struct run *claimed_run[BATCH];
+	struct iovec iov[3 * BATCH + 1];
+	unsigned char heads[BATCH][UFFDWP__FORMAT_HEAD_SIZE];
+	unsigned char tails[BATCH][UFFDWP__FORMAT_SUM_SIZE];
+	unsigned char zeros[BATCH][UFFDWP__FORMAT_ZERO_SIZE];
+};
+
+/* ---- small async-signal-safe primitives -------------------------------- */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected)
+{
+	syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake_all(_Atomic uint32_t *word)
+{
+	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static uint64_t now_ns(clockid_t clock)
+{
+	struct timespec ts;
+
+	clock_gettime(clock, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Copy a page of the program's memory that write-protection holds still.
+ * The kernel (or the emulated backend) orders the writer's earlier and
+ * later writes with this copy, an edge ThreadSanitizer cannot see; so under
+ * TSan the copy is made with uninstrumented volatile loads (which the
+ * compiler cannot turn back into an intercepted memcpy).
+ */
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+
+#ifdef UNDER_TSAN
+__attribute__((no_sanitize("thread")))
+static void copy_held_page(void *dst, const void *src, size_t len)
+{
+	const volatile uint64_t *from = src;
+	uint64_t *to = dst;
+
+	for (size_t i = 0; i < len / sizeof(*to); i++)
+		to[i] = from[i];
+}
+#else
+static void copy_held_page(void *dst, const void *src, size_t len)
+{
+	memcpy(dst, src, len);
+}
+#endif
+
+/* Tell every waiter that a page became DONE (or that the snapshot stops). */
+static void wake_done_waiters(struct uffdwp_snapshot *s)
+{
+	atomic_fetch_add(&s->done_gen, 1);
+	if (atomic_load(&s->done_waiters))
+		futex_wake_all(&s->done_gen);
+}
+
+/* Stop the snapshot with error err (the first error wins) and release every
+ * thread waiting on it. */
+static void stop_with(struct uffdwp_snapshot *s, int err)
+{
+	int none = 0;
+
+	atomic_compare_exchange_strong(&s->stop, &none, err);
+	wake_done_waiters(s);
+	futex_wake_all(&s->avail);
+	atomic_store(&s->ready, 1);
+	futex_wake_all(&s->ready);
+	atomic_fetch_add(&s->pub_gen, 1);
+	futex_wake_all(&s->pub_gen);
+}
+
+/* The state index of the page at addr, or -1 if it is not in the set. */
+static int64_t page_index(const struct uffdwp_snapshot *s, uint64_t addr)
+{
+	size_t lo = 0, hi = s->nruns;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct run *r = &s->runs[mid];
+
+		if (addr < r->addr)
+			hi = mid;
+		else if (addr >= r->addr + r->npages * s->page)
+			lo = mid + 1;
+		else
+			return (int64_t)(r->first + (addr - r->addr) / s->page);
+	}
+	return -1;
+}
+
+/* Wait until page idx is DONE, or the snapshot stops. */
+static void wait_done(struct uffdwp_snapshot *s, int64_t idx)
+{
+	atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
+	for (;;) {
+		uint32_t gen = atomic_load(&s->done_gen);
+
+		if (atomic_load(&s->state[idx]) == PAGE_DONE || atomic_load(&s->stop))
+			return;
+		atomic_fetch_add(&s->done_waiters, 1);
+		futex_wait(&s->done_gen, gen);
+		atomic_fetch_sub(&s->done_waiters, 1);
+	}
+}
+
+/* Take a free slot of the side buffer, sleeping while there is none
+ * (back-pressure). False when the snapshot stops meanwhile. */
+static bool reserve_slot(struct uffdwp_snapshot *s)
+{
+	uint32_t a = atomic_load(&s->avail);
+	bool waited = false;
+
+	for (;;) {
+		if (atomic_load(&s->stop))
+			return false;
+		if (a == 0) {
+			if (!waited)
+				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
+			waited = true;
+			atomic_fetch_add(&s->avail_waiters, 1);
+			futex_wait(&s->avail, 0);
+			atomic_fetch_sub(&s->avail_waiters, 1);
+			a = atomic_load(&s->avail);
+			continue;
+		}
+		if (atomic_compare_exchange_weak(&s->avail, &a, a - 1))
+			break;
+	}
+	/* Record the high-water mark of slots in use. */
+	uint64_t used = s->nslots - (a - 1), peak = atomic_load(&s->side_peak);
+
+	while (used > peak && !atomic_compare_exchange_weak(&s->side_peak, &peak, used))
+		;
+	return true;
+}
+
+/*
+ * A writer is about to write the page at addr (a fault on a protected
+ * page): make sure the snapshot has its contents first. Runs in the faulting
+ * thread (possibly in a signal handler) or in an engine thread; returns when
+ * the page may be written.
+ */
+static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
+{
+	uint8_t expected = PAGE_PENDING;
+	int64_t idx;
+
+	/* Tracker: faults that arrive while begin is still collecting wait
+	 * for the set; they are part of the begin pause. */
+	while (!atomic_load(&s->ready))
+		futex_wait(&s->ready, 0);
+	if (atomic_load(&s->stop))
+		return;
+	idx = page_index(s, addr);
+	if (idx < 0)
+		return;
+	if (!atomic_compare_exchange_strong(&s->state[idx], &expected, PAGE_CLAIMED)) {
+		if (expected == PAGE_CLAIMED)
+			wait_done(s, idx);
+		return;
+	}
+	if (!reserve_slot(s)) {
+		atomic_store(&s->state[idx], PAGE_DONE);
+		return;
+	}
+	uint64_t k = atomic_fetch_add(&s->head, 1);
+	size_t slot = (size_t)(k % s->nslots);
+
+	copy_held_page(s->side + slot * s->page, (const void *)(uintptr_t)addr, s->page);
+	s->slot_addr[slot] = addr;
+	atomic_store_explicit(&s->slot_seq[slot], k + 1, memory_order_release);
+	atomic_fetch_add_explicit(&s->copied, 1, memory_order_relaxed);
+	atomic_store(&s->state[idx], PAGE_DONE);
+	wake_done_waiters(s);
+	atomic_fetch_add(&s->pub_gen, 1);
+	if (atomic_load(&s->saver_sleeping))
+		futex_wake_all(&s->pub_gen);
+}
+
+/* The engine's callback (own context). */
+static int on_fault(void *arg, const struct uffdwp_event *ev)
+{
+	struct uffdwp_snapshot *s = arg;
+
+	if (ev->type == UFFDWP_EVENT_PAGEFAULT)
+		before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1));
+	return UFFDWP_RESOLVE;
+}
+
+/* The tracker's interposer: called for a whole granule. */
+static void on_tracked_write(void *arg, uintptr_t page)
+{
+	struct uffdwp_snapshot *s = arg;
+
+	for (size_t off = 0; off < s->granule; off += s->page)
+		before_write(s, page + off);
+}
+
+/* ---- the sink ---------------------------------------------------------- */
+
+static bool page_is_zero(const void *data, size_t len)
+{
+	const uint64_t *w = data;
+
+	for (size_t i = 0; i < len / sizeof(*w); i += 8) {
+		uint64_t acc = w[i] | w[i + 1] | w[i + 2] | w[i + 3] |
+			       w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+		if (acc)
+			return false;
+	}
+	return true;
+}
+
+static int write_all(struct uffdwp_snapshot *s, struct iovec *iov, int cnt)
+{
+	while (cnt > 0) {
+		ssize_t n = writev(s->fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt);
+
+		if (n < 0) {
+			struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				return -errno;
+			/* A non-blocking pipe or socket: wait for room. */
+			if (poll(&p, 1, -1) < 0 && errno != EINTR)
+				return -errno;
+			continue;
+		}
+		atomic_fetch_add_explicit(&s->bytes_out, (uint64_t)n, memory_order_relaxed);
+		while (cnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov->iov_base = (char *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
+static int write_buf(struct uffdwp_snapshot *s, void *buf, size_t len)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+
+	return write_all(s, &iov, 1);
+}
+
+/*
+ * Encodes pages into PAGE and ZERO records and gathers them for one
+ * writev(2); zero pages at consecutive addresses of one run share a ZERO
+ * record. At most BATCH pages between flushes.
+ */
+struct emitter {
+	int niov, nhead, nzero;
+	uint64_t zaddr, zpages;  /* a pending zero run */
+	const struct run *zrun;
+};
+
+static int flush_zero(struct uffdwp_snapshot *s, struct emitter *e)
+{
+	ssize_t n;
+
+	if (!e->zpages)
+		return 0;
+	n = uffdwp__encode_zero(&s->enc, e->zaddr, e->zpages, s->zeros[e->nzero],
+				UFFDWP__FORMAT_ZERO_SIZE);
+	if (n < 0)
+		return (int)n;
+	s->iov[e->niov++] = (struct iovec){ s->zeros[e->nzero++], (size_t)n };
+	e->zpages = 0;
+	return 0;
+}
+
+static int emit_page(struct uffdwp_snapshot *s, struct emitter *e, const struct run *r,
+		     uint64_t addr, const void *data)
+{
+	uint64_t sum;
+	int ret;
+
+	if (page_is_zero(data, s->page)) {
+		if (e->zpages && e->zrun == r && e->zaddr + e->zpages * s->page == addr) {
+			e->zpages++;
+			return 0;
+		}
+		ret = flush_zero(s, e);
+		e->zaddr = addr;
+		e->zpages = 1;
+		e->zrun = r;
+		return ret;
+	}
+	ret = flush_zero(s, e);
+	if (ret)
+		return ret;
+	sum = uffdwp__format_page_sum(&s->enc, addr, data);
+	ret = uffdwp__encode_page_frame_summed(&s->enc, addr, sum, s->heads[e->nhead],
+					       s->tails[e->nhead]);
+	if (ret)
+		return ret;
+	s->iov[e->niov++] = (struct iovec){ s->heads[e->nhead], UFFDWP__FORMAT_HEAD_SIZE };
+	s->iov[e->niov++] = (struct iovec){ (void *)data, s->page };
+	s->iov[e->niov++] = (struct iovec){ s->tails[e->nhead++], UFFDWP__FORMAT_SUM_SIZE };
+	return 0;
+}
+
+static int emit_flush(struct uffdwp_snapshot *s, struct emitter *e)
+{
+	int ret = flush_zero(s, e);
+
+	if (!ret && e->niov)
+		ret = write_all(s, s->iov, e->niov);
+	*e = (struct emitter){ 0 };
+	return ret;
+}
+
+/* Populate the side buffer up to POPULATE_AHEAD slots past the last one
+ * handed out. Only the first pass over the ring needs it; on a kernel
+ * without MADV_POPULATE_WRITE writers just populate their slots themselves. */
+static void populate_side(struct uffdwp_snapshot *s)
+{
+	uint64_t want = atomic_load_explicit(&s->head, memory_order_relaxed) + POPULATE_AHEAD;
+
+	if (want > s->nslots)
+		want = s->nslots;
+	if (want <= s->populated)
+		return;
+	if (madvise(s->side + s->populated * s->page, (want - s->populated) * s->page,
+		    MADV_POPULATE_WRITE) < 0) {
+		s->populated = s->nslots;
+		return;
+	}
+	s->populated = want;
+	/* Populated slots are memory in use, whether or not filled yet. */
+	uint64_t peak = atomic_load(&s->side_peak);
+
+	while (want > peak && !atomic_compare_exchange_weak(&s->side_peak, &peak, want))
+		;
+}
+
+/* Hand the ready slots of the side buffer to the sink, in ring order, and
+ * free them. */
+static int drain_side(struct uffdwp_snapshot *s)
+{
+	for (;;) {
+		struct emitter e = { 0 };
+		size_t n = 0;
+		int ret = 0;
+
+		while (n < BATCH) {
+			size_t slot = (size_t)((s->tail + n) % s->nslots);
+
+			if (atomic_load_explicit(&s->slot_seq[slot], memory_order_acquire) !=
+			    s->tail + n + 1)
+				break;
+			const void *data = s->side + slot * s->page;
+			uint64_t addr = s->slot_addr[slot];
+
+			if (s->fn)
+				ret = s->fn(s->arg, addr, data, s->page);
+			else
+				ret = emit_page(s, &e, &s->runs[0], addr, data);
+			if (ret)
+				return ret;
+			/* A ZERO record per slot: slots are not contiguous runs. */
+			if (!s->fn && (ret = flush_zero(s, &e)))
+				return ret;
+			n++;
+		}
+		if (n == 0)
+			return 0;
+		if (!s->fn && (ret = emit_flush(s, &e)))
+			return ret;
+		s->tail += n;
+		atomic_fetch_add(&s->done, n);
+		atomic_fetch_add(&s->avail, (uint32_t)n);
+		if (atomic_load(&s->avail_waiters))
+			futex_wake_all(&s->avail);
+	}
+}
+
+/* The address of set index idx, in run r. */
+static uint64_t addr_of(const struct uffdwp_snapshot *s, const struct run *r, uint64_t idx)
+{
+	return r->addr + (idx - r->first) * s->page;
+}
+
+/* Copy the n claimed pages into the bounce buffer, one after the other:
+ * -EFAULT when part of them is no longer mapped. */
+static int read_pages(struct uffdwp_snapshot *s, size_t n)
+{
+	struct iovec remote[BATCH];
+	size_t nremote = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		void *at = (void *)(uintptr_t)s->claimed_addr[i];
+
+		if (nremote && (char *)remote[nremote - 1].iov_base +
+				       remote[nremote - 1].iov_len == at)
+			remote[nremote - 1].iov_len += s->page;
+		else
+			remote[nremote++] = (struct iovec){ at, s->page };
+	}
+	if (s->vm_readv) {
+		struct iovec local = { s->bounce, n * s->page };
+		ssize_t got = process_vm_readv(getpid(), &local, 1, remote, nremote, 0);
+
+		if (got == (ssize_t)local.iov_len)
+			return 0;
+		if (got >= 0 || errno == EFAULT || errno == ENOMEM || errno == ESRCH)
+			return -EFAULT;
+		/* Forbidden here (seccomp, old kernel): plain reads from now on,
+		 * and an unmapped region becomes a crash rather than an error. */
+		s->vm_readv = false;
+	}
+	for (size_t i = 0, off = 0; i < nremote; off += remote[i].iov_len, i++)
+		copy_held_page(s->bounce + off, remote[i].iov_base, remote[i].iov_len);
+	return 0;
+}
+
+/* Save the n pages claimed in s->claimed, in address order. */
+static int save_batch(struct uffdwp_snapshot *s, size_t n)
+{
+	struct emitter e = { 0 };
+	int ret = s->frozen ? 0 : read_pages(s, n);
+
+	if (ret)
+		return ret;
+	/* The copy is ours: let the writers go before the sink is written,
+	 * with one call for the whole span (own context: one run). Pages in
+	 * it that are not ours are DONE (the claim loop stops at a page a
+	 * writer is copying), and un-protecting a DONE page early is
+	 * harmless. */
+	if (s->own_ctx) {
+		uint64_t first = s->claimed_addr[0], last = s->claimed_addr[n - 1];
+
+		ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)first,
+					  last + s->page - first, 0);
+		if (ret)
+			return ret;
+	}
+	for (size_t i = 0; i < n; i++)
+		atomic_store(&s->state[s->claimed[i]], PAGE_DONE);
+	wake_done_waiters(s);
+
+	for (size_t i = 0, j; i < n && !ret; i = j) {
+		uint64_t addr = s->claimed_addr[i];
+		const unsigned char *data = s->frozen ? (const unsigned char *)(uintptr_t)addr
+						      : s->bounce + i * s->page;
+
+		/* A stretch [i, j) contiguous in memory and in one run: one
+		 * call of the callback sink. */
+		for (j = i + 1; j < n && s->claimed_run[j] == s->claimed_run[i] &&
+				s->claimed_addr[j] == s->claimed_addr[j - 1] + s->page; j++)
+			;
+		if (s->fn) {
+			ret = s->fn(s->arg, addr, data, (j - i) * s->page);
+			continue;
+		}
+		for (size_t k = 0; k < j - i && !ret; k++)
+			ret = emit_page(s, &e, s->claimed_run[i], addr + k * s->page,
+					data + k * s->page);
+	}
+	if (!ret && !s->fn)
+		ret = emit_flush(s, &e);
+	if (!ret)
+		atomic_fetch_add(&s->done, n);
+	return ret;
+}
+
+/* Sleep until a writer publishes a slot (or the snapshot stops). */
+static void wait_published(struct uffdwp_snapshot *s)
+{
+	size_t slot = (size_t)(s->tail % s->nslots);
+
+	atomic_store(&s->saver_sleeping, 1);
+	uint32_t gen = atomic_load(&s->pub_gen);
+
+	if (atomic_load(&s->slot_seq[slot]) != s->tail + 1 && !atomic_load(&s->stop))
+		futex_wait(&s->pub_gen, gen);
+	atomic_store(&s->saver_sleeping, 0);
+}
+
+/* The saver's work: everything from the header to the trailer. */
+static int save_all(struct uffdwp_snapshot *s)
+{
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION,
+		.page_size = (uint32_t)s->page,
+		.snapshot_id = s->id,
+		.parent_id = s->parent_id,
+		.time_ns = s->time_ns,
+		.region_count = (uint32_t)s->nregions,
+		.regions = s->regions,
+	};
+	uint64_t cursor = 0;
+	size_t r = 0;
+	int ret;
+
+	if (!s->fn) {
+		size_t hlen = uffdwp__format_header_size(h.region_count);
+		unsigned char *buf = malloc(hlen);
+
+		if (!buf)
+			return -ENOMEM;
+		ret = uffdwp__encoder_init(&s->enc, &h);
+		if (!ret) {
+			ssize_t n = uffdwp__encode_header(&s->enc, buf, hlen);
+
+			ret = n < 0 ? (int)n : write_buf(s, buf, (size_t)n);
+		}
+		free(buf);
+		if (ret)
+			return ret;
+	}
+	while (!atomic_load(&s->stop)) {
+		populate_side(s);
+		ret = drain_side(s);
+		if (ret)
+			return ret;
+		if (cursor < s->total) {
+			size_t n = 0;
+
+			/*
+			 * Claim up to BATCH pages, skipping those writers saved,
+			 * and stop at one a writer is still copying (it must stay
+			 * protected until DONE). With our own context, within
+			 * SPAN pages of one run, so that one un-protect covers
+			 * them; with a tracker nothing is un-protected and a
+			 * batch may gather many small runs.
+			 */
+			for (; cursor < s->total && n < BATCH; cursor++) {
+				uint8_t expected = PAGE_PENDING;
+
+				while (cursor >= s->runs[r].first + s->runs[r].npages)
+					r++;
+				if (n && s->own_ctx &&
+				    (&s->runs[r] != s->claimed_run[0] ||
+				     cursor - s->claimed[0] >= SPAN))
+					break;
+				if (atomic_compare_exchange_strong(&s->state[cursor], &expected,
+								   PAGE_CLAIMED)) {
+					s->claimed[n] = cursor;
+					s->claimed_run[n] = &s->runs[r];
+					s->claimed_addr[n++] = addr_of(s, &s->runs[r], cursor);
+				} else if (expected == PAGE_CLAIMED && n && s->own_ctx) {
+					break;
+				}
+			}
+			if (n && (ret = save_batch(s, n)))
+				return ret;
+			continue;
+		}
+		if (atomic_load(&s->done) == s->total)
+			break;
+		wait_published(s);
+	}
+	ret = atomic_load(&s->stop);
+	if (ret)
+		return ret;
+	if (!s->fn) {
+		unsigned char buf[UFFDWP__FORMAT_TRAILER_SIZE];
+		ssize_t n = uffdwp__encode_trailer(&s->enc, buf, sizeof(buf));
+
+		ret = n < 0 ? (int)n : write_buf(s, buf, (size_t)n);
+	}
+	return ret;
+}
+
+/* Let go of the memory: nothing protected by us stays protected, and no
+ * fault handler of ours runs after this returns. */
+static void release_memory(struct uffdwp_snapshot *s)
+{
+	if (s->own_ctx) {
+		/*
+		 * The engine stops while the ranges are still registered: a
+		 * writer whose fault is delivered late (preempted between the
+		 * fault and its handler) is then still recognised as ours and
+		 * let through. After a complete snapshot every page is already
+		 * un-protected; otherwise un-protect them all first, since a
+		 * fault after the engine stops would be nobody's.
+		 */
+		bool clear = true;
+
+		if (atomic_load(&s->stop) || atomic_load(&s->done) != s->total)
+			for (size_t i = 0; i < s->nregions; i++)
+				if (uffdwp_writeprotect(s->ctx,
+							(void *)(uintptr_t)s->regions[i].addr,
+							s->regions[i].len, 0) < 0)
+					clear = false;
+		/* Part of a region unmapped: unregistering clears the rest. */
+		for (size_t i = 0; i < s->nregions && !clear; i++)
+			uffdwp_unregister(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
+					  s->regions[i].len);
+		uffdwp_engine_stop(s->eng);
+		s->eng = NULL;
+		for (size_t i = 0; i < s->nregions; i++)
+			uffdwp_unregister(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
+					  s->regions[i].len);
+		uffdwp_close(s->ctx);
+		s->ctx = NULL;
+		s->own_ctx = false;
+	} else if (s->tracker) {
+		/* On return our interposer is not running and never will. */
+		uffdwp__tracker_set_interposer(s->tracker, NULL, NULL);
+		s->tracker = NULL;
+	}
+}
+
+static void *saver_main(void *arg)
+{
+	struct uffdwp_snapshot *s = arg;
+	uint64_t one = 1;
+	int ret;
+
+	/* Meanwhile begin is protecting: the first slots are ready before
+	 * the first fault. */
+	if (!s->frozen)
+		populate_side(s);
+	while (atomic_load(&s->gate) == GATE_WAIT)
+		futex_wait(&s->gate, GATE_WAIT);
+	if (atomic_load(&s->gate) == GATE_ABORT)
+		return NULL;
+	ret = save_all(s);
+	if (ret)
+		stop_with(s, ret);
+	/* The memory is let go in uffdwp_snapshot_end(), not here: a writer
+	 * whose fault was raised while its page was protected but whose
+	 * signal handler runs late (the thread was preempted in between)
+	 * must still find the engine that recognises the fault as ours. */
+	s->result = ret;
+	atomic_store(&s->finished, 1);
+	while (write(s->efd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+	return NULL;
+}
+
+/* ---- begin ------------------------------------------------------------- */
+
+static int by_addr(const void *a, const void *b)
+{
+	const struct uffdwp_snapshot_region *x = a, *y = b;
+
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+/* Copy, sort and check the regions. */
+static int take_regions(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_region *regions,
+			size_t n)
+{
+	uint64_t mask = s->page - 1;
+
+	if (!regions || n == 0 || n > UFFDWP__FORMAT_MAX_REGIONS)
+		return -EINVAL;
+	s->regions = malloc(n * sizeof(*regions));
+	if (!s->regions)
+		return -ENOMEM;
+	memcpy(s->regions, regions, n * sizeof(*regions));
+	s->nregions = n;
+	qsort(s->regions, n, sizeof(*regions), by_addr);
+	for (size_t i = 0; i < n; i++) {
+		const struct uffdwp_snapshot_region *g = &s->regions[i];
+
+		if ((g->addr & mask) || (g->len & mask) || g->len == 0 ||
+		    g->addr + g->len < g->addr)
+			return -EINVAL;
+		if (i && s->regions[i - 1].addr + s->regions[i - 1].len > g->addr)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+/* The page state array (zero = PENDING), mapped so that it costs nothing
+ * until touched. */
+static int alloc_state(struct uffdwp_snapshot *s)
+{
+	s->state_len = (size_t)s->total ? (size_t)s->total : 1;
+	s->state = mmap(NULL, s->state_len, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->state == MAP_FAILED) {
+		s->state = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Append a run, merging it with the last one when contiguous within one
+ * region (a ZERO record must lie in one region). The caller has room. */
+static void add_run(struct uffdwp_snapshot *s, uint64_t addr, uint64_t npages,
+		    bool starts_region)
+{
+	struct run *last = s->nruns ? &s->runs[s->nruns - 1] : NULL;
+
+	if (last && !starts_region && last->addr + last->npages * s->page == addr) {
+		last->npages += npages;
+	} else {
+		s->runs[s->nruns] = (struct run){ addr, npages, s->total };
+		s->nruns++;
+	}
+	s->total += npages;
+}
+
+/* The regions as the set (a full snapshot). */
+static int set_from_regions(struct uffdwp_snapshot *s)
+{
+	s->runs = calloc(s->nregions, sizeof(*s->runs));
+	if (!s->runs)
+		return -ENOMEM;
+	for (size_t i = 0; i < s->nregions; i++)
+		add_run(s, s->regions[i].addr, s->regions[i].len / s->page, true);
+	return alloc_state(s);
+}
+
+/* The tracker's written runs as the set, resetting the tracker (an
+ * incremental snapshot). Runs never cross a tracked range, and the tracker
+ * tracks exactly the regions, so no run crosses a region. */
+static int set_from_tracker(struct uffdwp_snapshot *s)
+{
+	struct uffdwp_run chunk[COLLECT_CHUNK];
+	size_t cap = 0;
+	uintptr_t cursor = 0;
+	int n;
+
+	while ((n = uffdwp_tracker_collect(s->tracker, &cursor, chunk, COLLECT_CHUNK,
+					   UFFDWP_COLLECT_RESET)) > 0) {
+		if (s->nruns + (size_t)n > cap) {
+			size_t ncap = cap ? 2 * cap : 4 * COLLECT_CHUNK;
+			struct run *nr = realloc(s->runs, ncap * sizeof(*nr));
+
+			if (!nr)
+				return -ENOMEM;
+			s->runs = nr;
+			cap = ncap;
+		}
+		for (int i = 0; i < n; i++) {
+			uint64_t addr = (uintptr_t)chunk[i].addr;
+			const struct uffdwp_snapshot_region key = { addr, 0 };
+			const struct uffdwp_snapshot_region *g = NULL;
+
+			/* The region at or before addr must hold the run. */
+			for (size_t lo = 0, hi = s->nregions; lo < hi;) {
+				size_t mid = lo + (hi - lo) / 2;
+
+				if (by_addr(&s->regions[mid], &key) <= 0) {
+					g = &s->regions[mid];
+					lo = mid + 1;
+				} else {
+					hi = mid;
+				}
+			}
+			if (!g || addr + chunk[i].len > g->addr + g->len)
+				return -EINVAL;
+			add_run(s, addr, chunk[i].len / s->page, addr == g->addr);
+		}
+	}
+	return n < 0 ? n : alloc_state(s);
+}
+
+static uint64_t new_id(void)
+{
+	static _Atomic uint64_t counter;
+	uint64_t id = 0;
+
+	if (getrandom(&id, sizeof(id), GRND_NONBLOCK) != sizeof(id))
+		id = now_ns(CLOCK_REALTIME) ^ ((uint64_t)getpid() << 32);
+	id += atomic_fetch_add(&counter, 1) * UINT64_C(0x9e3779b97f4a7c15);
+	return id ? id : 1;
+}
+
+/* Open our own context and engine on the regions (no tracker). */
+static int open_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts *o)
+{
+	const uint64_t need = UFFDWP_FEATURE_PAGEFAULT_FLAG_WP | UFFDWP_FEATURE_WP_UNPOPULATED;
+	struct uffdwp_engine_opts eo = { .sz = sizeof(eo), .mode = o->engine_mode,
+					 .fn = on_fault, .arg = s };
+	int ret = -EOPNOTSUPP;
+
+	if (o->engine_mode == UFFDWP_ENGINE_CALLER)
+		return -EINVAL;
+	if (o->backend == UFFDWP_BACKEND_AUTO || o->backend == UFFDWP_BACKEND_KERNEL) {
+		/* Never-touched pages must fault too (WP_UNPOPULATED); SIGBUS
+		 * lets the faulting thread copy its own page (in-thread). */
+		struct uffdwp_opts uo = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_KERNEL,
+					  .features = need | UFFDWP_FEATURE_THREAD_ID };
+
+		if (o->engine_mode != UFFDWP_ENGINE_THREAD)
+			uo.features |= UFFDWP_FEATURE_SIGBUS;
+		ret = uffdwp_open(&s->ctx, &uo);
+		if (ret == -EOPNOTSUPP && o->engine_mode == UFFDWP_ENGINE_AUTO) {
+			uo.features &= ~UFFDWP_FEATURE_SIGBUS;
+			ret = uffdwp_open(&s->ctx, &uo);
+		}
+		if (ret < 0 && (o->backend == UFFDWP_BACKEND_KERNEL || ret == -EINVAL ||
+				ret == -ENOMEM || ret == -EMFILE || ret == -ENFILE))
+			return ret;
+	}
+	if (ret < 0) {
+		struct uffdwp_opts uo = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_EMULATED };
+
+		if (o->backend != UFFDWP_BACKEND_AUTO && o->backend != UFFDWP_BACKEND_EMULATED)
+			return -EINVAL;
+		ret = uffdwp_open(&s->ctx, &uo);
+		if (ret < 0)
+			return ret;
+		if (!(uffdwp_features(s->ctx) & UFFDWP_FEATURE_WP_UNPOPULATED))
+			return -EOPNOTSUPP;
+	}
+	s->own_ctx = true;
+	for (size_t i = 0; i < s->nregions; i++) {
+		ret = uffdwp_register(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
+				      s->regions[i].len, UFFDWP_REGISTER_MODE_WP);
+		if (ret)
+			return ret;
+	}
+	return uffdwp_engine_start(&s->eng, s->ctx, &eo);
+}
+
+/* The side buffer and the saver's bounce buffer. */
+static int alloc_buffers(struct uffdwp_snapshot *s, size_t side_bytes)
+{
+	s->nslots = side_bytes / s->page;
+	if (s->nslots == 0)
+		s->nslots = 1;
+	if (s->nslots > UINT32_MAX)
+		s->nslots = UINT32_MAX;
+	s->side = mmap(NULL, s->nslots * s->page, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->side == MAP_FAILED) {
+		s->side = NULL;
+		return -ENOMEM;
+	}
+	s->slot_addr = calloc(s->nslots, sizeof(*s->slot_addr));
+	s->slot_seq = calloc(s->nslots, sizeof(*s->slot_seq));
+	s->bounce = malloc(BATCH * s->page);
+	if (!s->slot_addr || !s->slot_seq || !s->bounce)
+		return -ENOMEM;
+	atomic_store(&s->avail, (uint32_t)s->nslots);
+	return 0;
+}
+
+static int start_saver(struct uffdwp_snapshot *s)
+{
+	sigset_t all, old;
+	int ret;
+
+	/* The saver takes no signals: a closed pipe is EPIPE, not SIGPIPE,
+	 * and the program's handlers never run on our thread. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = -pthread_create(&s->thread, NULL, saver_main, s);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	s->thread_started = ret == 0;
+	return ret;
+}
+
+static void destroy(struct uffdwp_snapshot *s)
+{
+	if (s->thread_started) {
+		if (atomic_load(&s->gate) == GATE_WAIT) {
+			atomic_store(&s->gate, GATE_ABORT);
+			futex_wake_all(&s->gate);
+		}
+		pthread_join(s->thread, NULL);
+	}
+	if (s->tracker || s->own_ctx)
+		release_memory(s);
+	if (s->efd >= 0)
+		close(s->efd);
+	if (s->state)
+		munmap(s->state, s->state_len);
+	if (s->side)
+		munmap(s->side, s->nslots * s->page);
+	free(s->slot_addr);
+	free(s->slot_seq);
+	free(s->bounce);
+	free(s->runs);
+	free(s->regions);
+	free(s);
+}
+
+int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
+			  const struct uffdwp_snapshot_region *regions, size_t nregions,
+			  const struct uffdwp_snapshot_opts *opts)
+{
+	uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+	struct uffdwp_snapshot_opts o = { 0 };
+	struct uffdwp_snapshot *s;
+	int ret;
+
+	if (!snap || !opts || opts->sz < offsetof(struct uffdwp_snapshot_opts, parent_id) +
+						 sizeof(opts->parent_id))
+		return -EINVAL;
+	o = *opts;
+	if ((!o.fn && o.fd < 0) || (o.parent_id && !o.tracker))
+		return -EINVAL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->page = uffdwp__page_size();
+	s->fd = o.fd;
+	s->fn = o.fn;
+	s->arg = o.arg;
+	s->efd = -1;
+	s->vm_readv = true;
+	s->id = new_id();
+	s->parent_id = o.parent_id;
+	ret = take_regions(s, regions, nregions);
+	if (!ret) {
+		struct uffdwp__format_header h = {
+			.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)s->page,
+			.snapshot_id = s->id, .parent_id = s->parent_id,
+			.region_count = (uint32_t)s->nregions, .regions = s->regions,
+		};
+
+		/* The encoder's own check of the header, before anything is
+		 * protected (the saver encodes it again with the instant). */
+		ret = uffdwp__encoder_init(&s->enc, &h);
+	}
+	if (!ret)
+		ret = alloc_buffers(s, o.side_buffer ? o.side_buffer
+						     : UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT);
+	if (!ret) {
+		s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (s->efd < 0)
+			ret = -errno;
+	}
+	if (ret)
+		goto fail;
+
+	if (o.tracker) {
+		s->ctx = uffdwp__tracker_context(o.tracker);
+		if (!s->ctx) {
+			ret = -EOPNOTSUPP;
+			goto fail;
+		}
+		s->granule = uffdwp_tracker_granule(o.tracker);
+		ret = uffdwp__tracker_set_interposer(o.tracker, on_tracked_write, s);
+		if (ret)
+			goto fail;
+		s->tracker = o.tracker;
+		ret = start_saver(s);
+		if (ret)
+			goto fail;
+		/* The instant. A full snapshot: reset makes every page clean,
+		 * hence protected. An incremental one: what was written since
+		 * the parent, re-protected as it is reported. */
+		if (s->parent_id) {
+			ret = set_from_tracker(s);
+		} else {
+			ret = uffdwp_tracker_reset(o.tracker, NULL, 0);
+			if (!ret)
+				ret = set_from_regions(s);
+		}
+		s->time_ns = now_ns(CLOCK_REALTIME);
+		if (ret) {
+			stop_with(s, ret);
+			goto fail;
+		}
+		atomic_store(&s->ready, 1);
+		futex_wake_all(&s->ready);
+	} else {
+		atomic_store(&s->ready, 1);
+		ret = set_from_regions(s);
+		if (!ret)
+			ret = open_own(s, &o);
+		if (!ret)
+			ret = start_saver(s);
+		if (ret)
+			goto fail;
+		/* The instant: every region protected. */
+		for (size_t i = 0; i < s->nregions && !ret; i++)
+			ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
+						  s->regions[i].len, UFFDWP_WRITEPROTECT_MODE_WP);
+		s->time_ns = now_ns(CLOCK_REALTIME);
+		if (ret)
+			goto fail;
+	}
+	s->begin_ns = now_ns(CLOCK_MONOTONIC) - t0;
+	atomic_store(&s->gate, GATE_GO);
+	futex_wake_all(&s->gate);
+	*snap = s;
+	return 0;
+fail:
+	destroy(s);
+	return ret;
+}
+
+uint64_t uffdwp_snapshot_id(const struct uffdwp_snapshot *snap)
+{
+	return snap->id;
+}
+
+int uffdwp_snapshot_fd(const struct uffdwp_snapshot *snap)
+{
+	return snap->efd;
+}
+
+int uffdwp_snapshot_wait(struct uffdwp_snapshot *snap, int timeout_ms)
+{
+	struct pollfd p = { .fd = snap->efd, .events = POLLIN };
+
+	while (!atomic_load(&snap->finished)) {
+		int n = poll(&p, 1, timeout_ms);
+
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (n == 0)
+			return -ETIMEDOUT;
+	}
+	return snap->result;
+}
+
+int uffdwp_snapshot_progress(const struct uffdwp_snapshot *snap,
+			     struct uffdwp_snapshot_progress *p)
+{
+	if (!snap || !p || p->sz < offsetof(struct uffdwp_snapshot_progress, finished) +
+					   sizeof(p->finished))
+		return -EINVAL;
+	p->pages_total = snap->total;
+	p->pages_done = atomic_load(&snap->done);
+	p->pages_copied = atomic_load(&snap->copied);
+	p->writer_waits = atomic_load(&snap->waits);
+	p->side_peak = atomic_load(&snap->side_peak) * snap->page;
+	p->bytes_out = atomic_load(&snap->bytes_out);
+	p->begin_ns = snap->begin_ns;
+	p->finished = atomic_load(&snap->finished);
+	return 0;
+}
+
+void uffdwp_snapshot_cancel(struct uffdwp_snapshot *snap)
+{
+	if (snap && !atomic_load(&snap->finished))
+		stop_with(snap, -ECANCELED);
+}
+
+int uffdwp_snapshot_end(struct uffdwp_snapshot *snap)
+{
+	int ret;
+
+	if (!snap)
+		return 0;
+	ret = uffdwp_snapshot_wait(snap, -1);
+	destroy(snap);
+	return ret;
+}
+
+int uffdwp__snapshot_write_frozen(int fd, const struct uffdwp_snapshot_region *regions,
+				  size_t nregions)
+{
+	struct uffdwp_snapshot *s = calloc(1, sizeof(*s));
+	int ret;
+
+	if (!s)
+		return -ENOMEM;
+	s->page = uffdwp__page_size();
+	s->fd = fd;
+	s->efd = -1;
+	s->frozen = true;
+	s->id = new_id();
+	s->time_ns = now_ns(CLOCK_REALTIME);
+	atomic_store(&s->ready, 1);
+	ret = take_regions(s, regions, nregions);
+	if (!ret)
+		ret = alloc_buffers(s, s->page);
+	if (!ret)
+		ret = set_from_regions(s);
+	if (!ret)
+		ret = save_all(s);
+	destroy(s);
+	return ret;
+}

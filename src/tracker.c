@@ -1,0 +1,847 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The write tracker: which pages were written since they were last reset.
+ *
+ * Three methods, one interface:
+ *  - ASYNC: a context with WP_ASYNC + WP_UNPOPULATED. The kernel resolves
+ *    write faults itself and remembers the page as written; PAGEMAP_SCAN on
+ *    /proc/self/pagemap lists written pages and re-protects them in the same
+ *    walk, under the page-table lock, so a racing write is either before the
+ *    walk reached its page (reported) or after (faults again). No thread, no
+ *    bitmap: the page tables are the state.
+ *  - SYNC and EMULATED: a context of the kernel or the emulated backend and
+ *    an engine thread. A clean page is write-protected; its first write
+ *    faults, the fault handler sets the page's bit and un-protects it. A
+ *    collect with reset re-protects the pages whose bits are set and only
+ *    then clears the bits.
+ *
+ * The SYNC invariant, "a clean bit means a protected page", must survive a
+ * fault handled while a collect runs. If the handler set a bit, a collect
+ * then re-protected the page and cleared the bit, and the handler's
+ * un-protect came last, the page would be clean and writable: every later
+ * write lost. So the handler marks and un-protects under fault_lock, and a
+ * collect re-protects and clears under it too. This is why the handler
+ * un-protects the page itself and returns UFFDWP_KEEP rather than leaving
+ * the un-protect to the engine, which would do it after the lock is gone.
+ *
+ * SYNC also asks for the kernel's remove, unmap and remap events.
+ * MADV_DONTNEED drops an anonymous page together with its protection, so
+ * its next writes would go unseen: the remove event marks the pages written
+ * and "discarded". The event arrives before the kernel discards the pages,
+ * so a collect in between would re-protect them too early; a discarded page
+ * is therefore reported and re-protected by every collect until its next
+ * write fault proves it protected again. Unmap and remap events mark a
+ * range lost (collect: -ENOENT), which catches a mapping replaced in place.
+ * While such an event is unread, write-protect calls fail with EAGAIN. A
+ * collect then drops fault_lock and retries; the fault handler, running in
+ * the engine thread that would read the event, reads pending events itself.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include "backend.h"
+#include "kernel_abi.h"
+#include "tracker.h"
+
+/* Output vector of one PAGEMAP_SCAN call, on the stack (6 KiB). */
+#define SCAN_VEC 256
+
+struct range {
+	uintptr_t start, end;
+	_Atomic uint64_t *bits;  /* SYNC/EMULATED: one bit per granule, 1 = written */
+	_Atomic uint64_t *discarded;  /* SYNC: MADV_DONTNEED seen, not written since */
+	bool lost;               /* SYNC: unmapped or moved (an event said so) */
+};
+
+/* Faults read by the handler itself while waiting out EAGAIN; each writer
+ * thread has at most one pending, so this bounds threads, not pages. */
+#define STASH_MAX 1024
+
+struct uffdwp_tracker {
+	enum uffdwp_track_method method;
+	unsigned flags;
+	size_t page;
+	size_t granule;          /* the unit of a SYNC/EMULATED bit */
+	pid_t pid;               /* the process the tracker belongs to */
+	struct uffdwp *ctx;
+	struct uffdwp_engine *eng;  /* SYNC, EMULATED */
+	int pagemap_fd;             /* ASYNC */
+
+	/* Serialises collects, resets, add and remove with each other; the
+	 * ranges array only changes under both locks. */
+	pthread_mutex_t collect_lock;
+	/* A fault's mark-and-unprotect against a collect's protect-and-clear
+	 * (see the top of the file). */
+	pthread_mutex_t fault_lock;
+	struct range *ranges;    /* sorted by start, disjoint */
+	size_t nranges;
+	uintptr_t stash[STASH_MAX];  /* engine thread only */
+	size_t nstash;
+
+	/* Held while the interposer runs, so replacing it waits for a call
+	 * in progress to end. */
+	pthread_mutex_t interposer_lock;
+	void (*interposer)(void *arg, uintptr_t page);
+	void *interposer_arg;
+};
+
+/* Runs being filled for the caller. */
+struct out {
+	struct uffdwp_run *runs;
+	size_t max, n;
+};
+
+/* Append [start, start+len), extending the last run when it touches it.
+ * False when there is no room. */
+static bool emit(struct out *o, uintptr_t start, size_t len)
+{
+	if (o->n && (uintptr_t)o->runs[o->n - 1].addr + o->runs[o->n - 1].len == start) {
+		o->runs[o->n - 1].len += len;
+		return true;
+	}
+	if (o->n == o->max)
+		return false;
+	o->runs[o->n].addr = (void *)start;
+	o->runs[o->n].len = len;
+	o->n++;
+	return true;
+}
+
+const char *uffdwp_track_method_name(enum uffdwp_track_method method)
+{
+	switch (method) {
+	case UFFDWP_TRACK_AUTO: return "auto";
+	case UFFDWP_TRACK_ASYNC: return "async";
+	case UFFDWP_TRACK_SYNC: return "sync";
+	case UFFDWP_TRACK_EMULATED: return "emulated";
+	}
+	return "?";
+}
+
+enum uffdwp_track_method uffdwp_tracker_method(const struct uffdwp_tracker *t)
+{
+	return t->method;
+}
+
+size_t uffdwp_tracker_granule(const struct uffdwp_tracker *t)
+{
+	return t->granule;
+}
+
+struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t)
+{
+	return t->method == UFFDWP_TRACK_ASYNC ? NULL : t->ctx;
+}
+
+int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
+				   void (*fn)(void *arg, uintptr_t page), void *arg)
+{
+	if (t->method == UFFDWP_TRACK_ASYNC)
+		return -EOPNOTSUPP;
+	pthread_mutex_lock(&t->interposer_lock);
+	t->interposer = fn;
+	t->interposer_arg = arg;
+	pthread_mutex_unlock(&t->interposer_lock);
+	return 0;
+}
+
+/* --- bitmaps (SYNC, EMULATED) --- */
+
+/* Set (or clear) bits [a, b). */
+static void change_bits(_Atomic uint64_t *bits, size_t a, size_t b, bool set)
+{
+	while (a < b) {
+		size_t end = (a | 63) + 1 < b ? (a | 63) + 1 : b;
+		uint64_t mask = (end - a == 64) ? ~UINT64_C(0)
+						: ((UINT64_C(1) << (end - a)) - 1) << (a % 64);
+
+		if (set)
+			atomic_fetch_or_explicit(&bits[a / 64], mask, memory_order_relaxed);
+		else
+			atomic_fetch_and_explicit(&bits[a / 64], ~mask, memory_order_relaxed);
+		a = end;
+	}
+}
+
+/* The first index in [i, n) whose page is written or discarded (set), or
+ * neither (!set); n if none. */
+static size_t next_run_edge(const struct range *r, size_t i, size_t n, bool set)
+{
+	while (i < n) {
+		uint64_t w = atomic_load_explicit(&r->bits[i / 64], memory_order_relaxed);
+
+		if (r->discarded)
+			w |= atomic_load_explicit(&r->discarded[i / 64], memory_order_relaxed);
+		if (!set)
+			w = ~w;
+		w &= ~UINT64_C(0) << (i % 64);
+		if (w) {
+			i = (i & ~(size_t)63) + (size_t)__builtin_ctzll(w);
+			return i < n ? i : n;
+		}
+		i = (i | 63) + 1;
+	}
+	return n;
+}
+
+/* --- ranges --- */
+
+/* The range holding addr, or NULL. */
+static struct range *find_range(struct uffdwp_tracker *t, uintptr_t addr)
+{
+	size_t lo = 0, hi = t->nranges;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (addr < t->ranges[mid].start)
+			hi = mid;
+		else if (addr >= t->ranges[mid].end)
+			lo = mid + 1;
+		else
+			return &t->ranges[mid];
+	}
+	return NULL;
+}
+
+/* The index of the first range ending after addr. */
+static size_t first_range_after(const struct uffdwp_tracker *t, uintptr_t addr)
+{
+	size_t lo = 0, hi = t->nranges;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (t->ranges[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* --- the fault handler (SYNC, EMULATED), in the engine thread --- */
+
+/* Apply a non-fault event to the ranges it overlaps (fault_lock held). */
+static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_event *ev)
+{
+	uintptr_t lo, hi;
+
+	if (ev->type == UFFDWP_EVENT_REMOVE || ev->type == UFFDWP_EVENT_UNMAP) {
+		lo = (uintptr_t)ev->remove.start;
+		hi = (uintptr_t)ev->remove.end;
+	} else if (ev->type == UFFDWP_EVENT_REMAP) {
+		lo = (uintptr_t)ev->remap.from;
+		hi = lo + (uintptr_t)ev->remap.len;
+	} else {
+		return;
+	}
+	/* The kernel moved the registration with the memory (it tells us
+	 * once the move is done): the new place is not tracked, so it must
+	 * not stay protected. */
+	if (ev->type == UFFDWP_EVENT_REMAP)
+		uffdwp_unregister(t->ctx, (void *)(uintptr_t)ev->remap.to,
+				  (size_t)ev->remap.len);
+	for (size_t k = first_range_after(t, lo); k < t->nranges && t->ranges[k].start < hi; k++) {
+		struct range *r = &t->ranges[k];
+		uintptr_t a = lo > r->start ? lo : r->start, b = hi < r->end ? hi : r->end;
+		size_t i = (a - r->start) / t->granule;
+		size_t j = (b - r->start + t->granule - 1) / t->granule;
+
+		if (ev->type != UFFDWP_EVENT_REMOVE) {
+			r->lost = true;
+		} else if (r->discarded) {
+			change_bits(r->bits, i, j, true);
+			change_bits(r->discarded, i, j, true);
+		}
+	}
+}
+
+/* Read what is pending while an un-protect says EAGAIN (fault_lock held):
+ * events are applied, faults kept for later. False when nothing was read. */
+static bool absorb_events(struct uffdwp_tracker *t)
+{
+	struct uffdwp_event ev[16];
+	size_t room = STASH_MAX - t->nstash;
+	int n = room ? uffdwp_read_events(t->ctx, ev, room < 16 ? room : 16) : 0;
+
+	for (int i = 0; i < n; i++) {
+		if (ev[i].type == UFFDWP_EVENT_PAGEFAULT)
+			t->stash[t->nstash++] = (uintptr_t)ev[i].pagefault.address;
+		else
+			apply_event_locked(t, &ev[i]);
+	}
+	return n > 0;
+}
+
+static void mark_and_unprotect(struct uffdwp_tracker *t, uintptr_t addr)
+{
+	uintptr_t block = addr & ~(uintptr_t)(t->granule - 1);
+	struct range *r;
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&t->interposer_lock);
+	if (t->interposer)
+		t->interposer(t->interposer_arg, block);
+	pthread_mutex_unlock(&t->interposer_lock);
+
+	pthread_mutex_lock(&t->fault_lock);
+	r = find_range(t, block);
+	if (r) {
+		size_t i = (block - r->start) / t->granule;
+
+		change_bits(r->bits, i, i + 1, true);
+		while ((ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0)) == -EAGAIN)
+			if (!absorb_events(t))
+				sched_yield();  /* read; the changing thread must run */
+		/* Protected until this fault: a discard is behind us. */
+		if (ret == 0 && r->discarded)
+			change_bits(r->discarded, i, i + 1, false);
+	}
+	/* Not (or no longer) tracked: a fault left over from a removed
+	 * range, or memory unmapped under us. Make sure nobody stays asleep
+	 * on a page we will never mark: the writer retries and sees what is
+	 * there now. */
+	if (!r)
+		ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0);
+	if (ret < 0)
+		uffdwp_wake(t->ctx, (void *)block, t->granule);
+	pthread_mutex_unlock(&t->fault_lock);
+}
+
+static int on_event(void *arg, const struct uffdwp_event *ev)
+{
+	struct uffdwp_tracker *t = arg;
+
+	if (ev->type != UFFDWP_EVENT_PAGEFAULT) {
+		if (ev->type == UFFDWP_EVENT_FORK)
+			close(ev->fork.fd);  /* not asked for; never tracked */
+		pthread_mutex_lock(&t->fault_lock);
+		apply_event_locked(t, ev);
+		pthread_mutex_unlock(&t->fault_lock);
+		return UFFDWP_RESOLVE;
+	}
+	mark_and_unprotect(t, (uintptr_t)ev->pagefault.address);
+	while (t->nstash)
+		mark_and_unprotect(t, t->stash[--t->nstash]);
+	return UFFDWP_KEEP;
+}
+
+/* --- scanning one tracked range --- */
+
+/*
+ * msync(2) fails with ENOMEM when part of a range is not mapped: a cheap
+ * walk of the mappings only, so a collect notices munmap and mremap of
+ * tracked memory instead of silently reporting nothing.
+ */
+static int check_mapped(uintptr_t from, uintptr_t to)
+{
+	return msync((void *)from, to - from, MS_ASYNC) < 0 ? -ENOENT : 0;
+}
+
+/* ASYNC: PAGEMAP_SCAN [from, to), resuming from walk_end while the output
+ * vector fills. Sets *next to where to resume (to when done). The vector is
+ * never longer than the room left, so every region the kernel reports (and,
+ * with reset, re-protects) reaches the caller. */
+static int scan_async(struct uffdwp_tracker *t, uintptr_t from, uintptr_t to, struct out *o,
+		      bool reset, uintptr_t *next)
+{
+	struct page_region vec[SCAN_VEC];
+
+	while (from < to && o->n < o->max) {
+		size_t room = o->max - o->n;
+		struct pm_scan_arg arg = {
+			.size = sizeof(arg),
+			.flags = PM_SCAN_CHECK_WPASYNC | (reset ? PM_SCAN_WP_MATCHING : 0),
+			.start = from,
+			.end = to,
+			.vec = (uintptr_t)vec,
+			.vec_len = room < SCAN_VEC ? room : SCAN_VEC,
+			.category_mask = PAGE_IS_WRITTEN,
+			.return_mask = PAGE_IS_WRITTEN,
+		};
+		int n;
+
+		do
+			n = ioctl(t->pagemap_fd, PAGEMAP_SCAN, &arg);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			/* EPERM: a mapping in the range is not ours (replaced). */
+			return errno == EPERM ? -ENOENT : -errno;
+		for (int i = 0; i < n; i++)
+			emit(o, vec[i].start, vec[i].end - vec[i].start);
+		if (arg.walk_end <= from)
+			return -EIO;  /* no progress: the kernel broke its contract */
+		from = arg.walk_end;
+	}
+	*next = from;
+	return 0;
+}
+
+/* SYNC/EMULATED: the runs of set bits in [from, to) (granule-aligned
+ * within r). With reset each run is re-protected, then its bits cleared,
+ * under fault_lock. */
+static int scan_bits(struct uffdwp_tracker *t, struct range *r, uintptr_t from, uintptr_t to,
+		     struct out *o, bool reset, uintptr_t *next)
+{
+	size_t g = t->granule;
+	size_t i = (from - r->start) / g, n = (to - r->start + g - 1) / g;
+	int ret = 0;
+
+	pthread_mutex_lock(&t->fault_lock);
+	while ((i = next_run_edge(r, i, n, true)) < n) {
+		size_t j = next_run_edge(r, i, n, false);
+		uintptr_t a = r->start + i * g;
+
+		if (r->lost) {
+			ret = -ENOENT;
+			goto out;
+		}
+		if (o->n == o->max) {
+			from = a;
+			goto out;
+		}
+		if (reset) {
+			ret = uffdwp_writeprotect(t->ctx, (void *)a, (j - i) * g,
+						  UFFDWP_WRITEPROTECT_MODE_WP);
+			if (ret == -EAGAIN) {
+				/* An event is unread: let the engine thread,
+				 * which may be waiting for fault_lock, read it. */
+				pthread_mutex_unlock(&t->fault_lock);
+				sched_yield();
+				pthread_mutex_lock(&t->fault_lock);
+				ret = 0;
+				continue;
+			}
+			if (ret < 0) {
+				from = a;
+				goto out;
+			}
+			/* Discarded pages stay reported (see the top). */
+			change_bits(r->bits, i, j, false);
+		}
+		emit(o, a, (j - i) * g);
+		i = j;
+	}
+	from = to;
+	if (r->lost)
+		ret = -ENOENT;
+out:
+	pthread_mutex_unlock(&t->fault_lock);
+	*next = from;
+	return ret;
+}
+
+/*
+ * Collect from *pos up to limit into o (collect_lock held). Returns 1 when
+ * o filled up before the end (resume from *pos), 0 when the pass reached
+ * limit, or a negative errno.
+ */
+static int collect_locked(struct uffdwp_tracker *t, uintptr_t *pos, uintptr_t limit,
+			  struct out *o, bool reset)
+{
+	for (size_t k = first_range_after(t, *pos); k < t->nranges; k++) {
+		struct range *r = &t->ranges[k];
+		uintptr_t from = *pos > r->start ? *pos : r->start;
+		uintptr_t to = r->end < limit ? r->end : limit;
+		uintptr_t next;
+		int ret;
+
+		if (from >= limit)
+			break;
+		ret = check_mapped(from, to);
+		if (ret == 0)
+			ret = t->method == UFFDWP_TRACK_ASYNC
+				? scan_async(t, from, to, o, reset, &next)
+				: scan_bits(t, r, from, to, o, reset, &next);
+		if (ret < 0)
+			return ret;
+		*pos = next;
+		if (next < to)
+			return 1;
+	}
+	*pos = limit;
+	return 0;
+}
+
+static int check_caller(const struct uffdwp_tracker *t)
+{
+	/* After fork() the child shares our descriptors but not our page
+	 * tables: a scan through the inherited pagemap fd would read and
+	 * reset the parent's pages. */
+	return getpid() == t->pid ? 0 : -ECHILD;
+}
+
+int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
+			   struct uffdwp_run *runs, size_t max, unsigned flags)
+{
+	struct out o = { .runs = runs, .max = max };
+	int ret;
+
+	if (!t || !cursor || !runs || max == 0 || (flags & ~UFFDWP_COLLECT_RESET))
+		return -EINVAL;
+	ret = check_caller(t);
+	if (ret)
+		return ret;
+	if (max > INT32_MAX)
+		o.max = INT32_MAX;
+	pthread_mutex_lock(&t->collect_lock);
+	ret = collect_locked(t, cursor, UINTPTR_MAX, &o, flags & UFFDWP_COLLECT_RESET);
+	pthread_mutex_unlock(&t->collect_lock);
+	return ret < 0 ? ret : (int)o.n;
+}
+
+/* Check a caller's window [addr, addr+len). */
+static int check_window(const struct uffdwp_tracker *t, const void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	if (!t || ((a | len) & (t->page - 1)) || len == 0 || a + len < a)
+		return -EINVAL;
+	return check_caller(t);
+}
+
+long uffdwp_tracker_bitmap(struct uffdwp_tracker *t, void *addr, size_t len,
+			   uint64_t *bitmap, unsigned flags)
+{
+	uintptr_t pos = (uintptr_t)addr, limit = pos + len;
+	struct uffdwp_run runs[64];
+	long count = 0;
+	int more;
+
+	if (!bitmap || (flags & ~UFFDWP_COLLECT_RESET))
+		return -EINVAL;
+	more = check_window(t, addr, len);
+	if (more)
+		return more;
+	memset(bitmap, 0, (len / t->page + 63) / 64 * sizeof(*bitmap));
+	pthread_mutex_lock(&t->collect_lock);
+	do {
+		struct out o = { .runs = runs, .max = 64 };
+
+		more = collect_locked(t, &pos, limit, &o, flags & UFFDWP_COLLECT_RESET);
+		for (size_t k = 0; more >= 0 && k < o.n; k++) {
+			/* A huge granule may stick out of the window. */
+			uintptr_t a = (uintptr_t)runs[k].addr, b = a + runs[k].len;
+
+			a = a < (uintptr_t)addr ? (uintptr_t)addr : a;
+			b = b > limit ? limit : b;
+			for (size_t i = (a - (uintptr_t)addr) / t->page;
+			     i < (b - (uintptr_t)addr) / t->page; i++)
+				bitmap[i / 64] |= UINT64_C(1) << (i % 64);
+			count += (long)((b - a) / t->page);
+		}
+	} while (more == 1);
+	pthread_mutex_unlock(&t->collect_lock);
+	return more < 0 ? more : count;
+}
+
+int uffdwp_tracker_reset(struct uffdwp_tracker *t, void *addr, size_t len)
+{
+	uintptr_t pos = (uintptr_t)addr, limit = pos + len;
+	struct uffdwp_run runs[64];
+	int ret;
+
+	if (!addr) {
+		if (!t || len)
+			return -EINVAL;
+		limit = UINTPTR_MAX;
+		ret = check_caller(t);
+	} else {
+		ret = check_window(t, addr, len);
+	}
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&t->collect_lock);
+	do {
+		struct out o = { .runs = runs, .max = 64 };
+
+		ret = collect_locked(t, &pos, limit, &o, true);
+	} while (ret == 1);
+	pthread_mutex_unlock(&t->collect_lock);
+	return ret;
+}
+
+/* --- adding and removing ranges --- */
+
+int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
+{
+	uintptr_t start = (uintptr_t)addr, end = start + len;
+	struct range r = { .start = start, .end = end };
+	struct range *grown;
+	size_t k;
+	int ret = check_window(t, addr, len);
+
+	if (ret)
+		return ret;
+	if ((start | len) & (t->granule - 1))
+		return -EINVAL;
+	pthread_mutex_lock(&t->collect_lock);
+	k = first_range_after(t, start);
+	if (k < t->nranges && t->ranges[k].start < end) {
+		ret = -EEXIST;
+		goto out;
+	}
+	grown = realloc(t->ranges, (t->nranges + 1) * sizeof(*grown));
+	if (!grown) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	t->ranges = grown;
+	if (t->method != UFFDWP_TRACK_ASYNC) {
+		size_t words = (len / t->granule + 63) / 64;
+
+		r.bits = calloc(words, sizeof(*r.bits));
+		if (r.bits && (uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE))
+			r.discarded = calloc(words, sizeof(*r.discarded));
+		if (!r.bits || ((uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE) &&
+				!r.discarded)) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	/* Exact tracking: a huge page would be protected and reported whole.
+	 * Failure is harmless (no THP in this kernel, or nothing mapped, which
+	 * registering reports). */
+	if (!(t->flags & UFFDWP_TRACK_HUGE))
+		madvise(addr, len, MADV_NOHUGEPAGE);
+	ret = uffdwp_register(t->ctx, addr, len, UFFDWP_REGISTER_MODE_WP);
+	if (ret < 0)
+		goto out_free;
+	/* Before WP_UNPOPULATED (6.4) protecting skips never-touched pages;
+	 * reading maps them to the zero page, which can be protected. */
+	if (t->method != UFFDWP_TRACK_EMULATED &&
+	    !(uffdwp_features(t->ctx) & UFFDWP_FEATURE_WP_UNPOPULATED) &&
+	    madvise(addr, len, MADV_POPULATE_READ) < 0) {
+		ret = -errno;
+		goto out_unregister;
+	}
+	/* In the table before it is protected, so its first fault finds it. */
+	pthread_mutex_lock(&t->fault_lock);
+	memmove(&t->ranges[k + 1], &t->ranges[k], (t->nranges - k) * sizeof(r));
+	t->ranges[k] = r;
+	t->nranges++;
+	ret = uffdwp_writeprotect(t->ctx, addr, len, UFFDWP_WRITEPROTECT_MODE_WP);
+	if (ret < 0) {
+		t->nranges--;
+		memmove(&t->ranges[k], &t->ranges[k + 1], (t->nranges - k) * sizeof(r));
+	}
+	pthread_mutex_unlock(&t->fault_lock);
+	if (ret == 0)
+		goto out;
+out_unregister:
+	uffdwp_unregister(t->ctx, addr, len);
+out_free:
+	free(r.bits);
+	free(r.discarded);
+out:
+	pthread_mutex_unlock(&t->collect_lock);
+	return ret;
+}
+
+int uffdwp_tracker_remove(struct uffdwp_tracker *t, void *addr, size_t len)
+{
+	uintptr_t start = (uintptr_t)addr;
+	struct range *r;
+	int ret = check_window(t, addr, len);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&t->collect_lock);
+	r = find_range(t, start);
+	if (!r || r->start != start || r->end != start + len) {
+		pthread_mutex_unlock(&t->collect_lock);
+		return -ENOENT;
+	}
+	/* Un-protects and wakes blocked writers; it fails only when the
+	 * memory is gone already, which is what remove is for too. */
+	uffdwp_unregister(t->ctx, addr, len);
+	pthread_mutex_lock(&t->fault_lock);
+	free(r->bits);
+	free(r->discarded);
+	t->nranges--;
+	memmove(r, r + 1, (size_t)(&t->ranges[t->nranges] - r) * sizeof(*r));
+	pthread_mutex_unlock(&t->fault_lock);
+	pthread_mutex_unlock(&t->collect_lock);
+	return 0;
+}
+
+/* --- creating and destroying --- */
+
+/* The PMD huge-page size, or the page when THP is absent. */
+static size_t huge_size(size_t page)
+{
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+	unsigned long size = 0;
+
+	if (f) {
+		if (fscanf(f, "%lu", &size) != 1)
+			size = 0;
+		fclose(f);
+	}
+	return size > page && !(size & (size - 1)) ? size : page;
+}
+
+static int open_ctx(struct uffdwp_tracker *t, enum uffdwp_backend backend, uint64_t features)
+{
+	struct uffdwp_opts o = { .sz = sizeof(o), .backend = backend, .features = features };
+
+	return uffdwp_open(&t->ctx, &o);
+}
+
+static int start_async(struct uffdwp_tracker *t)
+{
+	const uint64_t need = UFFDWP_FEATURE_WP_ASYNC | UFFDWP_FEATURE_WP_UNPOPULATED;
+	struct pm_scan_arg probe = { .size = sizeof(probe) };
+	int ret;
+
+	/* shmem too where the kernel can; anonymous memory without. */
+	ret = open_ctx(t, UFFDWP_BACKEND_KERNEL, need | UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM);
+	if (ret == -EOPNOTSUPP)
+		ret = open_ctx(t, UFFDWP_BACKEND_KERNEL, need);
+	if (ret < 0)
+		return ret;
+	t->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (t->pagemap_fd < 0)
+		return -errno;
+	/* An empty scan: ENOTTY before 6.7. */
+	if (ioctl(t->pagemap_fd, PAGEMAP_SCAN, &probe) < 0)
+		return errno == ENOTTY || errno == EINVAL ? -EOPNOTSUPP : -errno;
+	return 0;
+}
+
+static int start_engine(struct uffdwp_tracker *t, enum uffdwp_backend backend)
+{
+	/* A handler thread: the fault handler blocks on fault_lock and may
+	 * block in the interposer, neither allowed in a signal handler. */
+	struct uffdwp_engine_opts eo = {
+		.sz = sizeof(eo), .mode = UFFDWP_ENGINE_THREAD, .fn = on_event, .arg = t,
+	};
+	const uint64_t events = UFFDWP_FEATURE_EVENT_REMOVE | UFFDWP_FEATURE_EVENT_UNMAP |
+				UFFDWP_FEATURE_EVENT_REMAP;
+	int ret = -EOPNOTSUPP;
+
+	/* The defaults (WP_UNPOPULATED where there is one), with events on the
+	 * kernel; the emulation has none. */
+	if (backend == UFFDWP_BACKEND_KERNEL) {
+		struct uffdwp_probe p = { .sz = sizeof(p) };
+
+		uffdwp_probe(&p);
+		ret = open_ctx(t, backend, (UFFDWP_FEATURES_DEFAULT & p.kernel_features) |
+					   (events & p.kernel_features));
+	}
+	if (ret == -EOPNOTSUPP)
+		ret = open_ctx(t, backend, 0);
+
+	return ret < 0 ? ret : uffdwp_engine_start(&t->eng, t->ctx, &eo);
+}
+
+static int start(struct uffdwp_tracker *t, enum uffdwp_track_method method)
+{
+	int ret;
+
+	t->method = method;
+	t->granule = t->page;
+	if (method == UFFDWP_TRACK_ASYNC)
+		return start_async(t);
+	if (t->flags & UFFDWP_TRACK_HUGE)
+		t->granule = huge_size(t->page);
+	ret = start_engine(t, method == UFFDWP_TRACK_SYNC ? UFFDWP_BACKEND_KERNEL
+							  : UFFDWP_BACKEND_EMULATED);
+	if (ret < 0 && method == UFFDWP_TRACK_SYNC && ret != -EINVAL && ret != -ENOMEM &&
+	    ret != -EMFILE && ret != -ENFILE && ret != -EAGAIN)
+		ret = -EOPNOTSUPP;  /* no usable kernel userfaultfd */
+	return ret;
+}
+
+/* Undo start(), whatever stage it reached. */
+static void stop(struct uffdwp_tracker *t)
+{
+	uffdwp_engine_stop(t->eng);
+	uffdwp_close(t->ctx);
+	if (t->pagemap_fd >= 0)
+		close(t->pagemap_fd);
+	t->eng = NULL;
+	t->ctx = NULL;
+	t->pagemap_fd = -1;
+}
+
+int uffdwp_tracker_create(struct uffdwp_tracker **out, const struct uffdwp_tracker_opts *opts)
+{
+	struct uffdwp_tracker *t;
+	enum uffdwp_track_method method = UFFDWP_TRACK_AUTO;
+	unsigned flags = 0;
+	int ret;
+
+	if (!out)
+		return -EINVAL;
+	if (opts) {
+		if (opts->sz < offsetof(struct uffdwp_tracker_opts, flags) + sizeof(opts->flags))
+			return -EINVAL;
+		method = opts->method;
+		flags = opts->flags;
+	}
+	if ((unsigned)method > UFFDWP_TRACK_EMULATED || (flags & ~UFFDWP_TRACK_HUGE))
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->flags = flags;
+	t->page = uffdwp__page_size();
+	t->pid = getpid();
+	t->pagemap_fd = -1;
+	pthread_mutex_init(&t->collect_lock, NULL);
+	pthread_mutex_init(&t->fault_lock, NULL);
+	pthread_mutex_init(&t->interposer_lock, NULL);
+	if (method != UFFDWP_TRACK_AUTO) {
+		ret = start(t, method);
+	} else {
+		/* The cheapest that works here; a failure that would hit every
+		 * method (bad memory, no descriptors) is returned as is. */
+		ret = start(t, UFFDWP_TRACK_ASYNC);
+		for (method = UFFDWP_TRACK_SYNC; ret < 0 && ret != -ENOMEM && ret != -EMFILE &&
+						 method <= UFFDWP_TRACK_EMULATED; method++) {
+			stop(t);
+			ret = start(t, method);
+		}
+	}
+	if (ret < 0) {
+		uffdwp_tracker_destroy(t);
+		return ret;
+	}
+	*out = t;
+	return 0;
+}
+
+void uffdwp_tracker_destroy(struct uffdwp_tracker *t)
+{
+	if (!t)
+		return;
+	if (getpid() == t->pid) {
+		stop(t);  /* closing the context un-protects and unregisters all */
+	} else {
+		/* A fork child's copy: the engine thread was not copied, so
+		 * the engine and context cannot be stopped; release the
+		 * descriptors and let the rest go with the process. */
+		if (t->ctx)
+			close(uffdwp_fd(t->ctx));
+		if (t->pagemap_fd >= 0)
+			close(t->pagemap_fd);
+	}
+	for (size_t k = 0; k < t->nranges; k++) {
+		free(t->ranges[k].bits);
+		free(t->ranges[k].discarded);
+	}
+	free(t->ranges);
+	pthread_mutex_destroy(&t->collect_lock);
+	pthread_mutex_destroy(&t->fault_lock);
+	pthread_mutex_destroy(&t->interposer_lock);
+	free(t);
+}

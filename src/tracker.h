@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The write tracker's internal interface, for the live snapshots
+ * (src/snapshot.c): an incremental snapshot works on the same regions as a
+ * tracker, protects and saves only what the tracker says was written, and
+ * must see every later first write (copy-before-write). That needs
+ * synchronous faults, so this works with the SYNC and EMULATED methods only:
+ * under ASYNC a write never faults.
+ *
+ * What a SYNC/EMULATED tracker guarantees, and what the snapshot builds on:
+ *  - a clean page (not written since its last reset) is write-protected;
+ *  - a written page is un-protected by the tracker's fault handler after
+ *    it has marked the page written, so it is never both clean and writable;
+ *  - a collect with UFFDWP_COLLECT_RESET re-protects exactly the pages it
+ *    reports, before it clears their bits.
+ * So "install an interposer, then collect-with-reset" leaves every page
+ * protected and calls the interposer on the first later write to each.
+ */
+#ifndef UFFDWP_TRACKER_H
+#define UFFDWP_TRACKER_H
+
+#include <stdint.h>
+#include "backend.h"
+
+/*
+ * The context a SYNC or EMULATED tracker registered its ranges with (its
+ * own, opened by uffdwp_tracker_create() and closed by destroy), or NULL for
+ * ASYNC. Protecting more of the tracked pages through it is allowed: a write
+ * to such a page faults, runs the interposer and is then recorded as a
+ * write. Un-protecting through it is not (a write would go unseen).
+ */
+struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
+
+/*
+ * Install fn to run on every write fault of the tracker, in the thread that
+ * resolves it (the tracker's engine thread), before the tracker marks the
+ * page written and un-protects it; the faulting writer stays blocked until
+ * fn returns. page is the start of the faulting page (of its huge page with
+ * UFFDWP_TRACK_HUGE). fn may block (snapshot back-pressure): meanwhile other
+ * faults of this tracker wait, collects and resets do not. fn must not call
+ * the tracker itself. NULL removes the interposer; on return from a call
+ * that replaces or removes it, the old fn is not running and will not run
+ * again. Returns 0, or -EOPNOTSUPP for an ASYNC tracker.
+ */
+int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
+				   void (*fn)(void *arg, uintptr_t page), void *arg)
+	UFFDWP__HIDDEN;
+
+#endif

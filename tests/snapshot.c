@@ -1,0 +1,852 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Live snapshots (uffdwp_snapshot_begin(3)) on both backends: what a
+ * snapshot restores to must be the memory at its instant, whatever the
+ * writers do meanwhile, whatever the sink, and failures must end cleanly.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include "snapshot.h"
+#include "test.h"
+
+/* How long a writer that must stay blocked is watched (no event to wait
+ * for: this bounds a negative result, as in core.c). */
+#define STILL_BLOCKED_MS 200
+
+/* A file for a snapshot, unlinked at once (so that a failing test leaves
+ * nothing behind) and named by /proc/self/fd for the readers. */
+struct snapfile {
+	char path[64];
+	int fd;
+};
+
+static void snapfile_open(struct snapfile *f)
+{
+	char tmpl[] = "/tmp/uffdwp-test-snap-XXXXXX";
+
+	f->fd = mkstemp(tmpl);
+	if (f->fd < 0)
+		FAIL("mkstemp: %s", strerror(errno));
+	unlink(tmpl);
+	snprintf(f->path, sizeof(f->path), "/proc/self/fd/%d", f->fd);
+}
+
+static void snapfile_close(struct snapfile *f)
+{
+	close(f->fd);
+}
+
+/* Distinct contents for every page, so a page saved at the wrong address or
+ * from the wrong instant is seen; every fourth page left zero (ZERO records). */
+static void fill(char *mem, size_t npages, unsigned seed)
+{
+	for (size_t i = 0; i < npages; i++) {
+		uint64_t *w = (uint64_t *)(mem + i * test_page());
+
+		for (size_t j = 0; j < test_page() / sizeof(*w); j++)
+			w[j] = i % 4 == 3 ? 0 : (seed * 0x9e3779b97f4a7c15ull) ^ (i << 20) ^ j;
+	}
+}
+
+static struct uffdwp_snapshot_opts file_opts(enum uffdwp_backend backend, int fd)
+{
+	return (struct uffdwp_snapshot_opts){ .sz = sizeof(struct uffdwp_snapshot_opts),
+					      .fd = fd, .backend = backend };
+}
+
+/* Restore a chain into a fresh mapping and compare it with want (len bytes);
+ * the files must also pass verify. */
+static void check_restores_to(const char *const *paths, size_t n, const void *want, size_t len)
+{
+	struct uffdwp_snapshot_error err = { .sz = sizeof(err) };
+	void *image;
+	size_t image_len;
+
+	for (size_t i = 0; i < n; i++) {
+		int ret = uffdwp_snapshot_file_verify(paths[i], NULL, &err);
+
+		if (ret)
+			FAIL("verify %s: %s (%s at %llu)", paths[i], strerror(-ret), err.message,
+			     (unsigned long long)err.offset);
+	}
+	int ret = uffdwp_snapshot_restore_mapping(paths, n, &image, &image_len, &err);
+
+	if (ret)
+		FAIL("restore: %s (%s)", strerror(-ret), err.message);
+	CHECK_EQ(image_len, len);
+	for (size_t off = 0; off < len; off += test_page())
+		if (memcmp((char *)image + off, (const char *)want + off, test_page()))
+			FAIL("restored page %zu differs from the snapshot instant",
+			     off / test_page());
+	munmap(image, image_len);
+}
+
+static struct uffdwp_snapshot *begin1(void *mem, size_t len, const struct uffdwp_snapshot_opts *o)
+{
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, len };
+	struct uffdwp_snapshot *snap = NULL;
+	int ret = uffdwp_snapshot_begin(&snap, &r, 1, o);
+
+	if (ret == -EOPNOTSUPP || (ret < 0 && o->backend == UFFDWP_BACKEND_KERNEL &&
+				   (ret == -ENOSYS || ret == -EPERM || ret == -EACCES)))
+		SKIP("snapshot on %s: %s", uffdwp_backend_name(o->backend), strerror(-ret));
+	CHECK_OK(ret);
+	return snap;
+}
+
+/* ---- a sink that can be held: the saver blocks in it until released ---- */
+
+struct held_sink {
+	sem_t entered;       /* posted when the saver first calls in */
+	sem_t release;
+	atomic_bool held;
+	char *image;         /* where the pages go, by offset from base */
+	uint64_t base;
+	size_t len;
+	uint8_t *seen;       /* per page: times passed */
+};
+
+static int held_sink_fn(void *arg, uint64_t addr, const void *data, size_t len)
+{
+	struct held_sink *h = arg;
+
+	if (atomic_exchange(&h->held, false)) {
+		sem_post(&h->entered);
+		while (sem_wait(&h->release) < 0 && errno == EINTR)
+			;
+	}
+	if (addr < h->base || addr + len > h->base + h->len || len % test_page())
+		return -ERANGE;
+	memcpy(h->image + (addr - h->base), data, len);
+	for (size_t i = 0; i < len / test_page(); i++)
+		h->seen[(addr - h->base) / test_page() + i]++;
+	return 0;
+}
+
+static void held_sink_init(struct held_sink *h, void *mem, size_t len)
+{
+	sem_init(&h->entered, 0, 0);
+	sem_init(&h->release, 0, 0);
+	atomic_store(&h->held, true);
+	h->image = test_map(len / test_page(), false);
+	h->base = (uintptr_t)mem;
+	h->len = len;
+	h->seen = calloc(len / test_page(), 1);
+	CHECK(h->seen != NULL);
+}
+
+static void held_sink_wait_entered(struct held_sink *h)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 5;
+	if (sem_timedwait(&h->entered, &ts) < 0)
+		FAIL("the saver never reached the sink");
+}
+
+static struct uffdwp_snapshot_opts held_opts(enum uffdwp_backend backend, struct held_sink *h)
+{
+	return (struct uffdwp_snapshot_opts){ .sz = sizeof(struct uffdwp_snapshot_opts),
+					      .fn = held_sink_fn, .arg = h, .backend = backend };
+}
+
+/* A thread writing a byte into each of npages pages, then done. */
+struct page_writer {
+	pthread_t thread;
+	char *mem;
+	size_t npages;
+	char value;
+	atomic_bool done;
+};
+
+static void *page_writer_main(void *arg)
+{
+	struct page_writer *w = arg;
+
+	for (size_t i = 0; i < w->npages; i++)
+		((volatile char *)w->mem)[i * test_page() + 8] = w->value;
+	atomic_store(&w->done, true);
+	return NULL;
+}
+
+static void page_writer_start(struct page_writer *w, char *mem, size_t npages, char value)
+{
+	*w = (struct page_writer){ .mem = mem, .npages = npages, .value = value };
+	CHECK_EQ(pthread_create(&w->thread, NULL, page_writer_main, w), 0);
+}
+
+static bool page_writer_done_within(struct page_writer *w, int ms)
+{
+	for (int waited = 0; waited < ms; waited++) {
+		if (atomic_load(&w->done))
+			return true;
+		usleep(1000);
+	}
+	return atomic_load(&w->done);
+}
+
+/* ---- the tests ---------------------------------------------------------- */
+
+TEST(snapshot_quiet_memory, ON_BOTH)
+{
+	const size_t npages = 300;
+	char *mem = test_map(npages, false);
+	struct snapfile f;
+	struct uffdwp_snapshot_progress p = { .sz = sizeof(p) };
+	struct uffdwp_snapshot_info info = { .sz = sizeof(info) };
+
+	fill(mem, npages, 1);
+	snapfile_open(&f);
+	struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+	struct uffdwp_snapshot *snap = begin1(mem, npages * test_page(), &o);
+	uint64_t id = uffdwp_snapshot_id(snap);
+
+	CHECK(id != 0);
+	CHECK(uffdwp_snapshot_fd(snap) >= 0);
+	CHECK_OK(uffdwp_snapshot_wait(snap, 10000));
+	CHECK_OK(uffdwp_snapshot_progress(snap, &p));
+	CHECK_EQ(p.pages_total, npages);
+	CHECK_EQ(p.pages_done, npages);
+	CHECK_EQ(p.finished, 1);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+
+	const char *paths[] = { f.path };
+
+	check_restores_to(paths, 1, mem, npages * test_page());
+	CHECK_OK(uffdwp_snapshot_file_info(f.path, &info, NULL, 0, NULL));
+	CHECK_EQ(info.snapshot_id, id);
+	CHECK_EQ(info.parent_id, 0);
+	CHECK_EQ(info.page_count, npages - npages / 4);
+	CHECK_EQ(info.zero_count, npages / 4);
+	/* The memory is ours again: writable without faults. */
+	memset(mem, 7, npages * test_page());
+	snapfile_close(&f);
+}
+
+TEST(snapshot_bad_arguments, ON_NONE)
+{
+	char *mem = test_map(4, true);
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, 4 * test_page() };
+	struct uffdwp_snapshot_region two[2] = { r, { (uintptr_t)mem + test_page(), test_page() } };
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = -1 };
+	struct uffdwp_snapshot *snap = NULL;
+
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, NULL), -EINVAL);
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);  /* no sink */
+	o.fd = 1;
+	CHECK_RET(uffdwp_snapshot_begin(NULL, &r, 1, &o), -EINVAL);
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 0, &o), -EINVAL);
+	CHECK_RET(uffdwp_snapshot_begin(&snap, two, 2, &o), -EINVAL);  /* overlap */
+	r.addr += 1;
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	r.addr -= 1;
+	r.len = 0;
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	r.len = 4 * test_page();
+	o.parent_id = 5;  /* incremental without a tracker */
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	o.parent_id = 0;
+	o.engine_mode = UFFDWP_ENGINE_CALLER;
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	o.engine_mode = UFFDWP_ENGINE_AUTO;
+	o.sz = 8;
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	CHECK(snap == NULL);
+	CHECK_OK(uffdwp_snapshot_end(NULL));
+	/* Nothing was left protected. */
+	memset(mem, 2, 4 * test_page());
+}
+
+TEST(snapshot_region_busy, ON_BOTH)
+{
+	char *mem = test_map(8, true);
+	struct uffdwp *ctx = test_open(backend, 0);
+	struct uffdwp_snapshot_opts o = file_opts(backend, 1);
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, 8 * test_page() };
+	struct uffdwp_snapshot *snap = NULL;
+
+	CHECK_OK(uffdwp_register(ctx, mem + 4 * test_page(), 4 * test_page(),
+				 UFFDWP_REGISTER_MODE_WP));
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EBUSY);
+	/* The part that was ours is writable again. */
+	memset(mem, 3, 4 * test_page());
+	uffdwp_close(ctx);
+}
+
+/* Every write after begin goes through copy-before-write while the saver is
+ * held in the sink; the writer never waits for the sink (the side buffer is
+ * large enough) and the snapshot is the memory at the instant. */
+TEST(snapshot_copy_before_write, ON_BOTH)
+{
+	const size_t npages = 512;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct held_sink h;
+	struct page_writer w;
+	struct uffdwp_snapshot_progress p = { .sz = sizeof(p) };
+
+	fill(mem, npages, 2);
+	memcpy(ref, mem, len);
+	held_sink_init(&h, mem, len);
+	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	held_sink_wait_entered(&h);
+	page_writer_start(&w, mem, npages, 'w');
+	if (!page_writer_done_within(&w, 5000))
+		FAIL("a writer waited for a held sink with room in the side buffer");
+	pthread_join(w.thread, NULL);
+	CHECK_OK(uffdwp_snapshot_progress(snap, &p));
+	/* All but the batch the saver had read before the sink held it. */
+	CHECK(p.pages_copied > 0);
+	CHECK(p.pages_copied <= npages);
+	CHECK(p.side_peak >= p.pages_copied * test_page());
+	CHECK_EQ(p.finished, 0);
+	CHECK_RET(uffdwp_snapshot_wait(snap, 0), -ETIMEDOUT);
+	sem_post(&h.release);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	CHECK(memcmp(h.image, ref, len) == 0);
+	for (size_t i = 0; i < npages; i++)
+		if (h.seen[i] != 1)
+			FAIL("page %zu passed to the sink %u times", i, h.seen[i]);
+}
+
+/* A side buffer of 4 pages: the writer copies 4 pages, then waits for the
+ * sink (back-pressure) and goes on once it drains. */
+TEST(snapshot_back_pressure, ON_BOTH)
+{
+	const size_t npages = 1024;  /* well past the saver's first batch */
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct held_sink h;
+	struct page_writer w;
+	struct uffdwp_snapshot_progress p = { .sz = sizeof(p) };
+
+	fill(mem, npages, 3);
+	memcpy(ref, mem, len);
+	held_sink_init(&h, mem, len);
+	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+
+	o.side_buffer = 4 * test_page();
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	held_sink_wait_entered(&h);
+	/* Write from the end: pages the saver has not claimed. */
+	page_writer_start(&w, mem + (npages / 2) * test_page(), npages / 2, 'b');
+	CHECK(!page_writer_done_within(&w, STILL_BLOCKED_MS));
+	CHECK_OK(uffdwp_snapshot_progress(snap, &p));
+	CHECK_EQ(p.side_peak, 4 * test_page());
+	CHECK_EQ(p.pages_copied, 4);
+	CHECK(p.writer_waits >= 1);
+	sem_post(&h.release);
+	CHECK(page_writer_done_within(&w, 10000));
+	pthread_join(w.thread, NULL);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	CHECK(memcmp(h.image, ref, len) == 0);
+}
+
+/*
+ * The consistency test: accounts spread over many pages, writer threads
+ * moving money between them under a lock (the total holds only between
+ * transfers), snapshots begun under that lock. Each file must restore to
+ * the reference copy taken under the lock, and so to the invariant.
+ */
+#define ACCOUNTS_PER_PAGE 8
+struct bank {
+	pthread_mutex_t lock;
+	int64_t *acct;     /* in the snapshotted memory */
+	size_t naccts;
+	size_t stride;     /* in int64_t: accounts spread across pages */
+	atomic_bool stop;
+	atomic_ulong transfers;
+};
+
+static void *teller(void *arg)
+{
+	struct bank *b = arg;
+	unsigned seed = (unsigned)(uintptr_t)&seed;
+
+	while (!atomic_load(&b->stop)) {
+		size_t from = (size_t)rand_r(&seed) % b->naccts;
+		size_t to = (size_t)rand_r(&seed) % b->naccts;
+		int64_t amount = rand_r(&seed) % 100;
+
+		pthread_mutex_lock(&b->lock);
+		b->acct[from * b->stride] -= amount;
+		b->acct[to * b->stride] += amount;
+		pthread_mutex_unlock(&b->lock);
+		atomic_fetch_add(&b->transfers, 1);
+	}
+	return NULL;
+}
+
+static int64_t total_of(const int64_t *acct, size_t n, size_t stride)
+{
+	int64_t sum = 0;
+
+	for (size_t i = 0; i < n; i++)
+		sum += acct[i * stride];
+	return sum;
+}
+
+TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
+{
+	const size_t npages = 2048, nthreads = 3, rounds = 4;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, true);
+	char *ref = test_map(npages, false);
+	struct bank b = { .acct = (int64_t *)mem, .stride = test_page() / sizeof(int64_t) /
+							    ACCOUNTS_PER_PAGE };
+	pthread_t th[3];
+	unsigned long during = 0;
+
+	b.naccts = npages * ACCOUNTS_PER_PAGE;
+	pthread_mutex_init(&b.lock, NULL);
+	for (size_t i = 0; i < b.naccts; i++)
+		b.acct[i * b.stride] = 1000;
+	const int64_t total = total_of(b.acct, b.naccts, b.stride);
+
+	for (size_t i = 0; i < nthreads; i++)
+		CHECK_EQ(pthread_create(&th[i], NULL, teller, &b), 0);
+	for (size_t round = 0; round < rounds; round++) {
+		struct snapfile f;
+		struct uffdwp_snapshot *snap;
+		unsigned long before;
+
+		snapfile_open(&f);
+		struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+
+		/* A small side buffer, so that back-pressure is exercised too. */
+		o.side_buffer = 64 * test_page();
+		pthread_mutex_lock(&b.lock);
+		memcpy(ref, mem, len);
+		snap = begin1(mem, len, &o);
+		pthread_mutex_unlock(&b.lock);
+		before = atomic_load(&b.transfers);
+		CHECK_OK(uffdwp_snapshot_end(snap));
+		during += atomic_load(&b.transfers) - before;
+		CHECK_EQ(total_of((int64_t *)ref, b.naccts, b.stride), total);
+
+		const char *paths[] = { f.path };
+
+		check_restores_to(paths, 1, ref, len);
+		snapfile_close(&f);
+	}
+	/* The tellers ran while snapshots were saved (else this tests
+	 * nothing); one round may end before they get a CPU, not all. */
+	CHECK(during > 0);
+	atomic_store(&b.stop, true);
+	for (size_t i = 0; i < nthreads; i++)
+		pthread_join(th[i], NULL);
+	pthread_mutex_lock(&b.lock);
+	CHECK_EQ(total_of(b.acct, b.naccts, b.stride), total);
+	pthread_mutex_unlock(&b.lock);
+}
+
+/* The fd sink may be a pipe (or a socket): the file comes out whole and in
+ * order; here a reader copies the stream into a file at its own pace. */
+struct pump {
+	pthread_t thread;
+	int from, to;
+	int error;
+};
+
+static void *pump_main(void *arg)
+{
+	struct pump *p = arg;
+	char buf[65536];
+	ssize_t n;
+
+	usleep(20000);  /* start late: the saver must meet a full pipe */
+	while ((n = read(p->from, buf, sizeof(buf))) > 0)
+		if (write(p->to, buf, (size_t)n) != n) {
+			p->error = errno ? errno : EIO;
+			break;
+		}
+	if (n < 0)
+		p->error = errno;
+	return NULL;
+}
+
+static void snapshot_through(enum uffdwp_backend backend, int rfd, int wfd)
+{
+	const size_t npages = 1024;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct snapfile f;
+	struct pump pump;
+	struct page_writer w;
+
+	fill(mem, npages, 4);
+	memcpy(ref, mem, len);
+	snapfile_open(&f);
+	pump = (struct pump){ .from = rfd, .to = f.fd };
+	CHECK_EQ(pthread_create(&pump.thread, NULL, pump_main, &pump), 0);
+	struct uffdwp_snapshot_opts o = file_opts(backend, wfd);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	page_writer_start(&w, mem, npages, 'p');
+	pthread_join(w.thread, NULL);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	close(wfd);
+	pthread_join(pump.thread, NULL);
+	CHECK_EQ(pump.error, 0);
+	close(rfd);
+
+	const char *paths[] = { f.path };
+
+	check_restores_to(paths, 1, ref, len);
+	snapfile_close(&f);
+}
+
+TEST(snapshot_pipe_sink, ON_BOTH)
+{
+	int p[2];
+
+	CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+	snapshot_through(backend, p[0], p[1]);
+}
+
+TEST(snapshot_nonblocking_socket_sink, ON_BOTH)
+{
+	int sv[2];
+
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
+	snapshot_through(backend, sv[0], sv[1]);
+}
+
+/* A reader that goes away: the snapshot fails with EPIPE, the process is
+ * not killed by SIGPIPE, the memory is let go. */
+TEST(snapshot_sink_closed, ON_BOTH)
+{
+	const size_t npages = 256;
+	char *mem = test_map(npages, true);
+	int p[2];
+
+	CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+	close(p[0]);
+	struct uffdwp_snapshot_opts o = file_opts(backend, p[1]);
+	struct uffdwp_snapshot *snap = begin1(mem, npages * test_page(), &o);
+
+	CHECK_RET(uffdwp_snapshot_wait(snap, 10000), -EPIPE);
+	CHECK_RET(uffdwp_snapshot_end(snap), -EPIPE);
+	memset(mem, 5, npages * test_page());
+	close(p[1]);
+}
+
+/* The callback sink sees every page once, with the instant's contents;
+ * an error it returns stops the snapshot with that error. */
+TEST(snapshot_callback_sink, ON_BOTH)
+{
+	const size_t npages = 700;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct held_sink h;
+	struct page_writer w;
+
+	fill(mem, npages, 5);
+	memcpy(ref, mem, len);
+	held_sink_init(&h, mem, len);
+	atomic_store(&h.held, false);
+	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	page_writer_start(&w, mem, npages, 'c');
+	pthread_join(w.thread, NULL);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	CHECK(memcmp(h.image, ref, len) == 0);
+	for (size_t i = 0; i < npages; i++)
+		if (h.seen[i] != 1)
+			FAIL("page %zu passed to the sink %u times", i, h.seen[i]);
+
+	/* A sink that fails: the snapshot reports the sink's error. */
+	struct held_sink bad;
+
+	held_sink_init(&bad, mem, test_page());  /* any page past the first is "out of range" */
+	atomic_store(&bad.held, false);
+	o = held_opts(backend, &bad);
+	snap = begin1(mem, len, &o);
+	CHECK_RET(uffdwp_snapshot_end(snap), -ERANGE);
+	memset(mem, 9, len);
+}
+
+TEST(snapshot_cancel, ON_BOTH)
+{
+	const size_t npages = 1024;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, true);
+	struct held_sink h;
+	struct page_writer w;
+	struct pollfd pfd;
+
+	held_sink_init(&h, mem, len);
+	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+
+	o.side_buffer = 2 * test_page();
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	held_sink_wait_entered(&h);
+	/* A writer stuck on back-pressure must be released by the cancel. */
+	page_writer_start(&w, mem + (npages / 2) * test_page(), npages / 2, 'x');
+	CHECK(!page_writer_done_within(&w, STILL_BLOCKED_MS));
+	uffdwp_snapshot_cancel(snap);
+	CHECK(page_writer_done_within(&w, 5000));
+	pthread_join(w.thread, NULL);
+	sem_post(&h.release);
+	pfd = (struct pollfd){ .fd = uffdwp_snapshot_fd(snap), .events = POLLIN };
+	CHECK_EQ(poll(&pfd, 1, 5000), 1);
+	CHECK_RET(uffdwp_snapshot_wait(snap, 0), -ECANCELED);
+	CHECK_RET(uffdwp_snapshot_end(snap), -ECANCELED);
+	/* Nothing stays protected. */
+	page_writer_start(&w, mem, npages, 'y');
+	CHECK(page_writer_done_within(&w, 5000));
+	pthread_join(w.thread, NULL);
+}
+
+/* A region unmapped while it is being saved: a clean error, no hang, no
+ * crash. */
+TEST(snapshot_region_unmapped, ON_BOTH)
+{
+	const size_t npages = 1024;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, true);
+	struct held_sink h;
+
+	held_sink_init(&h, mem, len);
+	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	held_sink_wait_entered(&h);
+	CHECK_EQ(munmap(mem + len / 2, len / 2), 0);
+	sem_post(&h.release);
+	int ret = uffdwp_snapshot_end(snap);
+
+	if (ret != -EFAULT && ret != -ENOENT)
+		FAIL("end after munmap: %d (%s), want EFAULT or ENOENT", ret, strerror(-ret));
+	/* The half still mapped is writable. */
+	memset(mem, 4, len / 2);
+}
+
+/* fork() during a snapshot: the child's memory is its own and writable; the
+ * parent's snapshot is unaffected and still the instant's. */
+TEST(snapshot_fork_during, ON_BOTH)
+{
+	const size_t npages = 1024;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct held_sink h;
+	int status;
+	pid_t pid;
+
+	fill(mem, npages, 6);
+	memcpy(ref, mem, len);
+	held_sink_init(&h, mem, len);
+	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	held_sink_wait_entered(&h);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* Bounded: a child stuck on a protected page is killed. */
+		alarm(10);
+		memset(mem, 'k', len);
+		for (size_t i = 0; i < len; i++)
+			if (mem[i] != 'k')
+				_exit(2);
+		_exit(0);
+	}
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 0);
+	/* The parent writes too, while the saver is still held. */
+	memset(mem + len / 2, 'p', len / 2);
+	sem_post(&h.release);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	CHECK(memcmp(h.image, ref, len) == 0);
+}
+
+/*
+ * Incremental snapshots with a tracker: a full snapshot, then writes, then
+ * an incremental one holding only what was written, with writers running
+ * through both; the chain restores to the second instant.
+ */
+TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
+{
+	const size_t npages = 1024;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, true);
+	char *ref = test_map(npages, false);
+	struct uffdwp_tracker_opts to = {
+		.sz = sizeof(to),
+		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
+							   : UFFDWP_TRACK_EMULATED,
+	};
+	struct uffdwp_tracker *t;
+	struct snapfile f[3];
+	struct uffdwp_snapshot_info info = { .sz = sizeof(info) };
+	uint64_t parent = 0;
+	int ret = uffdwp_tracker_create(&t, &to);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("tracker method %s unavailable", uffdwp_track_method_name(to.method));
+	CHECK_OK(ret);
+	fill(mem, npages, 7);
+	CHECK_OK(uffdwp_tracker_add(t, mem, len));
+	for (size_t round = 0; round < 3; round++) {
+		struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .tracker = t,
+						  .parent_id = parent };
+		struct uffdwp_snapshot_region r = { (uintptr_t)mem, len };
+		struct uffdwp_snapshot *snap;
+		struct page_writer w;
+		size_t written = round == 0 ? 0 : 10 * round;
+
+		/* Between snapshots: change a few pages (and zero one). */
+		for (size_t i = 0; i < written; i++)
+			mem[(i * 37 % npages) * test_page() + 1] = (char)(round + 1);
+		if (round == 2)
+			memset(mem, 0, test_page());
+		memcpy(ref, mem, len);
+		snapfile_open(&f[round]);
+		o.fd = f[round].fd;
+		CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+		/* A writer through the saving: copy-before-write with the tracker. */
+		page_writer_start(&w, mem, npages, (char)(0x40 + round));
+		pthread_join(w.thread, NULL);
+		uint64_t parent_before = parent;
+
+		parent = uffdwp_snapshot_id(snap);
+		CHECK_OK(uffdwp_snapshot_end(snap));
+		CHECK_OK(uffdwp_snapshot_file_info(f[round].path, &info, NULL, 0, NULL));
+		CHECK_EQ(info.parent_id, round == 0 ? 0 : parent_before);
+
+		const char *paths[] = { f[0].path, f[1].path, f[2].path };
+
+		check_restores_to(paths, round + 1, ref, len);
+	}
+	/* Two quiet rounds: the first saves what the last writer wrote, the
+	 * second only the one page written since. */
+	struct snapfile q[2];
+
+	for (size_t round = 0; round < 2; round++) {
+		struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .tracker = t,
+						  .parent_id = parent };
+		struct uffdwp_snapshot_region r = { (uintptr_t)mem, len };
+		struct uffdwp_snapshot *snap;
+
+		snapfile_open(&q[round]);
+		o.fd = q[round].fd;
+		mem[5 * test_page()] = (char)('q' + round);
+		memcpy(ref, mem, len);
+		CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+		parent = uffdwp_snapshot_id(snap);
+		CHECK_OK(uffdwp_snapshot_end(snap));
+		CHECK_OK(uffdwp_snapshot_file_info(q[round].path, &info, NULL, 0, NULL));
+		CHECK_EQ(info.page_count + info.zero_count, round == 0 ? npages : 1);
+
+		const char *paths[] = { f[0].path, f[1].path, f[2].path, q[0].path, q[1].path };
+
+		check_restores_to(paths, 4 + round, ref, len);
+	}
+	snapfile_close(&q[0]);
+	snapfile_close(&q[1]);
+	for (size_t i = 0; i < 3; i++)
+		snapfile_close(&f[i]);
+	uffdwp_tracker_destroy(t);
+}
+
+/* An ASYNC tracker never faults, so it cannot copy-before-write. */
+TEST(snapshot_async_tracker_refused, ON_KERNEL)
+{
+	char *mem = test_map(16, true);
+	struct uffdwp_tracker_opts to = { .sz = sizeof(to), .method = UFFDWP_TRACK_ASYNC };
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, 16 * test_page() };
+	struct uffdwp_snapshot *snap = NULL;
+	struct uffdwp_tracker *t;
+	int ret = uffdwp_tracker_create(&t, &to);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("no ASYNC tracker here");
+	CHECK_OK(ret);
+	CHECK_OK(uffdwp_tracker_add(t, mem, 16 * test_page()));
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = 1, .tracker = t };
+
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EOPNOTSUPP);
+	CHECK(snap == NULL);
+	uffdwp_tracker_destroy(t);
+}
+
+/* The fork() baseline's writer: the same file format from frozen memory. */
+TEST(snapshot_frozen_writer, ON_NONE)
+{
+	const size_t npages = 100;
+	char *mem = test_map(npages, false);
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, npages * test_page() };
+	struct snapfile f;
+
+	fill(mem, npages, 8);
+	snapfile_open(&f);
+	CHECK_OK(uffdwp__snapshot_write_frozen(f.fd, &r, 1));
+
+	const char *paths[] = { f.path };
+
+	check_restores_to(paths, 1, mem, npages * test_page());
+	CHECK_RET(uffdwp__snapshot_write_frozen(f.fd, &r, 0), -EINVAL);
+	snapfile_close(&f);
+}
+
+/* Several regions, two of them adjacent, in any order, with zero pages at
+ * their edges: ZERO records never cross a region, and the image is the
+ * regions end to end in address order. */
+TEST(snapshot_several_regions, ON_BOTH)
+{
+	const size_t page = test_page();
+	char *mem = test_map(16, false);
+	char *want = test_map(12, false);
+	struct uffdwp_snapshot_region r[3] = {
+		{ (uintptr_t)mem + 10 * page, 2 * page },
+		{ (uintptr_t)mem, 4 * page },
+		{ (uintptr_t)mem + 4 * page, 4 * page },
+	};
+	struct uffdwp_snapshot_info info = { .sz = sizeof(info) };
+	struct snapfile f;
+
+	memset(mem + 1 * page, 'a', page);
+	memset(mem + 6 * page, 'b', page);
+	memset(mem + 11 * page, 'c', page);
+	memcpy(want, mem, 8 * page);
+	memcpy(want + 8 * page, mem + 10 * page, 2 * page);
+	snapfile_open(&f);
+	struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+	struct uffdwp_snapshot *snap = NULL;
+	int ret = uffdwp_snapshot_begin(&snap, r, 3, &o);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("no snapshot on this backend");
+	CHECK_OK(ret);
+	memset(mem + 6 * page, 'x', 2 * page);  /* after the instant */
+	CHECK_OK(uffdwp_snapshot_end(snap));
+
+	const char *paths[] = { f.path };
+
+	check_restores_to(paths, 1, want, 10 * page);
+	CHECK_OK(uffdwp_snapshot_file_info(f.path, &info, NULL, 0, NULL));
+	CHECK_EQ(info.region_count, 3);
+	CHECK_EQ(info.page_count, 3);
+	CHECK_EQ(info.zero_count, 7);
+	snapfile_close(&f);
+}
