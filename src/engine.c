@@ -420,10 +420,19 @@ static struct {
 	_Atomic unsigned readers;
 } sigbus_slots[UFFDWP_ENGINE_MAX_INTHREAD];
 
-/* Install/restore of the handler, under engines_lock. */
+/*
+ * The handler is installed with the first in-thread engine and stays: a
+ * SIGBUS the kernel raised for a write-protect fault can be delivered after
+ * the fault was resolved and its engine stopped (the writer was preempted
+ * in between), and must then retry the write, not reach a default action
+ * that kills the process. With no engine left, every other SIGBUS is
+ * forwarded to the handler installed before ours. Under engines_lock.
+ */
 static struct sigaction sigbus_previous;
 static bool sigbus_installed;
-static int sigbus_users;
+
+/* The page this thread last retried as a late fault (see late_wp_fault). */
+static __thread uintptr_t sigbus_retried_page __attribute__((tls_model("initial-exec")));
 
 /* The page this thread last faulted on in a row, and how often. */
 static __thread uintptr_t sigbus_last_page __attribute__((tls_model("initial-exec")));
@@ -531,6 +540,38 @@ static bool sigbus_ours(uintptr_t addr)
 	return false;
 }
 
+/*
+ * A SIGBUS no engine claims at a page that is now present and not
+ * write-protected: a write-protect fault resolved before this handler ran.
+ * The write is retried once; a second SIGBUS at the same page in a row is
+ * a real one (a file truncated under a mapping is not present, and fails
+ * this test at once).
+ */
+static bool late_wp_fault(uintptr_t addr)
+{
+	size_t page_size = uffdwp__page_size();
+	uintptr_t page = addr & ~(uintptr_t)(page_size - 1);
+	int fd;
+	uint64_t entry = 0;
+
+	if (page == sigbus_retried_page) {
+		sigbus_retried_page = 0;
+		return false;
+	}
+	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
+	    (ssize_t)sizeof(entry))
+		entry = 0;
+	close(fd);
+	if ((entry & PAGEMAP_PRESENT) && !(entry & PAGEMAP_UFFD_WP)) {
+		sigbus_retried_page = page;
+		return true;
+	}
+	return false;
+}
+
 /* Hand a SIGBUS that is not ours to whatever was installed before. */
 static void forward_sigbus(int sig, siginfo_t *si, void *uc)
 {
@@ -559,7 +600,9 @@ static void forward_sigbus(int sig, siginfo_t *si, void *uc)
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved_errno = errno;
-	bool ours = si->si_code == BUS_ADRERR && sigbus_ours((uintptr_t)si->si_addr);
+	bool fault = si->si_code == BUS_ADRERR;
+	bool ours = fault && (sigbus_ours((uintptr_t)si->si_addr) ||
+			      late_wp_fault((uintptr_t)si->si_addr));
 
 	errno = saved_errno;
 	if (!ours)
@@ -588,28 +631,20 @@ static int sigbus_attach(struct uffdwp_engine *eng)
 			return -errno;
 		sigbus_installed = true;
 	}
-	sigbus_users++;
 	eng->sigbus_slot = (int)slot;
 	atomic_store(&sigbus_slots[slot].eng, eng);
 	return 0;
 }
 
-/* Called with engines_lock held. The previous handler comes back only if
- * ours is still the one installed (one installed after ours chains to it). */
+/* Called with engines_lock held. The handler stays installed (above). */
 static void sigbus_detach(struct uffdwp_engine *eng)
 {
-	struct sigaction cur;
 	int slot = eng->sigbus_slot;
 
 	atomic_store(&sigbus_slots[slot].eng, NULL);
 	while (atomic_load(&sigbus_slots[slot].readers))
 		sched_yield();
 	eng->sigbus_slot = -1;
-	if (--sigbus_users > 0)
-		return;
-	if (sigaction(SIGBUS, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
-	    cur.sa_sigaction == on_sigbus && sigaction(SIGBUS, &sigbus_previous, NULL) == 0)
-		sigbus_installed = false;
 }
 
 /* ---------------------------------------------------------------------------

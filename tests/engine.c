@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include "test.h"
@@ -228,6 +229,47 @@ TEST(engine_inthread_foreign_sigbus_forwarded, ON_KERNEL)
 	CHECK(WIFEXITED(status));
 	CHECK_EQ(WEXITSTATUS(status), 42);
 	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+}
+
+/* A write-protect SIGBUS delivered late - after its page was un-protected
+ * and its engine stopped, because the writer was preempted in between -
+ * retries the write instead of reaching the previous handler; a second
+ * SIGBUS at the same page in a row is a real one and is forwarded. The
+ * late delivery is made by queueing the kernel's own siginfo to ourselves. */
+static void deliver_late_sigbus(void *addr)
+{
+	siginfo_t si = { .si_signo = SIGBUS, .si_code = BUS_ADRERR };
+
+	si.si_addr = addr;
+	CHECK_OK(syscall(SYS_rt_tgsigqueueinfo, getpid(), gettid(), SIGBUS, &si));
+}
+
+TEST(engine_inthread_late_sigbus_retried, ON_KERNEL)
+{
+	struct uffdwp *ctx = open_for(backend, UFFDWP_ENGINE_INTHREAD, 0);
+	struct sigaction previous = { .sa_handler = exit_42_on_sigbus };
+	char *mem = test_map(1, true);
+	struct uffdwp_engine *eng;
+	int status;
+	pid_t pid;
+
+	CHECK_OK(sigaction(SIGBUS, &previous, NULL));
+	CHECK_OK(uffdwp_register(ctx, mem, test_page(), UFFDWP_REGISTER_MODE_WP));
+	eng = start(ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
+	uffdwp_engine_stop(eng);
+	deliver_late_sigbus(mem);  /* present, not protected: retried */
+	mem[0] = 2;
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		deliver_late_sigbus(mem + 1);  /* a page retried just before... */
+		deliver_late_sigbus(mem + 2);  /* ...is forwarded the second time */
+		_exit(0);
+	}
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 42);
 	uffdwp_close(ctx);
 }
 
