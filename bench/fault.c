@@ -436,13 +436,21 @@ static const char *row_note(struct bench *b, const struct row_spec *spec,
 	return faults_per_batch > 0 ? bench_strdup(b, "%.2f faults/read", faults_per_batch) : NULL;
 }
 
-/* One row: the best of --repeat runs, with that run's latencies in *lat
- * (scratch is another recorder's room). */
-static int measure(struct bench *b, const struct row_spec *spec, bool shuffled,
-		   const size_t *order, struct bench_lat *lat, struct bench_lat *scratch)
+/* What the runs of one row found so far. */
+struct row_result {
+	const char *name;
+	const char *skipped;     /* why, once a run could not measure */
+	uint64_t best_ns;        /* UINT64_MAX before the first run */
+	size_t npages;
+	double faults_per_batch;
+	struct bench_lat lat;    /* of the best run */
+};
+
+/* One run of one row; res keeps the best. Returns 0 or a negative errno
+ * (a row that cannot run here is marked skipped, not an error). */
+static int measure_once(struct bench *b, const struct row_spec *spec, const size_t *order,
+			struct row_result *res, struct bench_lat *scratch)
 {
-	const char *suffix = shuffled ? "random" : "seq";
-	const char *name = bench_strdup(b, "%s/%s", spec->name, suffix);
 	size_t region_pages = b->opts->region_size / b->page;
 	struct fault_run r = {
 		.b = b, .len = b->opts->region_size, .order = order, .writers = spec->writers,
@@ -451,47 +459,34 @@ static int measure(struct bench *b, const struct row_spec *spec, bool shuffled,
 	};
 	struct writer w[MAX_WRITERS];
 	const char *why = NULL;
-	uint64_t best_ns = UINT64_MAX, ns;
-	int ret = 0;
+	uint64_t ns;
+	int ret;
 
-	if (!bench_selected(b, name))
-		return 0;
 	if (r.npages == 0)
 		r.npages = 1;
-	for (unsigned rep = 0; rep < b->opts->repeat; rep++) {
-		r.mem = bench_map(r.len, true);
-		if (!r.mem)
-			return -errno;
-		ret = spec->m->setup(&r, &why);
-		if (ret == 1) {
-			bench_skip(b, name, "%s", why);
-			munmap(r.mem, r.len);
-			return 0;
-		}
-		if (ret < 0) {
-			munmap(r.mem, r.len);
-			bench_skip(b, name, "setup failed: %s", strerror(-ret));
-			return 0;
-		}
-		run_writers(&r, w, &ns, scratch);
-		spec->m->teardown(&r);
+	r.mem = bench_map(r.len, true);
+	if (!r.mem)
+		return -errno;
+	ret = spec->m->setup(&r, &why);
+	if (ret != 0) {
 		munmap(r.mem, r.len);
-		if (spec->m == &mprotect_sigsegv && mprotect_error) {
-			bench_skip(b, name, "mprotect: %s (vm.max_map_count?)",
-				   strerror(mprotect_error));
-			return 0;
-		}
-		if (ns < best_ns) {
-			best_ns = ns;
-			*lat = *scratch;
-		}
+		res->skipped = ret == 1 ? why : bench_strdup(b, "setup failed: %s", strerror(-ret));
+		return 0;
 	}
-	bench_row(b, &(struct bench_row){
-		.name = name, .unit = "page", .ops = r.npages, .ns = best_ns, .lat = lat,
-		.baseline = spec->baseline ? bench_strdup(b, "%s/%s", spec->baseline, suffix)
-					   : NULL,
-		.note = row_note(b, spec, r.faults_per_batch),
-	});
+	run_writers(&r, w, &ns, scratch);
+	spec->m->teardown(&r);
+	munmap(r.mem, r.len);
+	if (spec->m == &mprotect_sigsegv && mprotect_error) {
+		res->skipped = bench_strdup(b, "mprotect: %s (vm.max_map_count?)",
+					    strerror(mprotect_error));
+		return 0;
+	}
+	if (ns < res->best_ns) {
+		res->best_ns = ns;
+		res->npages = r.npages;
+		res->faults_per_batch = r.faults_per_batch;
+		res->lat = *scratch;
+	}
 	return 0;
 }
 
@@ -521,29 +516,60 @@ static const struct row_spec rows[] = {
 	  "raw-poll" },
 };
 
-BENCH_SUITE(fault, "cost of a write fault on a protected page, per mode and baseline")
+#define NROWS (sizeof(rows) / sizeof(rows[0]))
+
+/* Every row of one order, --repeat times over, the rows interleaved so
+ * that the machine's drift (other load, frequency) hits baselines and
+ * engine rows alike; each row keeps its best run. */
+static int measure_order(struct bench *b, bool shuffled, struct row_result *res,
+			 struct bench_lat *scratch)
 {
-	size_t npages = b->opts->region_size / b->page;
-	struct bench_lat *lat = malloc(2 * sizeof(*lat));
+	const char *suffix = shuffled ? "random" : "seq";
+	size_t *order = bench_page_order(b->opts->region_size / b->page, shuffled);
 	int ret = 0;
 
-	if (!lat)
+	if (!order)
 		return -ENOMEM;
-	for (int shuffled = 0; shuffled <= 1 && ret == 0; shuffled++) {
-		size_t *order = bench_page_order(npages, shuffled);
-
-		if (!order) {
-			ret = -ENOMEM;
-			break;
-		}
-		for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && ret == 0; i++) {
+	for (size_t i = 0; i < NROWS; i++)
+		res[i] = (struct row_result){
+			.name = bench_strdup(b, "%s/%s", rows[i].name, suffix),
+			.best_ns = UINT64_MAX,
+		};
+	for (unsigned rep = 0; rep < b->opts->repeat && ret == 0; rep++)
+		for (size_t i = 0; i < NROWS && ret == 0; i++)
 			/* The slow rows write the first pages *in this order*:
 			 * a random sample of the region when shuffled. */
-			ret = measure(b, &rows[i], shuffled, order, &lat[0], &lat[1]);
+			if (!res[i].skipped && bench_selected(b, res[i].name))
+				ret = measure_once(b, &rows[i], order, &res[i], scratch);
+	free(order);
+	for (size_t i = 0; i < NROWS && ret == 0; i++) {
+		const struct row_spec *spec = &rows[i];
+
+		if (res[i].skipped) {
+			bench_skip(b, res[i].name, "%s", res[i].skipped);
+			continue;
 		}
-		free(order);
+		bench_row(b, &(struct bench_row){
+			.name = res[i].name, .unit = "page", .ops = res[i].npages,
+			.ns = res[i].best_ns, .lat = &res[i].lat,
+			.baseline = spec->baseline ? bench_strdup(b, "%s/%s", spec->baseline, suffix)
+						   : NULL,
+			.note = row_note(b, spec, res[i].faults_per_batch),
+		});
 	}
-	free(lat);
+	return ret;
+}
+
+BENCH_SUITE(fault, "cost of a write fault on a protected page, per mode and baseline")
+{
+	struct row_result *res = malloc(NROWS * sizeof(*res));
+	struct bench_lat *scratch = malloc(sizeof(*scratch));
+	int ret = res && scratch ? 0 : -ENOMEM;
+
+	for (int shuffled = 0; shuffled <= 1 && ret == 0; shuffled++)
+		ret = measure_order(b, shuffled, res, scratch);
+	free(scratch);
+	free(res);
 	bench_target(b, "engine-inthread/kernel/seq", "raw-sigbus/seq", 1.15);
 	bench_target(b, "engine-inthread/kernel/seq", "mprotect-sigsegv/seq", 1.0);
 	bench_target(b, "engine-inthread/kernel+fn/seq", "raw-sigbus/seq", 1.15);
