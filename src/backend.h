@@ -61,6 +61,18 @@ extern const struct uffdwp__backend_ops uffdwp__emulated_ops UFFDWP__HIDDEN;
 /* The kernel half of uffdwp_probe() (kernel.c). */
 void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;
 
+/* 1 in a ThreadSanitizer build (gcc or clang), else 0. */
+#if defined(__SANITIZE_THREAD__)
+#define UFFDWP__UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UFFDWP__UNDER_TSAN 1
+#endif
+#endif
+#ifndef UFFDWP__UNDER_TSAN
+#define UFFDWP__UNDER_TSAN 0
+#endif
+
 /* sysconf(_SC_PAGESIZE), cached. */
 size_t uffdwp__page_size(void) UFFDWP__HIDDEN;
 

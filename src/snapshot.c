@@ -193,15 +193,7 @@ static uint64_t now_ns(clockid_t clock)
  * TSan the copy is made with uninstrumented volatile loads (which the
  * compiler cannot turn back into an intercepted memcpy).
  */
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-
-#ifdef UNDER_TSAN
+#if UFFDWP__UNDER_TSAN
 __attribute__((no_sanitize("thread")))
 static void copy_held_page(void *dst, const void *src, size_t len)
 {

@@ -23,16 +23,6 @@
 #include "test.h"
 #include "backend.h"  /* set_fault_hook: the engine's in-thread entry point */
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-#ifndef UNDER_TSAN
-#define UNDER_TSAN 0
-#endif
 
 static char *map_pages(size_t npages, int prot)
 {
@@ -413,7 +403,7 @@ TEST(fault_on_own_stack_uses_alternate_stack, ON_EMULATED)
 	char *lo;
 	int events = 0;
 
-	if (UNDER_TSAN)
+	if (UFFDWP__UNDER_TSAN)
 		SKIP("TSan refuses pthread_attr_setstack (pthread_create: EINVAL)");
 	sem_init(&sc.ready, 0, 0);
 	sem_init(&sc.go, 0, 0);
@@ -767,7 +757,7 @@ TEST(signal_handler_of_blocked_writer_writes_protected, ON_BOTH)
 	struct uffdwp_event ev;
 	pthread_t writer;
 
-	if (UNDER_TSAN)
+	if (UFFDWP__UNDER_TSAN)
 		SKIP("TSan defers signal handlers past the fault, and runs them with SIGSEGV blocked");
 	signal_page = mem + page;
 	sem_init(&signal_handled, 0, 0);

@@ -108,20 +108,7 @@ static int record(void *arg, const struct uffdwp_event *ev)
 
 static void wait_sem(sem_t *sem, int timeout_ms)
 {
-	struct timespec ts;
-	int ret;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	do
-		ret = sem_timedwait(sem, &ts);
-	while (ret < 0 && errno == EINTR);
-	if (ret != 0)
+	if (!test_sem_wait(sem, timeout_ms))
 		FAIL("not posted within %d ms", timeout_ms);
 }
 

@@ -10,6 +10,7 @@
 #define UFFDWP_TEST_H
 
 #include <errno.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,6 +100,9 @@ bool test_wait_fd(struct uffdwp *ctx, int timeout_ms);
 
 /* Read exactly one event, waiting up to 5 s for it; fails the test otherwise. */
 struct uffdwp_event test_read_event(struct uffdwp *ctx);
+
+/* sem_timedwait for up to timeout_ms, through EINTR; true if posted. */
+bool test_sem_wait(sem_t *sem, int timeout_ms);
 
 /* A thread that writes `value` at `addr` and then posts that it is done. */
 struct test_writer;

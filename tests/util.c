@@ -168,7 +168,7 @@ struct test_writer *test_writer_start(volatile char *addr, char value)
 	return w;
 }
 
-bool test_writer_done(struct test_writer *w, int timeout_ms)
+bool test_sem_wait(sem_t *sem, int timeout_ms)
 {
 	struct timespec ts;
 	int ret;
@@ -181,11 +181,17 @@ bool test_writer_done(struct test_writer *w, int timeout_ms)
 		ts.tv_nsec -= 1000000000L;
 	}
 	do
-		ret = sem_timedwait(&w->done, &ts);
+		ret = sem_timedwait(sem, &ts);
 	while (ret < 0 && errno == EINTR);
-	if (ret == 0)
-		sem_post(&w->done); /* stays "done" for later calls */
 	return ret == 0;
+}
+
+bool test_writer_done(struct test_writer *w, int timeout_ms)
+{
+	if (!test_sem_wait(&w->done, timeout_ms))
+		return false;
+	sem_post(&w->done); /* stays "done" for later calls */
+	return true;
 }
 
 void test_writer_join(struct test_writer *w)

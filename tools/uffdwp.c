@@ -10,7 +10,7 @@ static const struct {
 	const char *summary;
 } commands[] = {
 	{ "probe", cmd_probe, "what this machine supports, and why [--json]" },
-	{ "bench", cmd_bench, "benchmarks: fault, ... [SUITE...] [--json] [--quick]" },
+	{ "bench", cmd_bench, "benchmarks: fault, track, snapshot [SUITE...] [--json] [--quick]" },
 	{ "snapshot", cmd_snapshot, "snapshot files: info|verify|restore FILE..." },
 	{ "demo", cmd_demo, "a live snapshot of a busy store, beside fork() [--size MIB]" },
 };
