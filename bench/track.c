@@ -12,8 +12,12 @@
  * scattered at random or in 64-page clusters, each tracker does a round of
  * "write one byte in each chosen page, collect with reset" once to settle
  * page tables and VMAs, then max(2, --repeat) times timed, keeping the best
- * write and the best collect (other work on a small VM adds noise). Rows per
- * written page: write (first writes), collect (collect + reset), total.
+ * write and the best collect (other work on a small VM adds noise). The
+ * library's async tracker and raw-async, whose ratios are the tight targets,
+ * take turns round by round on two regions of the same size, so noise hits
+ * both alike, and get max(PAIRED_ROUNDS, --repeat) timed rounds (cheap:
+ * about 1 us per written page). Rows per written page: write (first writes), collect
+ * (collect + reset), total.
  * SYNC and EMULATED pay a handler-thread round trip per first write, so
  * they run on the smaller region only, to keep the suite near a minute.
  */
@@ -33,6 +37,7 @@
 #define DEFAULT_SIZE ((size_t)256 << 20)  /* the harness's: --size not given */
 #define CLUSTER 64                        /* pages per cluster */
 #define VEC 256                           /* PAGEMAP_SCAN vector, as the tracker's */
+#define PAIRED_ROUNDS 5                   /* timed rounds of the async pair */
 
 /* Which pages a round writes. */
 struct pattern {
@@ -49,6 +54,8 @@ struct subject {
 	void (*teardown)(void *state);
 	enum uffdwp_track_method method;  /* for the library's trackers */
 	bool small_only;                  /* too slow per fault for the big region */
+	bool paired;                      /* raw-async and async: measured in turns,
+					     with write and collect rows */
 };
 
 /* --- the library's tracker --- */
@@ -266,12 +273,14 @@ static void mp_teardown(void *state)
 /* --- the measurements --- */
 
 static const struct subject subjects[] = {
-	{ "raw-async", raw_async_setup, raw_async_collect, raw_async_teardown, 0, false },
-	{ "mprotect", mp_setup, mp_collect, mp_teardown, 0, false },
-	{ "async", lib_setup, lib_collect, lib_teardown, UFFDWP_TRACK_ASYNC, false },
-	{ "sync", lib_setup, lib_collect, lib_teardown, UFFDWP_TRACK_SYNC, true },
-	{ "emulated", lib_setup, lib_collect, lib_teardown, UFFDWP_TRACK_EMULATED, true },
+	{ "raw-async", raw_async_setup, raw_async_collect, raw_async_teardown, 0, false, true },
+	{ "mprotect", mp_setup, mp_collect, mp_teardown, 0, false, false },
+	{ "async", lib_setup, lib_collect, lib_teardown, UFFDWP_TRACK_ASYNC, false, true },
+	{ "sync", lib_setup, lib_collect, lib_teardown, UFFDWP_TRACK_SYNC, true, false },
+	{ "emulated", lib_setup, lib_collect, lib_teardown, UFFDWP_TRACK_EMULATED, true, false },
 };
+
+#define NSUBJECTS (sizeof(subjects) / sizeof(subjects[0]))
 
 /* The pages a round writes: k pages at random, or in clusters of CLUSTER
  * pages at random cluster positions; sorted by neither (write order is
@@ -304,44 +313,56 @@ static int make_pattern(size_t npages, size_t k, bool clustered, struct pattern 
 
 struct timing {
 	uint64_t write_ns, collect_ns;
-	long found;
+	int ret;  /* 0, or why the subject was not measured (-EIO: wrong count) */
 };
 
-/* Rounds of write + collect-with-reset: one to settle, then the best of
- * the timed ones. */
-static int measure(struct bench *b, const struct subject *s, char *mem, size_t len,
-		   const struct pattern *p, struct timing *tm)
+/*
+ * Rounds of write + collect-with-reset: one to settle, then the best of
+ * the timed ones. The n (at most 2) subjects given together, a tracker and
+ * its baseline, take turns round by round, each on its own region, so that
+ * a burst of noise on the shared machine hits both rather than one.
+ */
+static void measure(struct bench *b, const struct subject *const subj[], char *const mem[],
+		    size_t n, size_t len, const struct pattern *p, struct timing tm[])
 {
-	void *state;
-	int ret;
+	unsigned timed = n > 1 ? PAIRED_ROUNDS : 2;
+	unsigned rounds = 1 + (b->opts->repeat > timed ? b->opts->repeat : timed);
+	void *state[2];
+	bool up[2];
 
-	lib_method = s->method;
-	ret = s->setup(b, mem, len, &state);
-	if (ret < 0)
-		return ret;
-	unsigned rounds = 1 + (b->opts->repeat > 2 ? b->opts->repeat : 2);
-
-	tm->write_ns = tm->collect_ns = UINT64_MAX;
-	tm->found = 0;
-	for (unsigned round = 0; round < rounds && ret >= 0; round++) {
-		uint64_t t0 = bench_now_ns(), t1, t2;
-
-		for (size_t i = 0; i < p->n; i++)
-			((volatile char *)mem)[p->pages[i] * b->page] = (char)round;
-		t1 = bench_now_ns();
-		tm->found = s->collect(state);
-		t2 = bench_now_ns();
-		if (tm->found < 0)
-			ret = (int)tm->found;
-		else if (round > 0 && t1 - t0 < tm->write_ns)
-			tm->write_ns = t1 - t0;
-		if (round > 0 && t2 - t1 < tm->collect_ns)
-			tm->collect_ns = t2 - t1;
+	for (size_t k = 0; k < n; k++) {
+		tm[k] = (struct timing){ .write_ns = UINT64_MAX, .collect_ns = UINT64_MAX };
+		lib_method = subj[k]->method;
+		tm[k].ret = subj[k]->setup(b, mem[k], len, &state[k]);
+		up[k] = tm[k].ret == 0;
 	}
-	s->teardown(state);
-	if (ret >= 0 && (size_t)tm->found != p->n)
-		return -EIO;  /* a tracker that misses writes measures nothing */
-	return ret;
+	for (unsigned round = 0; round < rounds; round++) {
+		for (size_t k = 0; k < n; k++) {
+			uint64_t t0, t1, t2;
+			long found;
+
+			if (tm[k].ret < 0)
+				continue;
+			t0 = bench_now_ns();
+			for (size_t i = 0; i < p->n; i++)
+				((volatile char *)mem[k])[p->pages[i] * b->page] = (char)round;
+			t1 = bench_now_ns();
+			found = subj[k]->collect(state[k]);
+			t2 = bench_now_ns();
+			if (found < 0 || (size_t)found != p->n) {
+				/* A tracker that misses writes measures nothing. */
+				tm[k].ret = found < 0 ? (int)found : -EIO;
+				continue;
+			}
+			if (round > 0 && t1 - t0 < tm[k].write_ns)
+				tm[k].write_ns = t1 - t0;
+			if (round > 0 && t2 - t1 < tm[k].collect_ns)
+				tm[k].collect_ns = t2 - t1;
+		}
+	}
+	for (size_t k = 0; k < n; k++)
+		if (up[k])
+			subj[k]->teardown(state[k]);
 }
 
 static const char *size_name(struct bench *b, size_t len)
@@ -350,59 +371,84 @@ static const char *size_name(struct bench *b, size_t len)
 					: bench_strdup(b, "%zuM", len >> 20);
 }
 
+/* Measure every subject on one pattern: the paired ones together (the
+ * second on mem2), the others alone. */
+static void measure_all(struct bench *b, char *mem, char *mem2, size_t len, bool big,
+			const struct pattern *p, struct timing tm[NSUBJECTS])
+{
+	const struct subject *pair[2];
+	char *pair_mem[2] = { mem, mem2 };
+	struct timing pair_tm[2];
+	size_t at[2], npair = 0;
+
+	for (size_t i = 0; i < NSUBJECTS; i++) {
+		const struct subject *s = &subjects[i];
+
+		if (s->paired) {
+			at[npair] = i;
+			pair[npair++] = s;
+		} else if (s->small_only && big) {
+			tm[i].ret = -E2BIG;
+		} else {
+			measure(b, &s, &mem, 1, len, p, &tm[i]);
+		}
+	}
+	measure(b, pair, pair_mem, npair, len, p, pair_tm);
+	for (size_t k = 0; k < npair; k++)
+		tm[at[k]] = pair_tm[k];
+}
+
 static int run_region(struct bench *b, size_t len, bool big)
 {
 	static const double fractions[] = { 0.001, 0.01, 0.1, 1.0 };
 	static const char *const fraction_names[] = { "0.1%", "1%", "10%", "100%" };
 	size_t npages = len / b->page;
 	const char *sz = size_name(b, len);
-	char *mem = bench_map(len, true);
+	char *mem = bench_map(len, true), *mem2 = bench_map(len, true);
+	int ret = 0;
 
-	if (!mem)
-		return -errno;
+	if (!mem || !mem2) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	for (size_t f = 0; f < 4; f++) {
 		for (int clustered = 0; clustered < 2; clustered++) {
 			const char *cfg = bench_strdup(b, "%s/%s/%s", sz, fraction_names[f],
 						       clustered ? "clust" : "rand");
 			size_t k = (size_t)((double)npages * fractions[f]);
+			struct timing tm[NSUBJECTS];
 			struct pattern p;
-			int ret = make_pattern(npages, k ? k : 1, clustered, &p);
 
-			if (ret < 0) {
-				munmap(mem, len);
-				return ret;
-			}
-			for (size_t i = 0; i < sizeof(subjects) / sizeof(subjects[0]); i++) {
+			ret = make_pattern(npages, k ? k : 1, clustered, &p);
+			if (ret < 0)
+				goto out;
+			bench_note(b, "%s", cfg);
+			measure_all(b, mem, mem2, len, big, &p, tm);
+			for (size_t i = 0; i < NSUBJECTS; i++) {
 				const struct subject *s = &subjects[i];
 				const char *name = bench_strdup(b, "%s/%s", cfg, s->name);
-				bool full = !strcmp(s->name, "async") || !strcmp(s->name, "raw-async");
-				struct timing tm;
 
-				if (s->small_only && big) {
-					bench_skip(b, name, "slow per fault: small region only");
+				if (tm[i].ret < 0) {
+					bench_skip(b, name, "%s", tm[i].ret == -E2BIG ?
+						   "slow per fault: small region only" :
+						   tm[i].ret == -EIO ? "reported the wrong number of pages" :
+						   tm[i].ret == -ENOMEM ? "mprotect: ENOMEM (vm.max_map_count)" :
+						   strerror(-tm[i].ret));
 					continue;
 				}
-				bench_note(b, "%s", name);
-				ret = measure(b, s, mem, len, &p, &tm);
-				if (ret < 0) {
-					bench_skip(b, name, "%s", ret == -EIO ? "reported the wrong "
-						   "number of pages" : ret == -ENOMEM ? "mprotect: "
-						   "ENOMEM (vm.max_map_count)" : strerror(-ret));
-					continue;
-				}
-				if (full) {
+				if (s->paired) {
 					bench_row(b, &(struct bench_row){
 						.name = bench_strdup(b, "%s/write", name),
-						.unit = "page", .ops = p.n, .ns = tm.write_ns,
+						.unit = "page", .ops = p.n, .ns = tm[i].write_ns,
 						.baseline = bench_strdup(b, "%s/raw-async/write", cfg) });
 					bench_row(b, &(struct bench_row){
 						.name = bench_strdup(b, "%s/collect", name),
-						.unit = "page", .ops = p.n, .ns = tm.collect_ns,
+						.unit = "page", .ops = p.n, .ns = tm[i].collect_ns,
 						.baseline = bench_strdup(b, "%s/raw-async/collect", cfg) });
 				}
 				bench_row(b, &(struct bench_row){
 					.name = bench_strdup(b, "%s/total", name), .unit = "page",
-					.ops = p.n, .ns = tm.write_ns + tm.collect_ns,
+					.ops = p.n, .ns = tm[i].write_ns + tm[i].collect_ns,
 					.baseline = bench_strdup(b, "%s/mprotect/total", cfg) });
 			}
 			bench_target(b, bench_strdup(b, "%s/async/write", cfg),
@@ -414,8 +460,12 @@ static int run_region(struct bench *b, size_t len, bool big)
 			free(p.pages);
 		}
 	}
-	munmap(mem, len);
-	return 0;
+out:
+	if (mem)
+		munmap(mem, len);
+	if (mem2)
+		munmap(mem2, len);
+	return ret;
 }
 
 BENCH_SUITE(track, "write tracker: first writes, collect + reset, against raw async and mprotect")

@@ -417,7 +417,9 @@ UFFDWP_API int uffdwp_engine_stats(const struct uffdwp_engine *eng,
  *
  * After fork(2) the child's copy is not tracked (its writes are never
  * reported, its memory is not protected) and every call on it but destroy
- * fails with -ECHILD; the parent's tracking is unaffected.
+ * fails with -ECHILD; the parent's tracking is unaffected. (The child is
+ * recognised by a pthread_atfork(3) handler: a child made by a raw
+ * clone(2), which runs no such handler, must not use the tracker.)
  */
 struct uffdwp_tracker;
 
@@ -511,7 +513,9 @@ UFFDWP_API int uffdwp_tracker_remove(struct uffdwp_tracker *t, void *addr, size_
  * one written stretch may be split across two calls.
  * Errors: -EINVAL NULL arguments, max 0 or unknown flags; -ENOENT part of a
  * tracked range is no longer mapped or was replaced (munmap, mremap, a new
- * mmap over it): uffdwp_tracker_remove() it; -ECHILD; -ENOMEM.
+ * mmap over it; SYNC may learn of a replacement a moment after the call
+ * that made it returns, uffdwp_tracker(3)): uffdwp_tracker_remove() it;
+ * -ECHILD; -ENOMEM.
  */
 UFFDWP_API int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
 				      struct uffdwp_run *runs, size_t max, unsigned flags);

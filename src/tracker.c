@@ -24,6 +24,13 @@
  * un-protects the page itself and returns UFFDWP_KEEP rather than leaving
  * the un-protect to the engine, which would do it after the lock is gone.
  *
+ * The snapshot's interposer (tracker.h) needs one more step: "install it,
+ * then collect with reset" must leave no page writable whose fault skipped
+ * it. The handler holds interposer_lock from looking the interposer up
+ * until its page is marked and un-protected, and installing takes that
+ * lock: a fault that looked before the install has marked its page before
+ * the install returns, so the reset after it re-protects the page.
+ *
  * SYNC also asks for the kernel's remove, unmap and remap events.
  * MADV_DONTNEED drops an anonymous page together with its protection, so
  * its next writes would go unseen: the remove event marks the pages written
@@ -35,6 +42,11 @@
  * While such an event is unread, write-protect calls fail with EAGAIN. A
  * collect then drops fault_lock and retries; the fault handler, running in
  * the engine thread that would read the event, reads pending events itself.
+ *
+ * Per collect call: a load of the fork generation, collect_lock, and per
+ * tracked range an msync(2) probe (PAGEMAP_SCAN walks over an unmapped hole
+ * without a word, and SYNC's unmap event lands a moment after munmap
+ * returns) plus the scan itself.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,9 +67,10 @@
 
 struct range {
 	uintptr_t start, end;
-	_Atomic uint64_t *bits;  /* SYNC/EMULATED: one bit per granule, 1 = written */
-	_Atomic uint64_t *discarded;  /* SYNC: MADV_DONTNEED seen, not written since */
-	bool lost;               /* SYNC: unmapped or moved (an event said so) */
+	_Atomic uint64_t *bits;       /* SYNC/EMULATED: one bit per granule, 1 = written */
+	_Atomic uint64_t *discarded;  /* with remove events: MADV_DONTNEED seen, not
+					 written since */
+	bool lost;                    /* SYNC: unmapped or moved (an event said so) */
 };
 
 /* Faults read by the handler itself while waiting out EAGAIN; each writer
@@ -69,7 +82,7 @@ struct uffdwp_tracker {
 	unsigned flags;
 	size_t page;
 	size_t granule;          /* the unit of a SYNC/EMULATED bit */
-	pid_t pid;               /* the process the tracker belongs to */
+	unsigned generation;     /* fork_generation in the process that owns it */
 	struct uffdwp *ctx;
 	struct uffdwp_engine *eng;  /* SYNC, EMULATED */
 	int pagemap_fd;             /* ASYNC */
@@ -85,25 +98,65 @@ struct uffdwp_tracker {
 	uintptr_t stash[STASH_MAX];  /* engine thread only */
 	size_t nstash;
 
-	/* Held while the interposer runs, so replacing it waits for a call
-	 * in progress to end. */
+	/* Held by the fault handler from reading the interposer until its
+	 * page is marked and un-protected (see the top); taken before
+	 * fault_lock. */
 	pthread_mutex_t interposer_lock;
 	void (*interposer)(void *arg, uintptr_t page);
 	void *interposer_arg;
 };
 
-/* Runs being filled for the caller. */
+/* --- fork detection --- */
+
+/*
+ * Bumped in the child of every fork(2), so a tracker whose generation is
+ * not the current one was inherited: its descriptors are the parent's (a
+ * scan through the inherited pagemap fd would read and reset the parent's
+ * pages) and its engine thread was not copied. Cheaper per call than
+ * comparing getpid().
+ */
+static _Atomic unsigned fork_generation;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static bool atfork_registered;
+
+static void forked_child(void)
+{
+	atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
+}
+
+static void register_atfork(void)
+{
+	atfork_registered = pthread_atfork(NULL, NULL, forked_child) == 0;
+}
+
+static bool inherited(const struct uffdwp_tracker *t)
+{
+	return atomic_load_explicit(&fork_generation, memory_order_relaxed) != t->generation;
+}
+
+static int check_caller(const struct uffdwp_tracker *t)
+{
+	return inherited(t) ? -ECHILD : 0;
+}
+
+/* --- runs being filled for the caller --- */
+
 struct out {
 	struct uffdwp_run *runs;
 	size_t max, n;
+	uintptr_t floor;  /* the start of the range being scanned */
 };
 
-/* Append [start, start+len), extending the last run when it touches it.
- * False when there is no room. */
+/* Append [start, start+len), extending the last run when it touches it
+ * inside the same range (runs never cross a range boundary). False when
+ * there is no room. */
 static bool emit(struct out *o, uintptr_t start, size_t len)
 {
-	if (o->n && (uintptr_t)o->runs[o->n - 1].addr + o->runs[o->n - 1].len == start) {
-		o->runs[o->n - 1].len += len;
+	struct uffdwp_run *last = o->n ? &o->runs[o->n - 1] : NULL;
+
+	if (last && (uintptr_t)last->addr >= o->floor &&
+	    (uintptr_t)last->addr + last->len == start) {
+		last->len += len;
 		return true;
 	}
 	if (o->n == o->max)
@@ -152,6 +205,13 @@ int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 	return 0;
 }
 
+int uffdwp__tracker_flush(struct uffdwp_tracker *t)
+{
+	int ret = check_caller(t);
+
+	return ret || t->method == UFFDWP_TRACK_ASYNC ? ret : uffdwp_engine_flush(t->eng);
+}
+
 /* --- bitmaps (SYNC, EMULATED) --- */
 
 /* Set (or clear) bits [a, b). */
@@ -193,24 +253,6 @@ static size_t next_run_edge(const struct range *r, size_t i, size_t n, bool set)
 
 /* --- ranges --- */
 
-/* The range holding addr, or NULL. */
-static struct range *find_range(struct uffdwp_tracker *t, uintptr_t addr)
-{
-	size_t lo = 0, hi = t->nranges;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (addr < t->ranges[mid].start)
-			hi = mid;
-		else if (addr >= t->ranges[mid].end)
-			lo = mid + 1;
-		else
-			return &t->ranges[mid];
-	}
-	return NULL;
-}
-
 /* The index of the first range ending after addr. */
 static size_t first_range_after(const struct uffdwp_tracker *t, uintptr_t addr)
 {
@@ -227,6 +269,14 @@ static size_t first_range_after(const struct uffdwp_tracker *t, uintptr_t addr)
 	return lo;
 }
 
+/* The range holding addr, or NULL. */
+static struct range *find_range(struct uffdwp_tracker *t, uintptr_t addr)
+{
+	size_t k = first_range_after(t, addr);
+
+	return k < t->nranges && t->ranges[k].start <= addr ? &t->ranges[k] : NULL;
+}
+
 /* --- the fault handler (SYNC, EMULATED), in the engine thread --- */
 
 /* Apply a non-fault event to the ranges it overlaps (fault_lock held). */
@@ -240,15 +290,14 @@ static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_eve
 	} else if (ev->type == UFFDWP_EVENT_REMAP) {
 		lo = (uintptr_t)ev->remap.from;
 		hi = lo + (uintptr_t)ev->remap.len;
+		/* The kernel moved the registration with the memory (it tells
+		 * us once the move is done): the new place is not tracked, so
+		 * it must not stay protected. */
+		uffdwp_unregister(t->ctx, (void *)(uintptr_t)ev->remap.to,
+				  (size_t)ev->remap.len);
 	} else {
 		return;
 	}
-	/* The kernel moved the registration with the memory (it tells us
-	 * once the move is done): the new place is not tracked, so it must
-	 * not stay protected. */
-	if (ev->type == UFFDWP_EVENT_REMAP)
-		uffdwp_unregister(t->ctx, (void *)(uintptr_t)ev->remap.to,
-				  (size_t)ev->remap.len);
 	for (size_t k = first_range_after(t, lo); k < t->nranges && t->ranges[k].start < hi; k++) {
 		struct range *r = &t->ranges[k];
 		uintptr_t a = lo > r->start ? lo : r->start, b = hi < r->end ? hi : r->end;
@@ -257,7 +306,9 @@ static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_eve
 
 		if (ev->type != UFFDWP_EVENT_REMOVE) {
 			r->lost = true;
-		} else if (r->discarded) {
+		} else {
+			/* Remove events come only with the feature that made
+			 * add() allocate discarded. */
 			change_bits(r->bits, i, j, true);
 			change_bits(r->discarded, i, j, true);
 		}
@@ -285,35 +336,32 @@ static void mark_and_unprotect(struct uffdwp_tracker *t, uintptr_t addr)
 {
 	uintptr_t block = addr & ~(uintptr_t)(t->granule - 1);
 	struct range *r;
-	int ret = -ENOENT;
+	size_t i = 0;
+	int ret;
 
 	pthread_mutex_lock(&t->interposer_lock);
 	if (t->interposer)
 		t->interposer(t->interposer_arg, block);
-	pthread_mutex_unlock(&t->interposer_lock);
-
 	pthread_mutex_lock(&t->fault_lock);
+	/* Not tracked (a fault left over from a removed range, or memory
+	 * unmapped under us): un-protect all the same, so nobody stays
+	 * asleep on a page we will never mark; the writer retries and sees
+	 * what is there now. */
 	r = find_range(t, block);
 	if (r) {
-		size_t i = (block - r->start) / t->granule;
-
+		i = (block - r->start) / t->granule;
 		change_bits(r->bits, i, i + 1, true);
-		while ((ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0)) == -EAGAIN)
-			if (!absorb_events(t))
-				sched_yield();  /* read; the changing thread must run */
-		/* Protected until this fault: a discard is behind us. */
-		if (ret == 0 && r->discarded)
-			change_bits(r->discarded, i, i + 1, false);
 	}
-	/* Not (or no longer) tracked: a fault left over from a removed
-	 * range, or memory unmapped under us. Make sure nobody stays asleep
-	 * on a page we will never mark: the writer retries and sees what is
-	 * there now. */
-	if (!r)
-		ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0);
+	while ((ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0)) == -EAGAIN)
+		if (!absorb_events(t))
+			sched_yield();  /* read; the changing thread must run */
+	/* Protected until this fault: a discard is behind us. */
+	if (ret == 0 && r && r->discarded)
+		change_bits(r->discarded, i, i + 1, false);
 	if (ret < 0)
 		uffdwp_wake(t->ctx, (void *)block, t->granule);
 	pthread_mutex_unlock(&t->fault_lock);
+	pthread_mutex_unlock(&t->interposer_lock);
 }
 
 static int on_event(void *arg, const struct uffdwp_event *ev)
@@ -335,16 +383,6 @@ static int on_event(void *arg, const struct uffdwp_event *ev)
 }
 
 /* --- scanning one tracked range --- */
-
-/*
- * msync(2) fails with ENOMEM when part of a range is not mapped: a cheap
- * walk of the mappings only, so a collect notices munmap and mremap of
- * tracked memory instead of silently reporting nothing.
- */
-static int check_mapped(uintptr_t from, uintptr_t to)
-{
-	return msync((void *)from, to - from, MS_ASYNC) < 0 ? -ENOENT : 0;
-}
 
 /* ASYNC: PAGEMAP_SCAN [from, to), resuming from walk_end while the output
  * vector fills. Sets *next to where to resume (to when done). The vector is
@@ -387,7 +425,7 @@ static int scan_async(struct uffdwp_tracker *t, uintptr_t from, uintptr_t to, st
 
 /* SYNC/EMULATED: the runs of set bits in [from, to) (granule-aligned
  * within r). With reset each run is re-protected, then its bits cleared,
- * under fault_lock. */
+ * under fault_lock. Sets *next as scan_async() does. */
 static int scan_bits(struct uffdwp_tracker *t, struct range *r, uintptr_t from, uintptr_t to,
 		     struct out *o, bool reset, uintptr_t *next)
 {
@@ -396,17 +434,14 @@ static int scan_bits(struct uffdwp_tracker *t, struct range *r, uintptr_t from, 
 	int ret = 0;
 
 	pthread_mutex_lock(&t->fault_lock);
-	while ((i = next_run_edge(r, i, n, true)) < n) {
+	*next = to;
+	while (!r->lost && (i = next_run_edge(r, i, n, true)) < n) {
 		size_t j = next_run_edge(r, i, n, false);
 		uintptr_t a = r->start + i * g;
 
-		if (r->lost) {
-			ret = -ENOENT;
-			goto out;
-		}
 		if (o->n == o->max) {
-			from = a;
-			goto out;
+			*next = a;
+			break;
 		}
 		if (reset) {
 			ret = uffdwp_writeprotect(t->ctx, (void *)a, (j - i) * g,
@@ -420,22 +455,17 @@ static int scan_bits(struct uffdwp_tracker *t, struct range *r, uintptr_t from, 
 				ret = 0;
 				continue;
 			}
-			if (ret < 0) {
-				from = a;
-				goto out;
-			}
+			if (ret < 0)
+				break;
 			/* Discarded pages stay reported (see the top). */
 			change_bits(r->bits, i, j, false);
 		}
 		emit(o, a, (j - i) * g);
 		i = j;
 	}
-	from = to;
 	if (r->lost)
 		ret = -ENOENT;
-out:
 	pthread_mutex_unlock(&t->fault_lock);
-	*next = from;
 	return ret;
 }
 
@@ -456,11 +486,15 @@ static int collect_locked(struct uffdwp_tracker *t, uintptr_t *pos, uintptr_t li
 
 		if (from >= limit)
 			break;
-		ret = check_mapped(from, to);
-		if (ret == 0)
-			ret = t->method == UFFDWP_TRACK_ASYNC
-				? scan_async(t, from, to, o, reset, &next)
-				: scan_bits(t, r, from, to, o, reset, &next);
+		/* msync(2) fails with ENOMEM when part of the range is not
+		 * mapped: a walk of the mappings only, the one way to notice
+		 * munmap and mremap here (PAGEMAP_SCAN skips holes silently;
+		 * SYNC's unmap event may not be applied yet). */
+		if (msync((void *)from, to - from, MS_ASYNC) < 0)
+			return -ENOENT;
+		o->floor = r->start;
+		ret = t->method == UFFDWP_TRACK_ASYNC ? scan_async(t, from, to, o, reset, &next)
+						      : scan_bits(t, r, from, to, o, reset, &next);
 		if (ret < 0)
 			return ret;
 		*pos = next;
@@ -471,18 +505,10 @@ static int collect_locked(struct uffdwp_tracker *t, uintptr_t *pos, uintptr_t li
 	return 0;
 }
 
-static int check_caller(const struct uffdwp_tracker *t)
-{
-	/* After fork() the child shares our descriptors but not our page
-	 * tables: a scan through the inherited pagemap fd would read and
-	 * reset the parent's pages. */
-	return getpid() == t->pid ? 0 : -ECHILD;
-}
-
 int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
 			   struct uffdwp_run *runs, size_t max, unsigned flags)
 {
-	struct out o = { .runs = runs, .max = max };
+	struct out o = { .runs = runs, .max = max < INT32_MAX ? max : INT32_MAX };
 	int ret;
 
 	if (!t || !cursor || !runs || max == 0 || (flags & ~UFFDWP_COLLECT_RESET))
@@ -490,8 +516,6 @@ int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
 	ret = check_caller(t);
 	if (ret)
 		return ret;
-	if (max > INT32_MAX)
-		o.max = INT32_MAX;
 	pthread_mutex_lock(&t->collect_lock);
 	ret = collect_locked(t, cursor, UINTPTR_MAX, &o, flags & UFFDWP_COLLECT_RESET);
 	pthread_mutex_unlock(&t->collect_lock);
@@ -508,33 +532,30 @@ static int check_window(const struct uffdwp_tracker *t, const void *addr, size_t
 	return check_caller(t);
 }
 
-long uffdwp_tracker_bitmap(struct uffdwp_tracker *t, void *addr, size_t len,
-			   uint64_t *bitmap, unsigned flags)
+/*
+ * A whole pass over [base, limit): the number of written pages in it, with
+ * bitmap (non-NULL) their bits set relative to base, or a negative errno.
+ */
+static long collect_window(struct uffdwp_tracker *t, uintptr_t base, uintptr_t limit,
+			   uint64_t *bitmap, bool reset)
 {
-	uintptr_t pos = (uintptr_t)addr, limit = pos + len;
 	struct uffdwp_run runs[64];
+	uintptr_t pos = base;
 	long count = 0;
 	int more;
 
-	if (!bitmap || (flags & ~UFFDWP_COLLECT_RESET))
-		return -EINVAL;
-	more = check_window(t, addr, len);
-	if (more)
-		return more;
-	memset(bitmap, 0, (len / t->page + 63) / 64 * sizeof(*bitmap));
 	pthread_mutex_lock(&t->collect_lock);
 	do {
 		struct out o = { .runs = runs, .max = 64 };
 
-		more = collect_locked(t, &pos, limit, &o, flags & UFFDWP_COLLECT_RESET);
+		more = collect_locked(t, &pos, limit, &o, reset);
 		for (size_t k = 0; more >= 0 && k < o.n; k++) {
 			/* A huge granule may stick out of the window. */
 			uintptr_t a = (uintptr_t)runs[k].addr, b = a + runs[k].len;
 
-			a = a < (uintptr_t)addr ? (uintptr_t)addr : a;
+			a = a < base ? base : a;
 			b = b > limit ? limit : b;
-			for (size_t i = (a - (uintptr_t)addr) / t->page;
-			     i < (b - (uintptr_t)addr) / t->page; i++)
+			for (size_t i = (a - base) / t->page; bitmap && i < (b - base) / t->page; i++)
 				bitmap[i / 64] |= UINT64_C(1) << (i % 64);
 			count += (long)((b - a) / t->page);
 		}
@@ -543,30 +564,34 @@ long uffdwp_tracker_bitmap(struct uffdwp_tracker *t, void *addr, size_t len,
 	return more < 0 ? more : count;
 }
 
-int uffdwp_tracker_reset(struct uffdwp_tracker *t, void *addr, size_t len)
+long uffdwp_tracker_bitmap(struct uffdwp_tracker *t, void *addr, size_t len,
+			   uint64_t *bitmap, unsigned flags)
 {
-	uintptr_t pos = (uintptr_t)addr, limit = pos + len;
-	struct uffdwp_run runs[64];
 	int ret;
 
-	if (!addr) {
-		if (!t || len)
-			return -EINVAL;
-		limit = UINTPTR_MAX;
-		ret = check_caller(t);
-	} else {
-		ret = check_window(t, addr, len);
-	}
+	if (!bitmap || (flags & ~UFFDWP_COLLECT_RESET))
+		return -EINVAL;
+	ret = check_window(t, addr, len);
 	if (ret)
 		return ret;
-	pthread_mutex_lock(&t->collect_lock);
-	do {
-		struct out o = { .runs = runs, .max = 64 };
+	memset(bitmap, 0, (len / t->page + 63) / 64 * sizeof(*bitmap));
+	return collect_window(t, (uintptr_t)addr, (uintptr_t)addr + len, bitmap,
+			      flags & UFFDWP_COLLECT_RESET);
+}
 
-		ret = collect_locked(t, &pos, limit, &o, true);
-	} while (ret == 1);
-	pthread_mutex_unlock(&t->collect_lock);
-	return ret;
+int uffdwp_tracker_reset(struct uffdwp_tracker *t, void *addr, size_t len)
+{
+	long ret;
+
+	if (addr)
+		ret = check_window(t, addr, len);
+	else
+		ret = !t || len ? -EINVAL : check_caller(t);
+	if (ret)
+		return (int)ret;
+	ret = collect_window(t, (uintptr_t)addr, addr ? (uintptr_t)addr + len : UINTPTR_MAX,
+			     NULL, true);
+	return ret < 0 ? (int)ret : 0;
 }
 
 /* --- adding and removing ranges --- */
@@ -597,14 +622,13 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 	t->ranges = grown;
 	if (t->method != UFFDWP_TRACK_ASYNC) {
 		size_t words = (len / t->granule + 63) / 64;
+		bool removes = uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE;
 
 		r.bits = calloc(words, sizeof(*r.bits));
-		if (r.bits && (uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE))
-			r.discarded = calloc(words, sizeof(*r.discarded));
-		if (!r.bits || ((uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE) &&
-				!r.discarded)) {
+		r.discarded = removes ? calloc(words, sizeof(*r.discarded)) : NULL;
+		if (!r.bits || (removes && !r.discarded)) {
 			ret = -ENOMEM;
-			goto out;
+			goto out_free;
 		}
 	}
 	/* Exact tracking: a huge page would be protected and reported whole.
@@ -790,12 +814,15 @@ int uffdwp_tracker_create(struct uffdwp_tracker **out, const struct uffdwp_track
 	}
 	if ((unsigned)method > UFFDWP_TRACK_EMULATED || (flags & ~UFFDWP_TRACK_HUGE))
 		return -EINVAL;
+	pthread_once(&atfork_once, register_atfork);
+	if (!atfork_registered)
+		return -ENOMEM;  /* pthread_atfork()'s only failure */
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
 	t->flags = flags;
 	t->page = uffdwp__page_size();
-	t->pid = getpid();
+	t->generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
 	t->pagemap_fd = -1;
 	pthread_mutex_init(&t->collect_lock, NULL);
 	pthread_mutex_init(&t->fault_lock, NULL);
@@ -824,7 +851,7 @@ void uffdwp_tracker_destroy(struct uffdwp_tracker *t)
 {
 	if (!t)
 		return;
-	if (getpid() == t->pid) {
+	if (!inherited(t)) {
 		stop(t);  /* closing the context un-protects and unregisters all */
 	} else {
 		/* A fork child's copy: the engine thread was not copied, so

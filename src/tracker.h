@@ -40,10 +40,26 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
  * faults of this tracker wait, collects and resets do not. fn must not call
  * the tracker itself. NULL removes the interposer; on return from a call
  * that replaces or removes it, the old fn is not running and will not run
- * again. Returns 0, or -EOPNOTSUPP for an ASYNC tracker.
+ * again. On return from a call that installs fn, every fault that did not
+ * (and will not) run fn has already marked and un-protected its page, so a
+ * collect with reset begun after it re-protects that page: "install, then
+ * reset" needs no quiesced writers. It waits for a fault being handled, fn
+ * included. Returns 0, or -EOPNOTSUPP for an ASYNC tracker.
  */
 int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 				   void (*fn)(void *arg, uintptr_t page), void *arg)
 	UFFDWP__HIDDEN;
+
+/*
+ * SYNC and EMULATED: wait until every event the tracker's engine had read
+ * when the call began has been applied. munmap(2), madvise(MADV_DONTNEED)
+ * or an mmap(2) over tracked memory returns once the engine has read its
+ * event, possibly before the tracker has applied it; after this call the
+ * next collect sees it. It waits for a fault being handled, interposer
+ * included: not from the interposer, nor while the interposer waits for
+ * the caller. Returns 0 (at once under ASYNC, where nothing lags), or
+ * -ECHILD.
+ */
+int uffdwp__tracker_flush(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
 
 #endif
