@@ -288,7 +288,9 @@ enum uffdwp_engine_mode {
  * still holds what it held before the write), and for each other event
  * (fork, remap, remove, unmap; the return value is then ignored). A fork
  * event's fd is the callback's to close; with fn NULL the engine closes it,
- * which un-protects the child's memory.
+ * which un-protects the child's memory. In no mode may it write protected
+ * memory of the context (THREAD, CALLER: that fault waits for the thread
+ * running fn).
  *
  * THREAD and CALLER modes call it from one thread at a time. In INTHREAD
  * mode it runs inside a signal handler (SIGBUS on the kernel backend,
@@ -316,7 +318,9 @@ struct uffdwp_engine_opts {
  *    handler: no thread switch, the fastest mode. Kernel backend: ctx must
  *    have been opened with UFFDWP_FEATURE_SIGBUS; a process-wide SIGBUS
  *    handler is installed (SIGBUS that is not ours goes to the handler
- *    installed before, or kills as by default); a syscall writing into
+ *    installed before, with its sa_mask and SA_RESETHAND, or kills as by
+ *    default; so does a write-protect SIGBUS in a fork child, which has
+ *    none of the parent's engines); a syscall writing into
  *    protected memory fails with EFAULT instead of blocking, on both
  *    backends. Handles write-protect faults only (a range registered with
  *    UFFDWP_REGISTER_MODE_MISSING too is not supported). When ctx has
@@ -349,7 +353,8 @@ UFFDWP_API int uffdwp_engine_start(struct uffdwp_engine **eng, struct uffdwp *ct
 UFFDWP_API void uffdwp_engine_stop(struct uffdwp_engine *eng);
 
 /*
- * CALLER mode only: handle every pending event without blocking. Returns
+ * CALLER mode only: handle every pending event without blocking (other than
+ * on a concurrent dispatch or flush). Not from fn. Returns
  * the number of events handled (0 if none was pending), or a negative
  * errno: -EINVAL eng NULL or not in CALLER mode; errors of
  * uffdwp_read_events() other than -EAGAIN.
@@ -361,7 +366,10 @@ UFFDWP_API int uffdwp_engine_dispatch(struct uffdwp_engine *eng);
  * handed to fn and resolved. A change that raises an event (madvise(2),
  * munmap(2), mremap(2), fork(2)) returns as soon as the engine has *read*
  * it, possibly before fn has run: call this after it to see fn's effects.
- * Not from fn. Returns 0, or -EINVAL (eng NULL).
+ * It waits as long as fn blocks: not from fn, and never while fn waits for
+ * the calling thread (deadlock). INTHREAD: covers events read from the fd,
+ * not faults being resolved in signal handlers. Returns 0, or -EINVAL
+ * (eng NULL).
  */
 UFFDWP_API int uffdwp_engine_flush(struct uffdwp_engine *eng);
 

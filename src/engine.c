@@ -44,8 +44,13 @@
 #define SPIN_NS 100000
 
 /* -EAGAIN from an un-protect lasts as long as the address-space change
- * (a fork copies the whole mm with it pending): give up only after this. */
+ * (a fork copies the whole mm with it pending): give up only after this.
+ * Most end within microseconds (the event is read, the forker returns), so
+ * the first EAGAIN_YIELD_NS are waited out yielding; after that each retry
+ * sleeps EAGAIN_SLEEP_NS, so that a long fork does not cost a whole CPU. */
 #define EAGAIN_GIVE_UP_NS (10ull * 1000000000ull)
+#define EAGAIN_YIELD_NS 1000000ull
+#define EAGAIN_SLEEP_NS 100000l
 
 /* In-thread mode: a thread faulting this many times in a row on one page
  * makes the handler check (pagemap) that it can be a write-protect fault. */
@@ -75,9 +80,8 @@ struct uffdwp_engine {
 	struct uffdwp_event deferred[BATCH_MAX];
 	size_t ndeferred;
 
-	bool has_thread;
-	pthread_t thread;
-	int stop_fd;              /* eventfd: wakes the handler thread */
+	pthread_t thread;         /* valid while stop_fd >= 0 */
+	int stop_fd;              /* eventfd: wakes the handler thread; -1: no thread */
 	_Atomic bool stopping;
 
 	int sigbus_slot;          /* kernel INTHREAD: index in sigbus_slots, else -1 */
@@ -164,18 +168,25 @@ static bool absorb_pending_events(struct uffdwp_engine *eng)
 static int writeprotect_retrying(struct uffdwp_engine *eng, uintptr_t start, size_t len,
 				 unsigned mode, bool in_signal)
 {
-	uint64_t give_up = 0;
+	uint64_t first = 0, waited;
 	int ret;
 
 	while ((ret = uffdwp_writeprotect(eng->ctx, (void *)start, len, mode)) == -EAGAIN) {
 		count(&eng->stats.eagain, 1);
 		if (!in_signal && absorb_pending_events(eng))
 			continue;
-		if (!give_up)
-			give_up = now_ns() + EAGAIN_GIVE_UP_NS;
-		else if (now_ns() > give_up)
+		if (!first)
+			first = now_ns();
+		waited = now_ns() - first;
+		if (waited > EAGAIN_GIVE_UP_NS)
 			break;
-		sched_yield();
+		if (waited < EAGAIN_YIELD_NS) {
+			sched_yield();
+		} else {
+			struct timespec nap = { .tv_nsec = EAGAIN_SLEEP_NS };
+
+			nanosleep(&nap, NULL);  /* async-signal-safe */
+		}
 	}
 	return ret;
 }
@@ -388,10 +399,9 @@ static int start_thread(struct uffdwp_engine *eng)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (ret < 0) {
 		close(eng->stop_fd);
-		return ret;
+		eng->stop_fd = -1;
 	}
-	eng->has_thread = true;
-	return 0;
+	return ret;
 }
 
 static void stop_thread(struct uffdwp_engine *eng)
@@ -403,7 +413,7 @@ static void stop_thread(struct uffdwp_engine *eng)
 		;
 	pthread_join(eng->thread, NULL);
 	close(eng->stop_fd);
-	eng->has_thread = false;
+	eng->stop_fd = -1;
 }
 
 /* ---------------------------------------------------------------------------
@@ -429,9 +439,11 @@ static struct {
  * forwarded to the handler installed before ours. Under engines_lock.
  */
 static struct sigaction sigbus_previous;
+static _Atomic bool sigbus_previous_spent;  /* its SA_RESETHAND was used up */
 static bool sigbus_installed;
 
-/* The page this thread last retried as a late fault (see late_wp_fault). */
+/* The page this thread's last SIGBUS retried as a late fault, or 0 (see
+ * late_wp_fault). */
 static __thread uintptr_t sigbus_retried_page __attribute__((tls_model("initial-exec")));
 
 /* The page this thread last faulted on in a row, and how often. */
@@ -443,25 +455,33 @@ static __thread unsigned sigbus_repeats __attribute__((tls_model("initial-exec")
 #define PAGEMAP_PRESENT (1ull << 63)
 #define PAGEMAP_UFFD_WP (1ull << 57)
 
+/* page's /proc/self/pagemap entry, or unknown if it cannot be read.
+ * (open/pread/close are async-signal-safe.) */
+static uint64_t pagemap_entry(uintptr_t page, size_t page_size, uint64_t unknown)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t entry = unknown;
+
+	if (fd < 0)
+		return unknown;
+	if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
+	    (ssize_t)sizeof(entry))
+		entry = unknown;
+	close(fd);
+	return entry;
+}
+
 /*
  * Could a write to page be failing for write-protection? A missing page (a
  * range registered for missing faults too) or a file page beyond the end
  * of its file is neither present nor marked; a page a protector has just
  * un-protected again is present, and its write will succeed on retry.
- * (open/pread/close are async-signal-safe.) Unknown counts as yes.
+ * Unknown counts as yes.
  */
 static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
 {
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	uint64_t entry = PAGEMAP_PRESENT;
-
-	if (fd >= 0) {
-		if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
-		    (ssize_t)sizeof(entry))
-			entry = PAGEMAP_PRESENT;
-		close(fd);
-	}
-	return entry & (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
+	return pagemap_entry(page, page_size, PAGEMAP_PRESENT) &
+	       (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
 }
 
 /*
@@ -543,28 +563,20 @@ static bool sigbus_ours(uintptr_t addr)
 /*
  * A SIGBUS no engine claims at a page that is now present and not
  * write-protected: a write-protect fault resolved before this handler ran.
- * The write is retried once; a second SIGBUS at the same page in a row is
- * a real one (a file truncated under a mapping is not present, and fails
- * this test at once).
+ * The write is retried once; if the thread's very next SIGBUS is at the
+ * same page, that retry failed and it is a real one (a file truncated
+ * under a mapping is not present, and fails this test at once). retried:
+ * the page this thread's previous SIGBUS retried, or 0.
  */
-static bool late_wp_fault(uintptr_t addr)
+static bool late_wp_fault(uintptr_t addr, uintptr_t retried)
 {
 	size_t page_size = uffdwp__page_size();
 	uintptr_t page = addr & ~(uintptr_t)(page_size - 1);
-	int fd;
-	uint64_t entry = 0;
+	uint64_t entry;
 
-	if (page == sigbus_retried_page) {
-		sigbus_retried_page = 0;
+	if (page == retried)
 		return false;
-	}
-	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
-	    (ssize_t)sizeof(entry))
-		entry = 0;
-	close(fd);
+	entry = pagemap_entry(page, page_size, 0);
 	if ((entry & PAGEMAP_PRESENT) && !(entry & PAGEMAP_UFFD_WP)) {
 		sigbus_retried_page = page;
 		return true;
@@ -572,21 +584,29 @@ static bool late_wp_fault(uintptr_t addr)
 	return false;
 }
 
-/* Hand a SIGBUS that is not ours to whatever was installed before. */
-static void forward_sigbus(int sig, siginfo_t *si, void *uc)
+/*
+ * Hand a SIGBUS that is not ours to the action installed before ours, as
+ * the kernel would have delivered it: SA_RESETHAND spends it once; it runs
+ * with the interrupted mask plus its own sa_mask. One difference, on
+ * purpose: SIGBUS stays unblocked even without SA_NODEFER, so that a
+ * write-protect fault inside it still reaches our handler.
+ */
+static void forward_sigbus(int sig, siginfo_t *si, ucontext_t *uc)
 {
 	const struct sigaction *prev = &sigbus_previous;
 	bool from_fault = si->si_code > 0;
+	bool spent = (prev->sa_flags & SA_RESETHAND) &&
+		     atomic_exchange(&sigbus_previous_spent, true);
+	void (*handler)(int) = spent ? SIG_DFL : prev->sa_handler;
+	sigset_t mask;
 
-	if (prev->sa_flags & SA_SIGINFO) {
-		prev->sa_sigaction(sig, si, uc);
+	if (handler == SIG_IGN && !from_fault)
 		return;
-	}
-	if (prev->sa_handler == SIG_IGN && !from_fault)
-		return;
-	if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
+	if (handler == SIG_DFL || handler == SIG_IGN) {
 		/* As if we had never been there: a fault re-executes and
-		 * dies of SIGBUS; a sent signal is sent again. */
+		 * dies of SIGBUS (the kernel forces the default action on a
+		 * fault even when SIGBUS is ignored); a sent signal is sent
+		 * again. */
 		struct sigaction dfl = { .sa_handler = SIG_DFL };
 
 		sigaction(SIGBUS, &dfl, NULL);
@@ -594,19 +614,44 @@ static void forward_sigbus(int sig, siginfo_t *si, void *uc)
 			raise(sig);
 		return;
 	}
-	prev->sa_handler(sig);
+	sigorset(&mask, &uc->uc_sigmask, &prev->sa_mask);
+	sigdelset(&mask, SIGBUS);
+	pthread_sigmask(SIG_SETMASK, &mask, NULL);
+	if (prev->sa_flags & SA_SIGINFO)
+		prev->sa_sigaction(sig, si, uc);
+	else
+		handler(sig);
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved_errno = errno;
-	bool fault = si->si_code == BUS_ADRERR;
-	bool ours = fault && (sigbus_ours((uintptr_t)si->si_addr) ||
-			      late_wp_fault((uintptr_t)si->si_addr));
+	uintptr_t retried = sigbus_retried_page;
+	bool ours;
 
-	errno = saved_errno;
+	sigbus_retried_page = 0;  /* a retry counts for the next SIGBUS only */
+	ours = si->si_code == BUS_ADRERR &&
+	       (sigbus_ours((uintptr_t)si->si_addr) ||
+		late_wp_fault((uintptr_t)si->si_addr, retried));
+	errno = saved_errno;  /* the previous handler sees it too */
 	if (!ours)
 		forward_sigbus(sig, si, uc);
+}
+
+/*
+ * A fork child has none of the parent's engines: their handler threads
+ * are not there, and their contexts' fds still act on the parent's memory
+ * (un-protecting through one would un-protect the parent's page and leave
+ * the child's protected). The child's handler finds no engine, so a
+ * write-protect SIGBUS in the child (a context with EVENT_FORK whose fork
+ * fd is still open) goes to the previous handler.
+ */
+static void sigbus_forget_in_child(void)
+{
+	for (size_t i = 0; i < UFFDWP_ENGINE_MAX_INTHREAD; i++) {
+		atomic_store(&sigbus_slots[i].eng, NULL);
+		atomic_store(&sigbus_slots[i].readers, 0);
+	}
 }
 
 /* Called with engines_lock held. */
@@ -629,6 +674,7 @@ static int sigbus_attach(struct uffdwp_engine *eng)
 		sigemptyset(&sa.sa_mask);
 		if (sigaction(SIGBUS, &sa, &sigbus_previous) < 0)
 			return -errno;
+		pthread_atfork(NULL, NULL, sigbus_forget_in_child);
 		sigbus_installed = true;
 	}
 	eng->sigbus_slot = (int)slot;
@@ -809,7 +855,7 @@ void uffdwp_engine_stop(struct uffdwp_engine *eng)
 		eng->ctx->ops->set_fault_hook(eng->ctx, NULL, NULL);
 		eng->hooked = false;
 	}
-	if (eng->has_thread)
+	if (eng->stop_fd >= 0)
 		stop_thread(eng);
 	unlink_engine(eng);
 	pthread_mutex_unlock(&engines_lock);

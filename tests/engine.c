@@ -189,14 +189,12 @@ static void exit_42_on_sigbus(int sig)
 	_exit(42);
 }
 
-TEST(engine_inthread_foreign_sigbus_forwarded, ON_KERNEL)
+/* A shared file mapping of two pages whose file holds one: a write to
+ * the second raises a SIGBUS that is no write-protect fault. */
+static char *page_beyond_eof(void)
 {
-	struct uffdwp *ctx = open_for(backend, UFFDWP_ENGINE_INTHREAD, 0);
-	struct sigaction previous = { .sa_handler = exit_42_on_sigbus };
 	char path[] = "/tmp/uffdwp-engine-XXXXXX";
-	struct uffdwp_engine *eng;
-	int fd = mkstemp(path), status;
-	pid_t pid;
+	int fd = mkstemp(path);
 	char *map;
 
 	CHECK(fd >= 0);
@@ -204,19 +202,94 @@ TEST(engine_inthread_foreign_sigbus_forwarded, ON_KERNEL)
 	CHECK_OK(ftruncate(fd, (off_t)test_page()));
 	map = mmap(NULL, 2 * test_page(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	CHECK(map != MAP_FAILED);
-	CHECK_OK(sigaction(SIGBUS, &previous, NULL));
+	close(fd);
+	return map + test_page();
+}
+
+/* Runs child in a fork child with an in-thread engine started after
+ * previous was installed; returns the child's wait status. */
+static int foreign_sigbus_in_child(const struct sigaction *previous, void (*child)(void))
+{
+	struct uffdwp *ctx = open_for(UFFDWP_BACKEND_KERNEL, UFFDWP_ENGINE_INTHREAD, 0);
+	struct uffdwp_engine *eng;
+	int status;
+	pid_t pid;
+
+	CHECK_OK(sigaction(SIGBUS, previous, NULL));
 	eng = start(ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
 	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		map[test_page()] = 1;  /* beyond the end of the file: SIGBUS */
+		child();
 		_exit(0);
 	}
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
-	CHECK(WIFEXITED(status));
-	CHECK_EQ(WEXITSTATUS(status), 42);
 	uffdwp_engine_stop(eng);
 	uffdwp_close(ctx);
+	return status;
+}
+
+static char *beyond_eof;
+
+static void write_beyond_eof(void)
+{
+	*(volatile char *)beyond_eof = 1;
+}
+
+TEST(engine_inthread_foreign_sigbus_forwarded, ON_KERNEL)
+{
+	struct sigaction previous = { .sa_handler = exit_42_on_sigbus };
+	int status;
+
+	beyond_eof = page_beyond_eof();
+	status = foreign_sigbus_in_child(&previous, write_beyond_eof);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 42);
+}
+
+/* The previous handler runs with its own sa_mask added, as the kernel
+ * would have run it. */
+static void exit_42_if_usr1_blocked(int sig, siginfo_t *si, void *uc)
+{
+	sigset_t now;
+
+	pthread_sigmask(SIG_SETMASK, NULL, &now);
+	_exit(sigismember(&now, SIGUSR1) ? 42 : 43);
+}
+
+TEST(engine_inthread_forward_previous_mask, ON_KERNEL)
+{
+	struct sigaction previous = { .sa_sigaction = exit_42_if_usr1_blocked,
+				      .sa_flags = SA_SIGINFO };
+	int status;
+
+	sigemptyset(&previous.sa_mask);
+	sigaddset(&previous.sa_mask, SIGUSR1);
+	beyond_eof = page_beyond_eof();
+	status = foreign_sigbus_in_child(&previous, write_beyond_eof);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 42);
+}
+
+/* SA_RESETHAND on the previous handler: it runs once, then the default
+ * action applies - the re-executed write dies of SIGBUS. */
+static volatile sig_atomic_t resethand_calls;
+
+static void return_once(int sig)
+{
+	if (++resethand_calls > 1)
+		_exit(43);  /* run twice: SA_RESETHAND ignored */
+}
+
+TEST(engine_inthread_forward_previous_resethand, ON_KERNEL)
+{
+	struct sigaction previous = { .sa_handler = return_once, .sa_flags = SA_RESETHAND };
+	int status;
+
+	beyond_eof = page_beyond_eof();
+	status = foreign_sigbus_in_child(&previous, write_beyond_eof);
+	CHECK(WIFSIGNALED(status));
+	CHECK_EQ(WTERMSIG(status), SIGBUS);
 }
 
 /* A write-protect SIGBUS delivered late - after its page was un-protected
@@ -246,17 +319,98 @@ TEST(engine_inthread_late_sigbus_retried, ON_KERNEL)
 	eng = start(ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
 	uffdwp_engine_stop(eng);
 	deliver_late_sigbus(mem);  /* present, not protected: retried */
-	mem[0] = 2;
 	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		deliver_late_sigbus(mem + 1);  /* a page retried just before... */
-		deliver_late_sigbus(mem + 2);  /* ...is forwarded the second time */
+		/* The thread's next SIGBUS at that page: the retry failed. */
+		deliver_late_sigbus(mem + 1);
 		_exit(0);
 	}
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
 	CHECK(WIFEXITED(status));
 	CHECK_EQ(WEXITSTATUS(status), 42);
+	uffdwp_close(ctx);
+}
+
+/* "In a row" means the thread's very next SIGBUS: a late SIGBUS at a page
+ * retried long ago, with other SIGBUS in between, is retried again. */
+TEST(engine_inthread_late_sigbus_retried_again_later, ON_KERNEL)
+{
+	struct uffdwp *ctx = open_for(backend, UFFDWP_ENGINE_INTHREAD, 0);
+	struct sigaction previous = { .sa_handler = exit_42_on_sigbus };
+	char *mem = protected_pages(ctx, 2);
+	size_t page = test_page();
+	struct uffdwp_engine *eng;
+
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, page, 0));
+	CHECK_OK(sigaction(SIGBUS, &previous, NULL));
+	eng = start(ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
+	uffdwp_engine_stop(eng);
+	deliver_late_sigbus(mem);  /* retried */
+	eng = start(ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
+	((volatile char *)mem)[page] = 3;  /* a SIGBUS the engine resolves */
+	CHECK_EQ(stats_of(eng).resolved, 1);
+	uffdwp_engine_stop(eng);
+	deliver_late_sigbus(mem);  /* not in a row: retried again, not forwarded */
+	CHECK_EQ(mem[page], 3);
+	uffdwp_close(ctx);
+}
+
+/* A fork child has none of the parent's in-thread engines. With
+ * EVENT_FORK and the fork fd kept open, the child's copy stays protected;
+ * its write-protect SIGBUS goes to the previous handler instead of being
+ * "resolved" through the parent's context, which would un-protect the
+ * parent's page and leave the child faulting forever. */
+static bool page_write_protected(const void *addr)
+{
+	uint64_t entry = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	CHECK(fd >= 0);
+	CHECK_EQ(pread(fd, &entry, sizeof(entry),
+		       (off_t)((uintptr_t)addr / test_page() * sizeof(entry))), sizeof(entry));
+	close(fd);
+	return entry & (1ull << 57);
+}
+
+TEST(engine_inthread_fork_child_has_no_engine, ON_KERNEL)
+{
+	struct uffdwp *ctx = open_for(backend, UFFDWP_ENGINE_INTHREAD, UFFDWP_FEATURE_EVENT_FORK);
+	struct sigaction previous = { .sa_handler = exit_42_on_sigbus };
+	char *mem = protected_pages(ctx, 1);
+	struct uffdwp_engine *eng;
+	struct pollfd exited;
+	struct seen s;
+	int status;
+	pid_t pid;
+
+	seen_init(&s);
+	CHECK_OK(sigaction(SIGBUS, &previous, NULL));
+	eng = start(ctx, UFFDWP_ENGINE_INTHREAD, record, &s);
+	pid = fork();  /* returns once the engine has read the fork event */
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		((volatile char *)mem)[0] = 1;
+		_exit(0);
+	}
+	exited.fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	exited.events = POLLIN;
+	CHECK(exited.fd >= 0);
+	if (poll(&exited, 1, 5000) != 1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		FAIL("the child is still faulting after 5 s");
+	}
+	close(exited.fd);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 42);
+	CHECK(page_write_protected(mem));  /* the parent's page untouched */
+	CHECK_OK(uffdwp_engine_flush(eng));
+	CHECK_EQ(s.forks, 1);
+	CHECK_EQ(s.faults, 0);
+	close(s.fork_fd);
+	uffdwp_engine_stop(eng);
 	uffdwp_close(ctx);
 }
 
