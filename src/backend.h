@@ -7,7 +7,10 @@
 #ifndef UFFDWP_BACKEND_H
 #define UFFDWP_BACKEND_H
 
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <ucontext.h>
 #include <stdint.h>
 #include <stddef.h>
 #include "uffdwp.h"
@@ -57,6 +60,16 @@ extern const struct uffdwp__backend_ops uffdwp__emulated_ops UFFDWP__HIDDEN;
 
 /* Every feature bit this library knows. */
 #define UFFDWP__KNOWN_FEATURES ((UFFDWP_FEATURE_MOVE << 1) - 1)
+
+/* The action a uffdwp signal handler replaced (chain.c). */
+struct uffdwp__chained {
+	struct sigaction previous;
+	_Atomic bool spent;  /* its SA_RESETHAND was used up */
+};
+
+/* Hand sig, not ours, to c->previous as the kernel would have. */
+void uffdwp__chain_signal(struct uffdwp__chained *c, int sig, siginfo_t *si,
+			  ucontext_t *uc) UFFDWP__HIDDEN;
 
 /* The kernel half of uffdwp_probe() (kernel.c). */
 void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;

@@ -145,8 +145,7 @@ static struct {
 	_Atomic unsigned long unprotect_seq;
 	struct emu_ctx *contexts;
 	bool handler_installed;
-	struct sigaction previous;  /* the SIGSEGV action before ours */
-	_Atomic bool previous_spent;  /* its SA_RESETHAND was used up */
+	struct uffdwp__chained previous;  /* the SIGSEGV action before ours */
 } emu;
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -738,47 +737,6 @@ static bool handle_write_fault(uintptr_t addr, const ucontext_t *uc)
 	return true;
 }
 
-/*
- * Hand a fault that is not ours to the action installed before us, as the
- * kernel would have delivered it: SA_RESETHAND spends the handler once; it
- * runs with the interrupted mask plus its own sa_mask (not our handler's,
- * which blocks every asynchronous signal: a handler that longjmps out would
- * keep it). One difference, on purpose: SIGSEGV stays unblocked even
- * without SA_NODEFER, so that it may write protected memory and block like
- * any writer instead of being killed.
- */
-static void forward_fault(int sig, siginfo_t *si, ucontext_t *uc)
-{
-	const struct sigaction *prev = &emu.previous;
-	bool from_fault = si->si_code > 0;
-	bool spent = (prev->sa_flags & SA_RESETHAND) &&
-		     atomic_exchange(&emu.previous_spent, true);
-	void (*handler)(int) = spent ? SIG_DFL : prev->sa_handler;
-	sigset_t mask;
-
-	if (handler == SIG_IGN && !from_fault)
-		return;
-	if (handler == SIG_DFL || handler == SIG_IGN) {
-		/* The default action, as if we had never been installed: the
-		 * faulting instruction runs again and the process dies of
-		 * SIGSEGV, with a core. (The kernel forces the default for a
-		 * fault even when SIGSEGV is ignored.) */
-		struct sigaction dfl = { .sa_handler = SIG_DFL };
-
-		sigaction(SIGSEGV, &dfl, NULL);
-		if (!from_fault)
-			raise(sig);
-		return;
-	}
-	sigorset(&mask, &uc->uc_sigmask, &prev->sa_mask);
-	sigdelset(&mask, SIGSEGV);
-	pthread_sigmask(SIG_SETMASK, &mask, NULL);
-	if (prev->sa_flags & SA_SIGINFO)
-		prev->sa_sigaction(sig, si, uc);
-	else
-		handler(sig);
-}
-
 static void on_sigsegv(int sig, siginfo_t *si, void *uc)
 {
 	int saved_errno = errno;
@@ -787,7 +745,7 @@ static void on_sigsegv(int sig, siginfo_t *si, void *uc)
 
 	errno = saved_errno;  /* the previous handler sees it too */
 	if (!ours)
-		forward_fault(sig, si, uc);
+		uffdwp__chain_signal(&emu.previous, sig, si, uc);
 }
 
 /* Called with emu.lock held. */
@@ -810,9 +768,9 @@ static int install_handler(void)
 	sigdelset(&sa.sa_mask, SIGILL);
 	sigdelset(&sa.sa_mask, SIGFPE);
 	sigdelset(&sa.sa_mask, SIGTRAP);
-	if (sigaction(SIGSEGV, &sa, &emu.previous) < 0)
+	if (sigaction(SIGSEGV, &sa, &emu.previous.previous) < 0)
 		return -errno;
-	atomic_store(&emu.previous_spent, false);
+	atomic_store(&emu.previous.spent, false);
 	emu.handler_installed = true;
 	return 0;
 }
@@ -823,12 +781,12 @@ static int install_handler(void)
  * handler comes back as SIG_DFL, as the kernel would have left it. */
 static void restore_handler(void)
 {
-	struct sigaction cur, prev = emu.previous;
+	struct sigaction cur, prev = emu.previous.previous;
 
 	if (!emu.handler_installed || sigaction(SIGSEGV, NULL, &cur) < 0 ||
 	    !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigsegv)
 		return;
-	if ((prev.sa_flags & SA_RESETHAND) && atomic_load(&emu.previous_spent))
+	if ((prev.sa_flags & SA_RESETHAND) && atomic_load(&emu.previous.spent))
 		prev.sa_handler = SIG_DFL;
 	if (sigaction(SIGSEGV, &prev, NULL) == 0)
 		emu.handler_installed = false;

@@ -438,8 +438,7 @@ static struct {
  * that kills the process. With no engine left, every other SIGBUS is
  * forwarded to the handler installed before ours. Under engines_lock.
  */
-static struct sigaction sigbus_previous;
-static _Atomic bool sigbus_previous_spent;  /* its SA_RESETHAND was used up */
+static struct uffdwp__chained sigbus_previous;
 static bool sigbus_installed;
 
 /* The page this thread's last SIGBUS retried as a late fault, or 0 (see
@@ -584,45 +583,6 @@ static bool late_wp_fault(uintptr_t addr, uintptr_t retried)
 	return false;
 }
 
-/*
- * Hand a SIGBUS that is not ours to the action installed before ours, as
- * the kernel would have delivered it: SA_RESETHAND spends it once; it runs
- * with the interrupted mask plus its own sa_mask. One difference, on
- * purpose: SIGBUS stays unblocked even without SA_NODEFER, so that a
- * write-protect fault inside it still reaches our handler.
- */
-static void forward_sigbus(int sig, siginfo_t *si, ucontext_t *uc)
-{
-	const struct sigaction *prev = &sigbus_previous;
-	bool from_fault = si->si_code > 0;
-	bool spent = (prev->sa_flags & SA_RESETHAND) &&
-		     atomic_exchange(&sigbus_previous_spent, true);
-	void (*handler)(int) = spent ? SIG_DFL : prev->sa_handler;
-	sigset_t mask;
-
-	if (handler == SIG_IGN && !from_fault)
-		return;
-	if (handler == SIG_DFL || handler == SIG_IGN) {
-		/* As if we had never been there: a fault re-executes and
-		 * dies of SIGBUS (the kernel forces the default action on a
-		 * fault even when SIGBUS is ignored); a sent signal is sent
-		 * again. */
-		struct sigaction dfl = { .sa_handler = SIG_DFL };
-
-		sigaction(SIGBUS, &dfl, NULL);
-		if (!from_fault)
-			raise(sig);
-		return;
-	}
-	sigorset(&mask, &uc->uc_sigmask, &prev->sa_mask);
-	sigdelset(&mask, SIGBUS);
-	pthread_sigmask(SIG_SETMASK, &mask, NULL);
-	if (prev->sa_flags & SA_SIGINFO)
-		prev->sa_sigaction(sig, si, uc);
-	else
-		handler(sig);
-}
-
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved_errno = errno;
@@ -635,7 +595,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		late_wp_fault((uintptr_t)si->si_addr, retried));
 	errno = saved_errno;  /* the previous handler sees it too */
 	if (!ours)
-		forward_sigbus(sig, si, uc);
+		uffdwp__chain_signal(&sigbus_previous, sig, si, uc);
 }
 
 /*
@@ -672,7 +632,7 @@ static int sigbus_attach(struct uffdwp_engine *eng)
 		};
 
 		sigemptyset(&sa.sa_mask);
-		if (sigaction(SIGBUS, &sa, &sigbus_previous) < 0)
+		if (sigaction(SIGBUS, &sa, &sigbus_previous.previous) < 0)
 			return -errno;
 		pthread_atfork(NULL, NULL, sigbus_forget_in_child);
 		sigbus_installed = true;
