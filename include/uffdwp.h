@@ -765,8 +765,10 @@ struct uffdwp_snapshot_opts {
  * nregions 0, sz too small, engine mode CALLER, parent_id without tracker);
  * -EBUSY a region is registered with another context; -EOPNOTSUPP the
  * backend or tracker method cannot copy-before-write; -ENOMEM; -EAGAIN (no
- * thread); and what uffdwp_open(), uffdwp_register() and
- * uffdwp_writeprotect() return. On failure nothing is left protected.
+ * thread); -EFAULT or -ENOENT (tracker) a region was unmapped or
+ * discarded while begin collected; and what uffdwp_open(),
+ * uffdwp_register() and uffdwp_writeprotect() return. On failure nothing
+ * is left protected.
  */
 UFFDWP_API int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 				     const struct uffdwp_snapshot_region *regions,

@@ -43,6 +43,16 @@
  * before the tracker un-protects; the saver never un-protects (a clean page
  * must stay protected for the tracker), and the begin instant is the
  * tracker's reset.
+ *
+ * Begin with a tracker. A write fault on a page of the set while begin is
+ * still collecting must wait for the set, and it waits in the tracker's
+ * engine thread: the thread that reads the tracker's events. Begin's
+ * collect meanwhile retries -EAGAIN for as long as an event (munmap or
+ * MADV_DONTNEED on the regions) is unread, so such a wait could last
+ * forever. It therefore also wakes on every new message of the tracker's
+ * context, and a write-protect that answers -EAGAIN (an event is pending)
+ * fails the snapshot and lets the writer go: the engine reads the event,
+ * the collect ends, begin returns the error.
  */
 #include <errno.h>
 #include <limits.h>
@@ -53,6 +63,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -130,7 +141,7 @@ struct uffdwp_snapshot {
 	uint64_t *slot_addr;
 	_Atomic uint64_t *slot_seq;  /* k + 1 once ring index k is published */
 	_Atomic uint32_t avail;      /* free slots */
-	_Atomic uint32_t avail_waiters;
+	_Atomic uint32_t avail_gen, avail_waiters;  /* slots were freed (or stop) */
 	_Atomic uint64_t head;       /* ring indexes handed out */
 	uint64_t tail;               /* saver only: ring indexes consumed */
 	_Atomic uint64_t side_peak;  /* slots */
@@ -139,7 +150,10 @@ struct uffdwp_snapshot {
 	/* Wake-ups. */
 	_Atomic uint32_t done_gen, done_waiters;    /* a page became DONE */
 	_Atomic uint32_t pub_gen, saver_sleeping;   /* a slot was published */
-	_Atomic uint32_t ready;   /* tracker: the set is known (or begin failed) */
+	_Atomic uint32_t ready;   /* the set is known (or the snapshot stops) */
+	int ready_efd;            /* tracker: readable once ready */
+	int ready_ep;             /* tracker: ready_efd and, kernel backend,
+				     the context's fd edge-triggered (see the top) */
 	_Atomic uint32_t gate;    /* GATE_*: the saver may start */
 	_Atomic int stop;         /* 0, or the error that stops the snapshot */
 
@@ -218,6 +232,17 @@ static void wake_done_waiters(struct uffdwp_snapshot *s)
 		futex_wake_all(&s->done_gen);
 }
 
+/* The set is known: release the writers that wait for it. */
+static void set_ready(struct uffdwp_snapshot *s)
+{
+	const uint64_t one = 1;
+
+	atomic_store(&s->ready, 1);
+	if (s->ready_efd >= 0)
+		while (write(s->ready_efd, &one, sizeof(one)) < 0 && errno == EINTR)
+			;
+}
+
 /* Stop the snapshot with error err (the first error wins) and release every
  * thread waiting on it. */
 static void stop_with(struct uffdwp_snapshot *s, int err)
@@ -226,9 +251,9 @@ static void stop_with(struct uffdwp_snapshot *s, int err)
 
 	atomic_compare_exchange_strong(&s->stop, &none, err);
 	wake_done_waiters(s);
-	futex_wake_all(&s->avail);
-	atomic_store(&s->ready, 1);
-	futex_wake_all(&s->ready);
+	atomic_fetch_add(&s->avail_gen, 1);
+	futex_wake_all(&s->avail_gen);
+	set_ready(s);
 	atomic_fetch_add(&s->pub_gen, 1);
 	futex_wake_all(&s->pub_gen);
 }
@@ -271,20 +296,24 @@ static void wait_done(struct uffdwp_snapshot *s, int64_t idx)
  * (back-pressure). False when the snapshot stops meanwhile. */
 static bool reserve_slot(struct uffdwp_snapshot *s)
 {
-	uint32_t a = atomic_load(&s->avail);
 	bool waited = false;
+	uint32_t a;
 
 	for (;;) {
+		/* Loaded before stop and avail are checked: a stop or a free
+		 * after the checks changes it, so the futex wait returns. */
+		uint32_t gen = atomic_load(&s->avail_gen);
+
 		if (atomic_load(&s->stop))
 			return false;
+		a = atomic_load(&s->avail);
 		if (a == 0) {
 			if (!waited)
 				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
 			waited = true;
 			atomic_fetch_add(&s->avail_waiters, 1);
-			futex_wait(&s->avail, 0);
+			futex_wait(&s->avail_gen, gen);
 			atomic_fetch_sub(&s->avail_waiters, 1);
-			a = atomic_load(&s->avail);
 			continue;
 		}
 		if (atomic_compare_exchange_weak(&s->avail, &a, a - 1))
@@ -309,10 +338,6 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 	uint8_t expected = PAGE_PENDING;
 	int64_t idx;
 
-	/* Tracker: faults that arrive while begin is still collecting wait
-	 * for the set; they are part of the begin pause. */
-	while (!atomic_load(&s->ready))
-		futex_wait(&s->ready, 0);
 	if (atomic_load(&s->stop))
 		return;
 	idx = page_index(s, addr);
@@ -351,11 +376,39 @@ static int on_fault(void *arg, const struct uffdwp_event *ev)
 	return UFFDWP_RESOLVE;
 }
 
+/*
+ * Tracker: a fault that arrives while begin is still collecting waits for
+ * the set (part of the begin pause), unless an event is pending that only
+ * this thread, the tracker's engine, can read: then the snapshot fails
+ * (see the top). Every new message on the context wakes the wait, and a
+ * message that arrived before it is still reported by epoll_wait().
+ */
+static void wait_ready(struct uffdwp_snapshot *s, uintptr_t page)
+{
+	struct epoll_event ev;
+
+	while (!atomic_load(&s->ready)) {
+		/* The page faulted, so it is protected already: protecting it
+		 * again changes nothing, but fails while an event is unread. */
+		if (uffdwp_backend(s->ctx) == UFFDWP_BACKEND_KERNEL &&
+		    uffdwp_writeprotect(s->ctx, (void *)page, s->page,
+					UFFDWP_WRITEPROTECT_MODE_WP) == -EAGAIN) {
+			stop_with(s, -EFAULT);
+			return;
+		}
+		if (epoll_wait(s->ready_ep, &ev, 1, -1) < 0 && errno != EINTR) {
+			stop_with(s, -errno);
+			return;
+		}
+	}
+}
+
 /* The tracker's interposer: called for a whole granule. */
 static void on_tracked_write(void *arg, uintptr_t page)
 {
 	struct uffdwp_snapshot *s = arg;
 
+	wait_ready(s, page);
 	for (size_t off = 0; off < s->granule; off += s->page)
 		before_write(s, page + off);
 }
@@ -540,8 +593,9 @@ static int drain_side(struct uffdwp_snapshot *s)
 		s->tail += n;
 		atomic_fetch_add(&s->done, n);
 		atomic_fetch_add(&s->avail, (uint32_t)n);
+		atomic_fetch_add(&s->avail_gen, 1);
 		if (atomic_load(&s->avail_waiters))
-			futex_wake_all(&s->avail);
+			futex_wake_all(&s->avail_gen);
 	}
 }
 
@@ -968,10 +1022,10 @@ static int open_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts
 		ret = uffdwp_open(&s->ctx, &uo);
 		if (ret < 0)
 			return ret;
-		if (!(uffdwp_features(s->ctx) & UFFDWP_FEATURE_WP_UNPOPULATED))
-			return -EOPNOTSUPP;
 	}
-	s->own_ctx = true;
+	s->own_ctx = true;  /* from here on, destroy() closes it */
+	if (!(uffdwp_features(s->ctx) & UFFDWP_FEATURE_WP_UNPOPULATED))
+		return -EOPNOTSUPP;
 	for (size_t i = 0; i < s->nregions; i++) {
 		ret = uffdwp_register(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
 				      s->regions[i].len, UFFDWP_REGISTER_MODE_WP);
@@ -1004,6 +1058,25 @@ static int alloc_buffers(struct uffdwp_snapshot *s, size_t side_bytes)
 	return 0;
 }
 
+/* Tracker: what wait_ready() sleeps on. */
+static int watch_context(struct uffdwp_snapshot *s)
+{
+	struct epoll_event ready = { .events = EPOLLIN }, ctx = { .events = EPOLLIN | EPOLLET };
+
+	s->ready_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->ready_efd < 0)
+		return -errno;
+	s->ready_ep = epoll_create1(EPOLL_CLOEXEC);
+	if (s->ready_ep < 0)
+		return -errno;
+	if (epoll_ctl(s->ready_ep, EPOLL_CTL_ADD, s->ready_efd, &ready) < 0)
+		return -errno;
+	if (uffdwp_backend(s->ctx) == UFFDWP_BACKEND_KERNEL &&
+	    epoll_ctl(s->ready_ep, EPOLL_CTL_ADD, uffdwp_fd(s->ctx), &ctx) < 0)
+		return -errno;
+	return 0;
+}
+
 static int start_saver(struct uffdwp_snapshot *s)
 {
 	sigset_t all, old;
@@ -1032,6 +1105,10 @@ static void destroy(struct uffdwp_snapshot *s)
 		release_memory(s);
 	if (s->efd >= 0)
 		close(s->efd);
+	if (s->ready_ep >= 0)
+		close(s->ready_ep);
+	if (s->ready_efd >= 0)
+		close(s->ready_efd);
 	if (s->state)
 		munmap(s->state, s->state_len);
 	if (s->side)
@@ -1066,7 +1143,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	s->fd = o.fd;
 	s->fn = o.fn;
 	s->arg = o.arg;
-	s->efd = -1;
+	s->efd = s->ready_efd = s->ready_ep = -1;
 	s->vm_readv = true;
 	s->id = new_id();
 	s->parent_id = o.parent_id;
@@ -1100,7 +1177,9 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 			goto fail;
 		}
 		s->granule = uffdwp_tracker_granule(o.tracker);
-		ret = uffdwp__tracker_set_interposer(o.tracker, on_tracked_write, s);
+		ret = watch_context(s);
+		if (!ret)
+			ret = uffdwp__tracker_set_interposer(o.tracker, on_tracked_write, s);
 		if (ret)
 			goto fail;
 		s->tracker = o.tracker;
@@ -1118,14 +1197,15 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 				ret = set_from_regions(s);
 		}
 		s->time_ns = now_ns(CLOCK_REALTIME);
+		if (!ret)
+			ret = atomic_load(&s->stop);  /* a writer gave up waiting */
 		if (ret) {
 			stop_with(s, ret);
 			goto fail;
 		}
-		atomic_store(&s->ready, 1);
-		futex_wake_all(&s->ready);
+		set_ready(s);
 	} else {
-		atomic_store(&s->ready, 1);
+		set_ready(s);
 		ret = set_from_regions(s);
 		if (!ret)
 			ret = open_own(s, &o);
@@ -1220,11 +1300,11 @@ int uffdwp__snapshot_write_frozen(int fd, const struct uffdwp_snapshot_region *r
 		return -ENOMEM;
 	s->page = uffdwp__page_size();
 	s->fd = fd;
-	s->efd = -1;
+	s->efd = s->ready_efd = s->ready_ep = -1;
 	s->frozen = true;
 	s->id = new_id();
 	s->time_ns = now_ns(CLOCK_REALTIME);
-	atomic_store(&s->ready, 1);
+	set_ready(s);
 	ret = take_regions(s, regions, nregions);
 	if (!ret)
 		ret = alloc_buffers(s, s->page);

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
@@ -849,4 +850,131 @@ TEST(snapshot_several_regions, ON_BOTH)
 	CHECK_EQ(info.page_count, 3);
 	CHECK_EQ(info.zero_count, 7);
 	snapfile_close(&f);
+}
+
+/* ---- memory unmapped while an incremental begin is collecting ---------- */
+
+/* The state letter of a thread in /proc (S, D: asleep), or '?'. */
+static char thread_state(pid_t tid)
+{
+	char path[64], buf[256], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return '?';
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return '?';
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : '?';
+}
+
+/* Writes one page over and over: it runs without a fault until begin
+ * re-protects the page, then blocks in the snapshot's interposer. */
+struct spinner {
+	pthread_t thread;
+	volatile char *addr;
+	_Atomic pid_t tid;
+	atomic_bool stop;
+};
+
+static void *spinner_main(void *arg)
+{
+	struct spinner *sp = arg;
+
+	atomic_store(&sp->tid, gettid());
+	while (!atomic_load(&sp->stop))
+		*sp->addr += 1;
+	return NULL;
+}
+
+/* Once the spinner sleeps (on its fault, held by the interposer while
+ * begin still collects), unmap the end of the region. */
+struct unmapper {
+	pthread_t thread;
+	struct spinner *sp;
+	char *addr;
+	size_t len;
+	bool saw_blocked;
+};
+
+static void *unmapper_main(void *arg)
+{
+	struct unmapper *u = arg;
+
+	for (int i = 0; i < 200000 && !u->saw_blocked; i++) {
+		char st = thread_state(atomic_load(&u->sp->tid));
+
+		u->saw_blocked = st == 'S' || st == 'D';
+	}
+	munmap(u->addr, u->len);
+	return NULL;
+}
+
+/*
+ * The hang reported against incremental snapshots: a writer faults while
+ * begin's collect-with-reset runs, so the tracker's engine thread waits in
+ * the interposer for the set; then munmap raises an event that only that
+ * thread reads, and the collect's write-protects answer -EAGAIN until it
+ * is read. Begin (or, if the munmap came after it, end) must fail with
+ * EFAULT or ENOENT, never hang.
+ */
+TEST_TIMEOUT(snapshot_unmap_during_incremental_begin, ON_BOTH, 30)
+{
+	const size_t npages = 16384;  /* every other page written: 8192 runs */
+	const size_t page = test_page(), len = npages * page;
+	char *mem = test_map(npages, false);
+	struct uffdwp_tracker_opts to = {
+		.sz = sizeof(to),
+		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
+							   : UFFDWP_TRACK_EMULATED,
+	};
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, len };
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o) };
+	struct uffdwp_snapshot *snap = NULL;
+	struct uffdwp_tracker *t;
+	struct spinner sp = { .addr = mem };
+	struct unmapper u = { .sp = &sp, .addr = mem + len / 2, .len = len / 2 };
+	int ret = uffdwp_tracker_create(&t, &to);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("tracker method %s unavailable", uffdwp_track_method_name(to.method));
+	CHECK_OK(ret);
+	CHECK_OK(uffdwp_tracker_add(t, mem, len));
+	o.tracker = t;
+	o.fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	CHECK(o.fd >= 0);
+	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+	o.parent_id = uffdwp_snapshot_id(snap);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	snap = NULL;
+
+	for (size_t i = 0; i < npages; i += 2)
+		mem[i * page] = 1;
+	CHECK_EQ(pthread_create(&sp.thread, NULL, spinner_main, &sp), 0);
+	while (!atomic_load(&sp.tid))
+		sched_yield();
+	CHECK_EQ(pthread_create(&u.thread, NULL, unmapper_main, &u), 0);
+	ret = uffdwp_snapshot_begin(&snap, &r, 1, &o);
+	if (ret == 0) {
+		/* The munmap came after begin: the saver meets it. */
+		pthread_join(u.thread, NULL);
+		ret = uffdwp_snapshot_end(snap);
+	} else {
+		pthread_join(u.thread, NULL);
+	}
+	if (ret != -EFAULT && ret != -ENOENT)
+		FAIL("munmap during an incremental snapshot: %d (%s), want EFAULT or ENOENT",
+		     ret, strerror(-ret));
+	atomic_store(&sp.stop, true);
+	pthread_join(sp.thread, NULL);
+	if (!u.saw_blocked)
+		fprintf(stderr, "note: the writer was not seen blocked during begin\n");
+	close(o.fd);
+	uffdwp_tracker_destroy(t);
 }
