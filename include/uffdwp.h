@@ -763,8 +763,9 @@ struct uffdwp_snapshot_opts {
  * under way in a thread of the snapshot's own.
  * Errors: -EINVAL bad arguments (no sink, unaligned or overlapping regions,
  * nregions 0, sz too small, engine mode CALLER, parent_id without tracker);
- * -EBUSY a region is registered with another context; -EOPNOTSUPP the
- * backend or tracker method cannot copy-before-write; -ENOMEM; -EAGAIN (no
+ * -EBUSY a region is registered with another context, or the tracker
+ * serves a snapshot not yet ended; -EOPNOTSUPP the backend or tracker
+ * method cannot copy-before-write; -ENOMEM; -EAGAIN (no
  * thread); -EFAULT or -ENOENT (tracker) a region was unmapped or
  * discarded while begin collected; and what uffdwp_open(),
  * uffdwp_register() and uffdwp_writeprotect() return. On failure nothing

@@ -196,13 +196,19 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t)
 int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 				   void (*fn)(void *arg, uintptr_t page), void *arg)
 {
+	int ret = 0;
+
 	if (t->method == UFFDWP_TRACK_ASYNC)
 		return -EOPNOTSUPP;
 	pthread_mutex_lock(&t->interposer_lock);
-	t->interposer = fn;
-	t->interposer_arg = arg;
+	if (fn && t->interposer) {
+		ret = -EBUSY;  /* one snapshot at a time per tracker */
+	} else {
+		t->interposer = fn;
+		t->interposer_arg = arg;
+	}
 	pthread_mutex_unlock(&t->interposer_lock);
-	return 0;
+	return ret;
 }
 
 int uffdwp__tracker_flush(struct uffdwp_tracker *t)

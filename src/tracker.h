@@ -39,12 +39,13 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
  * UFFDWP_TRACK_HUGE). fn may block (snapshot back-pressure): meanwhile other
  * faults of this tracker wait, collects and resets do not. fn must not call
  * the tracker itself. NULL removes the interposer; on return from a call
- * that replaces or removes it, the old fn is not running and will not run
- * again. On return from a call that installs fn, every fault that did not
+ * that removes it, the old fn is not running and will not run again. There
+ * is one at a time: installing over another fails with -EBUSY. On return from a call that installs fn, every fault that did not
  * (and will not) run fn has already marked and un-protected its page, so a
  * collect with reset begun after it re-protects that page: "install, then
  * reset" needs no quiesced writers. It waits for a fault being handled, fn
- * included. Returns 0, or -EOPNOTSUPP for an ASYNC tracker.
+ * included. Returns 0, -EBUSY (another is installed) or -EOPNOTSUPP for
+ * an ASYNC tracker.
  */
 int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 				   void (*fn)(void *arg, uintptr_t page), void *arg)

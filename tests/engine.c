@@ -666,26 +666,6 @@ static int hold_first_fault(void *arg, const struct uffdwp_event *ev)
 	return record(&g->seen, ev);
 }
 
-/* The state letter of a thread in /proc (S: sleeping), or '?' */
-static char thread_state(pid_t tid)
-{
-	char path[64], buf[256], *p;
-	ssize_t n;
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return '?';
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return '?';
-	buf[n] = '\0';
-	p = strrchr(buf, ')');
-	return p && p[1] == ' ' ? p[2] : '?';
-}
-
 struct tid_writer {
 	pthread_t thread;
 	volatile char *addr;
@@ -725,7 +705,7 @@ TEST(engine_stop_releases_blocked_writers, ON_BOTH)
 	/* Every writer is asleep in its fault (the engine holds the first
 	 * one in the callback; the others are queued). */
 	for (int i = 0; i < N; i++)
-		for (int tries = 0; !w[i].tid || thread_state(w[i].tid) != 'S'; tries++) {
+		for (int tries = 0; !w[i].tid || test_thread_state(w[i].tid) != 'S'; tries++) {
 			CHECK(tries < 5000);
 			usleep(1000);
 		}

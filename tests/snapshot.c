@@ -725,6 +725,12 @@ TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
 		snapfile_open(&f[round]);
 		o.fd = f[round].fd;
 		CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+		if (round == 1) {  /* one snapshot at a time per tracker */
+			struct uffdwp_snapshot *second = NULL;
+
+			CHECK_RET(uffdwp_snapshot_begin(&second, &r, 1, &o), -EBUSY);
+			CHECK(second == NULL);
+		}
 		/* A writer through the saving: copy-before-write with the tracker. */
 		page_writer_start(&w, mem, npages, (char)(0x40 + round));
 		pthread_join(w.thread, NULL);
@@ -854,26 +860,6 @@ TEST(snapshot_several_regions, ON_BOTH)
 
 /* ---- memory unmapped while an incremental begin is collecting ---------- */
 
-/* The state letter of a thread in /proc (S, D: asleep), or '?'. */
-static char thread_state(pid_t tid)
-{
-	char path[64], buf[256], *p;
-	ssize_t n;
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return '?';
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return '?';
-	buf[n] = '\0';
-	p = strrchr(buf, ')');
-	return p && p[1] == ' ' ? p[2] : '?';
-}
-
 /* Writes one page over and over: it runs without a fault until begin
  * re-protects the page, then blocks in the snapshot's interposer. */
 struct spinner {
@@ -908,7 +894,7 @@ static void *unmapper_main(void *arg)
 	struct unmapper *u = arg;
 
 	for (int i = 0; i < 200000 && !u->saw_blocked; i++) {
-		char st = thread_state(atomic_load(&u->sp->tid));
+		char st = test_thread_state(atomic_load(&u->sp->tid));
 
 		u->saw_blocked = st == 'S' || st == 'D';
 	}

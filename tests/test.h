@@ -95,6 +95,9 @@ void test_need_swap(void);
 /* True if the page at addr is swapped out (/proc/self/pagemap). */
 bool test_page_swapped(const void *addr);
 
+/* The state letter of a thread of ours in /proc (S: sleeping), or '?'. */
+char test_thread_state(pid_t tid);
+
 /* Wait up to timeout_ms for the context's fd to be readable; true if it is. */
 bool test_wait_fd(struct uffdwp *ctx, int timeout_ms);
 

@@ -657,6 +657,7 @@ TRACK_TEST(tracker_interposer)
 	CHECK_OK(uffdwp_tracker_add(t, mem, 8 * page));
 	mem[0] = 2;  /* written before the snapshot begins */
 	CHECK_OK(uffdwp__tracker_set_interposer(t, count_fault, &in));
+	CHECK_RET(uffdwp__tracker_set_interposer(t, count_fault, &in), -EBUSY);
 	CHECK_OK(uffdwp_tracker_reset(t, NULL, 0));
 	/* Every first write after the reset, once per page, including the
 	 * page that was written before it. */

@@ -117,6 +117,25 @@ bool test_page_swapped(const void *addr)
 	return entry & (UINT64_C(1) << 62); /* the pagemap's "swapped" bit */
 }
 
+char test_thread_state(pid_t tid)
+{
+	char path[64], buf[256], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return '?';
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return '?';
+	buf[n] = '\0';
+	p = strrchr(buf, ')');  /* the name before it may hold anything */
+	return p && p[1] == ' ' ? p[2] : '?';
+}
+
 bool test_wait_fd(struct uffdwp *ctx, int timeout_ms)
 {
 	struct pollfd p = { .fd = uffdwp_fd(ctx), .events = POLLIN };
