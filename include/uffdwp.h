@@ -791,7 +791,10 @@ UFFDWP_API int uffdwp_snapshot_fd(const struct uffdwp_snapshot *snap);
  * Returns 0 when it has been saved completely (the sink has every byte),
  * -ETIMEDOUT when it is still running, or the error that stopped it
  * (-ECANCELED after uffdwp_snapshot_cancel(); the sink's errno, e.g.
- * -EPIPE, -ENOSPC; -EFAULT or -ENOENT a region was unmapped).
+ * -EPIPE, -ENOSPC; -EFAULT or -ENOENT a region was unmapped), or -ECHILD
+ * in a child forked during the snapshot: the snapshot belongs to the
+ * parent, and the child's copy is inert (cancel does nothing there, end
+ * returns -ECHILD and frees nothing; the child's memory is not protected).
  */
 UFFDWP_API int uffdwp_snapshot_wait(struct uffdwp_snapshot *snap, int timeout_ms);
 

@@ -109,6 +109,7 @@ struct run {
 
 struct uffdwp_snapshot {
 	size_t page;
+	pid_t owner;  /* the process that began it: a fork child's copy is inert */
 
 	/* The set of pages to save. */
 	struct run *runs;
@@ -1146,6 +1147,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	s->efd = s->ready_efd = s->ready_ep = -1;
 	s->vm_readv = true;
 	s->id = new_id();
+	s->owner = getpid();
 	s->parent_id = o.parent_id;
 	ret = take_regions(s, regions, nregions);
 	if (!ret) {
@@ -1245,6 +1247,9 @@ int uffdwp_snapshot_wait(struct uffdwp_snapshot *snap, int timeout_ms)
 {
 	struct pollfd p = { .fd = snap->efd, .events = POLLIN };
 
+	if (getpid() != snap->owner)
+		return -ECHILD;  /* its saver thread runs in the parent only */
+
 	while (!atomic_load(&snap->finished)) {
 		int n = poll(&p, 1, timeout_ms);
 
@@ -1275,7 +1280,8 @@ int uffdwp_snapshot_progress(const struct uffdwp_snapshot *snap,
 
 void uffdwp_snapshot_cancel(struct uffdwp_snapshot *snap)
 {
-	if (snap && !atomic_load(&snap->finished))
+	/* In a fork child stopping would signal the parent's descriptors. */
+	if (snap && getpid() == snap->owner && !atomic_load(&snap->finished))
 		stop_with(snap, -ECANCELED);
 }
 
@@ -1286,7 +1292,8 @@ int uffdwp_snapshot_end(struct uffdwp_snapshot *snap)
 	if (!snap)
 		return 0;
 	ret = uffdwp_snapshot_wait(snap, -1);
-	destroy(snap);
+	if (ret != -ECHILD)  /* a child's copy has no thread to join: left as is */
+		destroy(snap);
 	return ret;
 }
 

@@ -669,6 +669,11 @@ TEST(snapshot_fork_during, ON_BOTH)
 		for (size_t i = 0; i < len; i++)
 			if (mem[i] != 'k')
 				_exit(2);
+		/* The snapshot is the parent's: inert here. */
+		uffdwp_snapshot_cancel(snap);
+		if (uffdwp_snapshot_wait(snap, -1) != -ECHILD ||
+		    uffdwp_snapshot_end(snap) != -ECHILD)
+			_exit(3);
 		_exit(0);
 	}
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
