@@ -529,6 +529,11 @@ struct transact {
 	size_t page;
 	atomic_bool stop;
 	atomic_ulong writes;
+	struct tx_writer_arg {
+		struct transact *tx;
+		size_t index;
+	} writer[TX_WRITERS];
+	pthread_t thread[TX_WRITERS];
 };
 
 static _Atomic uint64_t *tx_counter(struct transact *tx, size_t p)
@@ -540,8 +545,9 @@ static _Atomic uint64_t *tx_counter(struct transact *tx, size_t p)
  * pseudo-random order, so writes hit pages the collector is re-protecting. */
 static void *tx_writer(void *arg)
 {
-	struct transact *tx = ((void **)arg)[0];
-	size_t w = (size_t)(uintptr_t)((void **)arg)[1];
+	struct tx_writer_arg *me = arg;
+	struct transact *tx = me->tx;
+	size_t w = me->index;
 	uint32_t x = 2463534242u + (uint32_t)w;
 
 	while (!atomic_load(&tx->stop)) {
@@ -555,6 +561,21 @@ static void *tx_writer(void *arg)
 		atomic_fetch_add_explicit(&tx->writes, 1, memory_order_relaxed);
 	}
 	return NULL;
+}
+
+static void tx_start(struct transact *tx)
+{
+	for (size_t w = 0; w < TX_WRITERS; w++) {
+		tx->writer[w] = (struct tx_writer_arg){ tx, w };
+		CHECK_EQ(pthread_create(&tx->thread[w], NULL, tx_writer, &tx->writer[w]), 0);
+	}
+}
+
+static void tx_stop(struct transact *tx)
+{
+	atomic_store(&tx->stop, true);
+	for (size_t w = 0; w < TX_WRITERS; w++)
+		pthread_join(tx->thread[w], NULL);
 }
 
 /* Record, for every page reported, its counter as read after the report. */
@@ -587,17 +608,11 @@ TRACK_TEST_TIMEOUT(tracker_no_lost_write, 60)
 	struct transact tx = { .mem = test_map(TX_PAGES, false), .page = test_page() };
 	uint64_t seen[TX_PAGES] = { 0 };
 	bool reported[TX_PAGES] = { false };
-	void *args[TX_WRITERS][2];
-	pthread_t th[TX_WRITERS];
 	unsigned long collects = 0, min_writes = 20000;
 	struct timespec t0, now;
 
 	CHECK_OK(uffdwp_tracker_add(t, tx.mem, TX_PAGES * tx.page));
-	for (size_t w = 0; w < TX_WRITERS; w++) {
-		args[w][0] = &tx;
-		args[w][1] = (void *)(uintptr_t)w;
-		CHECK_EQ(pthread_create(&th[w], NULL, tx_writer, args[w]), 0);
-	}
+	tx_start(&tx);
 	/* At least 2 s and enough writes that many raced a reset. */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	do {
@@ -606,9 +621,7 @@ TRACK_TEST_TIMEOUT(tracker_no_lost_write, 60)
 		clock_gettime(CLOCK_MONOTONIC, &now);
 	} while (now.tv_sec - t0.tv_sec < 2 ||
 		 (atomic_load(&tx.writes) < min_writes && now.tv_sec - t0.tv_sec < 20));
-	atomic_store(&tx.stop, true);
-	for (size_t w = 0; w < TX_WRITERS; w++)
-		pthread_join(th[w], NULL);
+	tx_stop(&tx);
 	CHECK(atomic_load(&tx.writes) >= min_writes);
 	CHECK(collects > 10);
 	/* The final pass must name every page changed since it was last
@@ -709,17 +722,11 @@ SYNC_TRACK_TEST(tracker_interposer_installed_under_writers)
 	struct uffdwp_tracker *t = open_tracker(method, 0);
 	struct transact tx = { .mem = test_map(TX_PAGES, true), .page = test_page() };
 	struct ip_round ip = { .mem = tx.mem, .page = tx.page };
-	void *args[TX_WRITERS][2];
-	pthread_t th[TX_WRITERS];
 	unsigned long rounds = 0, marked = 0;
 	struct timespec t0, now;
 
 	CHECK_OK(uffdwp_tracker_add(t, tx.mem, TX_PAGES * tx.page));
-	for (size_t w = 0; w < TX_WRITERS; w++) {
-		args[w][0] = &tx;
-		args[w][1] = (void *)(uintptr_t)w;
-		CHECK_EQ(pthread_create(&th[w], NULL, tx_writer, args[w]), 0);
-	}
+	tx_start(&tx);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	do {
 		struct uffdwp_run runs[16];
@@ -748,10 +755,8 @@ SYNC_TRACK_TEST(tracker_interposer_installed_under_writers)
 		rounds++;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 	} while (now.tv_sec - t0.tv_sec < 2);
-	atomic_store(&tx.stop, true);
 	CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL));
-	for (size_t w = 0; w < TX_WRITERS; w++)
-		pthread_join(th[w], NULL);
+	tx_stop(&tx);
 	CHECK(rounds > 10);
 	CHECK(marked > 0);  /* writes did land between resets */
 	uffdwp_tracker_destroy(t);
