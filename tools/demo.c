@@ -6,10 +6,11 @@
  *   uffdwp demo [--size MIB] [--writers N] [--dir DIR] [--keep]
  *
  * The store is an array of 64-byte records, each holding its key, a version
- * and a checksum of both; writer threads rewrite random records at full
- * speed and time every write. Both snapshots are begun with the writers
- * held at a quiescent point, where a reference copy of the store is taken;
- * the file is then restored and must equal that copy, record for record.
+ * and a checksum of both; writer threads rewrite random records (each
+ * writer its own) at full speed and time every write. Both snapshots are
+ * begun with the writers held at a quiescent point, where a reference copy
+ * of the store is taken; the file is then restored and must equal that
+ * copy, record for record.
  *
  * Live: uffdwp_snapshot_begin() protects the store (huge pages: a
  * whole-range protect is cheap) and a thread of the library writes the
@@ -55,6 +56,7 @@ struct latency {
 struct writer {
 	pthread_t thread;
 	struct store *st;
+	size_t index;  /* which records it owns */
 	uint64_t seed;
 	struct latency lat;
 };
@@ -154,7 +156,10 @@ static void *writer_main(void *arg)
 			atomic_fetch_sub(&st->paused, 1);
 		}
 		uint64_t rnd = xorshift(&w->seed);
-		size_t i = (size_t)(rnd % st->nrec);
+		/* Writers own disjoint records (every nwriters-th): two
+		 * writing one record at once would tear it. */
+		size_t i = (size_t)(rnd % (st->nrec / (size_t)st->nwriters)) *
+				   (size_t)st->nwriters + w->index;
 
 		if (atomic_load_explicit(&st->measuring, memory_order_relaxed)) {
 			uint64_t t0 = now_ns();
@@ -185,6 +190,11 @@ static void quiesce(struct store *st)
 static void resume(struct store *st)
 {
 	atomic_store(&st->pause, false);
+	/* Every writer out of its wait before a later quiesce counts them:
+	 * one still counted there would let that quiesce return while it
+	 * writes. */
+	while (atomic_load(&st->paused) != 0)
+		sched_yield();
 }
 
 static void start_measuring(struct store *st)
@@ -488,6 +498,7 @@ int cmd_demo(int argc, char **argv)
 	       size_mib, st.nrec, nwriters, live_path, fork_path);
 	for (int i = 0; i < st.nwriters; i++) {
 		st.w[i].st = &st;
+		st.w[i].index = (size_t)i;
 		st.w[i].seed = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
 		if (pthread_create(&st.w[i].thread, NULL, writer_main, &st.w[i])) {
 			fprintf(stderr, "uffdwp demo: cannot start writers\n");
