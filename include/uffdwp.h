@@ -750,7 +750,8 @@ struct uffdwp_snapshot_opts {
 	 *   snapshot holding only the pages written since; its begin pause
 	 *   grows with the written pages, not with the regions.
 	 * A snapshot that failed or was cancelled leaves the tracker reset
-	 * without a saved parent: the next one must be full.
+	 * without a saved parent: the next one must be full (a begin refused
+	 * by its argument checks, -EINVAL or -EBUSY, leaves it untouched).
 	 */
 	struct uffdwp_tracker *tracker;
 	uint64_t parent_id;
@@ -762,7 +763,9 @@ struct uffdwp_snapshot_opts {
  * write-protected (the snapshot instant), with *snap set and the saving
  * under way in a thread of the snapshot's own.
  * Errors: -EINVAL bad arguments (no sink, unaligned or overlapping regions,
- * nregions 0, sz too small, engine mode CALLER, parent_id without tracker);
+ * nregions 0, sz too small, engine mode CALLER, parent_id without tracker,
+ * a tracker whose ranges are not exactly the regions: checked before
+ * anything changes, the tracker keeps its answer);
  * -EBUSY a region is registered with another context, or the tracker
  * serves a snapshot not yet ended; -EOPNOTSUPP the backend or tracker
  * method cannot copy-before-write; -ENOMEM; -EAGAIN (no

@@ -1179,6 +1179,12 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 			goto fail;
 		}
 		s->granule = uffdwp_tracker_granule(o.tracker);
+		/* Before anything changes: a reset of more than the regions
+		 * would lose the tracker's answer for the rest. */
+		if (!uffdwp__tracker_tracks_exactly(o.tracker, s->regions, s->nregions)) {
+			ret = -EINVAL;
+			goto fail;
+		}
 		ret = watch_context(s);
 		if (!ret)
 			ret = uffdwp__tracker_set_interposer(o.tracker, on_tracked_write, s);

@@ -211,6 +211,36 @@ int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 	return ret;
 }
 
+bool uffdwp__tracker_tracks_exactly(struct uffdwp_tracker *t,
+				    const struct uffdwp_snapshot_region *regions, size_t n)
+{
+	size_t k = 0, i = 0;
+	bool same = true;
+
+	pthread_mutex_lock(&t->collect_lock);
+	/* Both lists are sorted and disjoint; compare them as unions, so a
+	 * range split differently on either side still matches. */
+	while (same && (k < t->nranges || i < n)) {
+		uintptr_t a_start, a_end, b_start, b_end;
+
+		if (k == t->nranges || i == n) {
+			same = false;
+			break;
+		}
+		a_start = t->ranges[k].start;
+		a_end = t->ranges[k++].end;
+		while (k < t->nranges && t->ranges[k].start == a_end)
+			a_end = t->ranges[k++].end;
+		b_start = (uintptr_t)regions[i].addr;
+		b_end = b_start + regions[i++].len;
+		while (i < n && (uintptr_t)regions[i].addr == b_end)
+			b_end += regions[i++].len;
+		same = a_start == b_start && a_end == b_end;
+	}
+	pthread_mutex_unlock(&t->collect_lock);
+	return same;
+}
+
 int uffdwp__tracker_flush(struct uffdwp_tracker *t)
 {
 	int ret = check_caller(t);

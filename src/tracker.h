@@ -52,6 +52,14 @@ int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 	UFFDWP__HIDDEN;
 
 /*
+ * Whether the tracker's ranges cover exactly the union of regions (sorted
+ * by address, disjoint), however either side is split.
+ */
+bool uffdwp__tracker_tracks_exactly(struct uffdwp_tracker *t,
+				    const struct uffdwp_snapshot_region *regions, size_t n)
+	UFFDWP__HIDDEN;
+
+/*
  * SYNC and EMULATED: wait until every event the tracker's engine had read
  * when the call began has been applied. munmap(2), madvise(MADV_DONTNEED)
  * or an mmap(2) over tracked memory returns once the engine has read its

@@ -781,6 +781,54 @@ TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
 	uffdwp_tracker_destroy(t);
 }
 
+/* The tracker must track exactly the regions: covering less or more is
+ * refused before anything changes, and the tracker keeps its answer. */
+TEST(snapshot_tracker_must_match_regions, ON_BOTH)
+{
+	const size_t npages = 16;
+	size_t page = test_page();
+	char *mem = test_map(npages, true);
+	struct uffdwp_tracker_opts to = {
+		.sz = sizeof(to),
+		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
+							   : UFFDWP_TRACK_EMULATED,
+	};
+	struct uffdwp_snapshot_region half = { (uintptr_t)mem, npages / 2 * page };
+	struct uffdwp_snapshot_region all = { (uintptr_t)mem, npages * page };
+	struct uffdwp_snapshot_region split[2] = {
+		{ (uintptr_t)mem + npages / 2 * page, npages / 2 * page },
+		{ (uintptr_t)mem, npages / 2 * page },
+	};
+	struct uffdwp_snapshot *snap = NULL;
+	struct uffdwp_tracker *t;
+	struct uffdwp_run run;
+	struct snapfile f;
+	uintptr_t cur = 0;
+	int ret = uffdwp_tracker_create(&t, &to);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("tracker method %s unavailable", uffdwp_track_method_name(to.method));
+	CHECK_OK(ret);
+	CHECK_OK(uffdwp_tracker_add(t, mem, npages / 2 * page));
+	mem[page] = 2;
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = 1, .tracker = t };
+
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &all, 1, &o), -EINVAL);  /* tracks less */
+	CHECK_OK(uffdwp_tracker_add(t, mem + npages / 2 * page, npages / 2 * page));
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &half, 1, &o), -EINVAL); /* tracks more */
+	CHECK(snap == NULL);
+	/* Nothing was reset: the write is still reported. */
+	CHECK_RET(uffdwp_tracker_collect(t, &cur, &run, 1, 0), 1);
+	CHECK(run.addr == mem + page);
+	/* The same memory split differently is a match. */
+	snapfile_open(&f);
+	o.fd = f.fd;
+	CHECK_OK(uffdwp_snapshot_begin(&snap, split, 2, &o));
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	snapfile_close(&f);
+	uffdwp_tracker_destroy(t);
+}
+
 /* An ASYNC tracker never faults, so it cannot copy-before-write. */
 TEST(snapshot_async_tracker_refused, ON_KERNEL)
 {
