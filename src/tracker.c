@@ -650,12 +650,16 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 		ret = -EEXIST;
 		goto out;
 	}
+	/* Under fault_lock too: the engine thread reads the array. */
+	pthread_mutex_lock(&t->fault_lock);
 	grown = realloc(t->ranges, (t->nranges + 1) * sizeof(*grown));
+	if (grown)
+		t->ranges = grown;
+	pthread_mutex_unlock(&t->fault_lock);
 	if (!grown) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	t->ranges = grown;
 	if (t->method != UFFDWP_TRACK_ASYNC) {
 		size_t words = (len / t->granule + 63) / 64;
 		bool removes = uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE;
