@@ -97,6 +97,9 @@ struct uffdwp_tracker {
 	size_t nranges;
 	uintptr_t stash[STASH_MAX];  /* engine thread only */
 	size_t nstash;
+	/* EMULATED: blocks un-protected and not re-protected since, each
+	 * about two mappings of the process's (fault_lock). */
+	size_t unprotected_blocks;
 
 	/* Held by the fault handler from reading the interposer until its
 	 * page is marked and un-protected (see the top); taken before
@@ -368,34 +371,97 @@ static bool absorb_events(struct uffdwp_tracker *t)
 	return n > 0;
 }
 
-static void mark_and_unprotect(struct uffdwp_tracker *t, uintptr_t addr)
+/*
+ * EMULATED: mprotect splits a mapping around every page it un-protects,
+ * and the process may hold only vm.max_map_count mappings (65,530 by
+ * default), which the program needs for itself: past the limit its own
+ * mmap() fails. So once COARSE_AFTER blocks are un-protected since their
+ * reset, a fault un-protects and reports COARSE_GRANULES granules around
+ * it (like UFFDWP_TRACK_HUGE: coarser answers, never a missed write), and
+ * when mprotect still says -ENOMEM the block widens until the kernel
+ * accepts it: un-protecting a block that reaches a writable neighbour adds
+ * no mapping.
+ */
+#define COARSE_AFTER 8192
+#define COARSE_GRANULES 64
+
+/* The block of width granules * t->granule around addr, clipped to the
+ * range holding it (fault_lock held). */
+static void block_around(struct uffdwp_tracker *t, uintptr_t addr, size_t granules,
+			 uintptr_t *lo, uintptr_t *hi)
 {
-	uintptr_t block = addr & ~(uintptr_t)(t->granule - 1);
-	struct range *r;
-	size_t i = 0;
+	uintptr_t width = (uintptr_t)granules * t->granule;
+	struct range *r = find_range(t, addr);
+
+	*lo = addr & ~(width - 1);
+	*hi = *lo + width;
+	if (r && *lo < r->start)
+		*lo = r->start;
+	if (r && *hi > r->end)
+		*hi = r->end;
+}
+
+/* Un-protect [lo, hi) and mark what of it is tracked (fault_lock held).
+ * The ranges may have changed since the block was chosen: it is clipped
+ * again to the range that holds lo now. */
+static int mark_and_unprotect_block(struct uffdwp_tracker *t, uintptr_t lo, uintptr_t hi)
+{
+	struct range *r = find_range(t, lo);
+	size_t i, j;
 	int ret;
 
-	pthread_mutex_lock(&t->interposer_lock);
-	if (t->interposer)
-		t->interposer(t->interposer_arg, block);
-	pthread_mutex_lock(&t->fault_lock);
+	if (r && hi > r->end)
+		hi = r->end;
+	i = r ? (lo - r->start) / t->granule : 0;
+	j = r ? (hi - r->start) / t->granule : 0;
+
 	/* Not tracked (a fault left over from a removed range, or memory
 	 * unmapped under us): un-protect all the same, so nobody stays
 	 * asleep on a page we will never mark; the writer retries and sees
 	 * what is there now. */
-	r = find_range(t, block);
-	if (r) {
-		i = (block - r->start) / t->granule;
-		change_bits(r->bits, i, i + 1, true);
-	}
-	while ((ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0)) == -EAGAIN)
+	if (r)
+		change_bits(r->bits, i, j, true);
+	while ((ret = uffdwp_writeprotect(t->ctx, (void *)lo, hi - lo, 0)) == -EAGAIN)
 		if (!absorb_events(t))
 			sched_yield();  /* read; the changing thread must run */
-	/* Protected until this fault: a discard is behind us. */
-	if (ret == 0 && r && r->discarded)
-		change_bits(r->discarded, i, i + 1, false);
+	if (ret == 0 && r) {
+		t->unprotected_blocks++;
+		/* Protected until this fault: a discard is behind us. */
+		if (r->discarded)
+			change_bits(r->discarded, i, j, false);
+	}
+	return ret;
+}
+
+static void mark_and_unprotect(struct uffdwp_tracker *t, uintptr_t addr)
+{
+	uintptr_t block = addr & ~(uintptr_t)(t->granule - 1), lo = block, hi = block + t->granule;
+	size_t granules = 1;
+	int ret;
+
+	pthread_mutex_lock(&t->interposer_lock);
+	pthread_mutex_lock(&t->fault_lock);
+	if (find_range(t, block) && t->method == UFFDWP_TRACK_EMULATED &&
+	    t->unprotected_blocks >= COARSE_AFTER)
+		granules = COARSE_GRANULES;
+	for (;;) {
+		struct range *r;
+
+		block_around(t, block, granules, &lo, &hi);
+		/* The interposer sees every page before it becomes writable
+		 * (without fault_lock: it may wait for the snapshot's saver). */
+		pthread_mutex_unlock(&t->fault_lock);
+		for (uintptr_t g = lo; t->interposer && g < hi; g += t->granule)
+			t->interposer(t->interposer_arg, g);
+		pthread_mutex_lock(&t->fault_lock);
+		ret = mark_and_unprotect_block(t, lo, hi);
+		r = find_range(t, block);
+		if (ret != -ENOMEM || !r || (lo <= r->start && hi >= r->end))
+			break;
+		granules *= COARSE_GRANULES;
+	}
 	if (ret < 0)
-		uffdwp_wake(t->ctx, (void *)block, t->granule);
+		uffdwp_wake(t->ctx, (void *)lo, hi - lo);
 	pthread_mutex_unlock(&t->fault_lock);
 	pthread_mutex_unlock(&t->interposer_lock);
 }
@@ -493,6 +559,8 @@ static int scan_bits(struct uffdwp_tracker *t, struct range *r, uintptr_t from, 
 			}
 			if (ret < 0)
 				break;
+			if (t->unprotected_blocks)
+				t->unprotected_blocks--;
 			/* Discarded pages stay reported (see the top). */
 			change_bits(r->bits, i, j, false);
 		}
