@@ -108,14 +108,15 @@ UFFDWP_API void uffdwp_close(struct uffdwp *ctx);
 /*
  * The context's file descriptor, always valid while the context is open:
  * poll(2) reports POLLIN while events are pending. It is non-blocking and
- * close-on-exec; do not read or close it yourself.
+ * close-on-exec; do not read or close it yourself. -EINVAL for NULL.
  */
 UFFDWP_API int uffdwp_fd(const struct uffdwp *ctx);
 
-/* The features in force (UFFDWP_FEATURE_*). */
+/* The features in force (UFFDWP_FEATURE_*); 0 for NULL. */
 UFFDWP_API uint64_t uffdwp_features(const struct uffdwp *ctx);
 
-/* The backend in use: UFFDWP_BACKEND_KERNEL or UFFDWP_BACKEND_EMULATED. */
+/* The backend in use: UFFDWP_BACKEND_KERNEL or UFFDWP_BACKEND_EMULATED;
+ * UFFDWP_BACKEND_AUTO for NULL. */
 UFFDWP_API enum uffdwp_backend uffdwp_backend(const struct uffdwp *ctx);
 
 /* Name of a backend ("auto", "kernel", "emulated"), or "?" for others. */

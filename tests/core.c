@@ -45,6 +45,10 @@ TEST(open_close, ON_BOTH)
 
 TEST(open_bad_arguments, ON_NONE)
 {
+	CHECK_RET(uffdwp_fd(NULL), -EINVAL);
+	CHECK_EQ(uffdwp_features(NULL), 0);
+	CHECK_EQ(uffdwp_backend(NULL), UFFDWP_BACKEND_AUTO);
+	uffdwp_close(NULL);
 	struct uffdwp_opts o = { .sz = sizeof(o) };
 	struct uffdwp *ctx = NULL;
 
