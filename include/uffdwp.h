@@ -562,7 +562,8 @@ UFFDWP_API int uffdwp_tracker_reset(struct uffdwp_tracker *t, void *addr, size_t
  * around them (open, memory, the restore target): then the errno says it.
  *
  * Errors common to them: -EINVAL bad arguments (NULL path, sz too small);
- * -ESPIPE (info, restore) the file is not a regular file;
+ * -ESPIPE (info, restore) the file is not a regular file (a FIFO is never
+ * waited for: verify reads one without a writer as an empty stream);
  * -EBADMSG the file is corrupt (bad magic, checksum mismatch, a record
  * outside the regions, totals that do not match); -ENODATA it ends before
  * its trailer (truncated, or still being written); -ENOTSUP a format
@@ -626,12 +627,15 @@ UFFDWP_API int uffdwp_snapshot_file_verify(const char *path, struct uffdwp_snaps
 /*
  * Restoring a chain: paths[0] must be a full snapshot, and each later file
  * an incremental whose parent_id is the snapshot_id of the file before it,
- * with the same page size and regions. The chain's headers and trailers
- * are checked before anything is written; a corrupt record found while
- * replaying stops the restore with an error, leaving the target partly
- * restored (verify first when that matters). Errors, besides the common
- * ones: -EINVAL npaths is 0, or the files do not form a chain (err says
- * which link is broken).
+ * with the same page size and regions; all regular files. A restore reads
+ * the chain twice, one file open at a time (any length of chain, bounded
+ * memory): first every file is checked whole, as
+ * uffdwp_snapshot_file_verify() checks it, with the links; only then is the
+ * target written. So a corrupt, truncated or broken chain changes nothing.
+ * Errors, besides the common ones: -EINVAL npaths is 0, or the files do not
+ * form a chain (err says which link is broken); -ESTALE a file was replaced
+ * or changed between the check and the replay (the target is then partly
+ * restored).
  *
  * The image of a snapshot is its regions laid end to end in address order:
  * the byte at address A of region i is at offset (len of regions 0..i-1) +
@@ -642,7 +646,11 @@ UFFDWP_API int uffdwp_snapshot_file_verify(const char *path, struct uffdwp_snaps
  * Restore the chain into the regular file open for writing as fd: it is
  * truncated to the image size, zero pages are left as holes (or punched
  * out when a later file zeroes them), and it is not synced. Returns 0 or a
- * negative errno (above; -EBADF, -ENOSPC, -EFBIG ... from the writes).
+ * negative errno (above; -EBADF fd is not open for writing (O_RDONLY,
+ * O_PATH); -EINVAL fd is open with O_APPEND, or is one of the chain's files
+ * (same inode, under any name: err->message says which), both refused
+ * before anything is written; -ESPIPE fd is not a regular file; -ENOSPC,
+ * -EFBIG ... from the writes).
  */
 UFFDWP_API int uffdwp_snapshot_restore_fd(const char *const *paths, size_t npaths, int fd,
 					  struct uffdwp_snapshot_error *err);
@@ -650,8 +658,9 @@ UFFDWP_API int uffdwp_snapshot_restore_fd(const char *const *paths, size_t npath
 /*
  * Restore the chain into a fresh private anonymous mapping holding the
  * image: on success *mapping and *mapping_len describe it (yours to
- * munmap(2)); on failure nothing stays mapped. Returns 0 or a negative
- * errno (above; -ENOMEM when the image cannot be mapped).
+ * munmap(2)); on failure nothing stays mapped. Zero pages (also those a
+ * later file zeroes) are never populated. Returns 0 or a negative errno
+ * (above; -ENOMEM when the image cannot be mapped).
  */
 UFFDWP_API int uffdwp_snapshot_restore_mapping(const char *const *paths, size_t npaths,
 					       void **mapping, size_t *mapping_len,
@@ -660,11 +669,13 @@ UFFDWP_API int uffdwp_snapshot_restore_mapping(const char *const *paths, size_t 
 /*
  * Restore the chain into the memory at the addresses it was taken from
  * (a program restoring its own state): every region must be mapped
- * writable in this process, with the recorded page size, or the process
- * crashes. The regions are zeroed first (the full snapshot at the head of
- * the chain says that a page no record names is zero). Returns 0 or a
- * negative errno (above; -EINVAL the recorded page size is not this
- * machine's).
+ * writable in this process (mapped: checked, -EFAULT; writable: a
+ * read-only region crashes the process). Pages the chain says are zero
+ * are made zero without populating memory: private anonymous memory is
+ * dropped (MADV_DONTNEED), shared memory punched out (MADV_REMOVE), other
+ * memory written where it is not zero already. Returns 0 or a negative
+ * errno (above; -EINVAL the recorded page size is not this machine's;
+ * -EFAULT a region is not mapped).
  */
 UFFDWP_API int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t npaths,
 						struct uffdwp_snapshot_error *err);
