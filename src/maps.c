@@ -234,7 +234,8 @@ static void walk_line(struct maps_walk *w, const char *line)
 	}
 }
 
-/* smaps gives each mapping's page size (and walks its page tables: slow). */
+/* smaps gives each mapping's page size, and walks its page tables: slow,
+ * so only when asked for. */
 static int file_walk(uintptr_t lo, uintptr_t hi, unsigned flags, uffdwp__mapping_fn fn,
 		     void *arg)
 {
@@ -242,7 +243,8 @@ static int file_walk(uintptr_t lo, uintptr_t hi, unsigned flags, uffdwp__mapping
 	/* Paths longer than the line are left unclassified (not "file"). */
 	char buf[4096], line[256];
 	size_t used = 0;
-	int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
+	int fd = open(flags & UFFDWP__MAPS_PAGE_SIZES ? "/proc/self/smaps" : "/proc/self/maps",
+		      O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
 		return -errno;
@@ -281,4 +283,18 @@ int uffdwp__walk_mappings(uintptr_t lo, uintptr_t hi, unsigned flags, uffdwp__ma
 		atomic_store_explicit(&query_unsupported, true, memory_order_relaxed);
 	}
 	return file_walk(lo, hi, flags, fn, arg);
+}
+
+static bool take_page_size(void *arg, const struct uffdwp__mapping *m)
+{
+	*(size_t *)arg = m->page;
+	return false;
+}
+
+size_t uffdwp__page_size_at(uintptr_t addr)
+{
+	size_t page = uffdwp__page_size();
+
+	uffdwp__walk_mappings(addr, addr + 1, UFFDWP__MAPS_PAGE_SIZES, take_page_size, &page);
+	return page;
 }

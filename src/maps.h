@@ -16,7 +16,8 @@ struct uffdwp__mapping {
 	uintptr_t start, end;
 	int prot;     /* PROT_READ | PROT_WRITE | PROT_EXEC */
 	bool shared;
-	size_t page;  /* its page size: the huge page size on hugetlbfs */
+	size_t page;  /* its page size: the huge page size on hugetlbfs
+		       * (with UFFDWP__MAPS_PAGE_SIZES) */
 	/* Backed by a file that is neither shmem nor hugetlbfs (only with
 	 * UFFDWP__MAPS_CLASSIFY): memory userfaultfd cannot write-protect. */
 	bool file;
@@ -27,6 +28,9 @@ typedef bool (*uffdwp__mapping_fn)(void *arg, const struct uffdwp__mapping *m);
 
 /* Fill in struct uffdwp__mapping.file (costs a statfs per file mapping). */
 #define UFFDWP__MAPS_CLASSIFY 1u
+/* Fill in struct uffdwp__mapping.page truly: without PROCMAP_QUERY this reads
+ * smaps, which walks every page table; otherwise page is the base page. */
+#define UFFDWP__MAPS_PAGE_SIZES 2u
 
 /*
  * Walk the mappings overlapping [lo, hi). Uses PROCMAP_QUERY (Linux 6.11:
@@ -37,5 +41,9 @@ typedef bool (*uffdwp__mapping_fn)(void *arg, const struct uffdwp__mapping *m);
  */
 int uffdwp__walk_mappings(uintptr_t lo, uintptr_t hi, unsigned flags, uffdwp__mapping_fn fn,
 			  void *arg) UFFDWP__HIDDEN;
+
+/* The page size of the mapping holding addr (the huge page size on
+ * hugetlbfs), or the system's when it cannot be told. Async-signal-safe. */
+size_t uffdwp__page_size_at(uintptr_t addr) UFFDWP__HIDDEN;
 
 #endif
