@@ -44,6 +44,13 @@ struct uffdwp__backend_ops {
 	int (*set_fault_hook)(struct uffdwp *ctx, uffdwp__fault_hook hook, void *arg);
 };
 
+/* What an in-thread engine did with a SIGBUS. */
+enum uffdwp__resolved {
+	UFFDWP__NOT_MINE,  /* not its page */
+	UFFDWP__RESOLVED,  /* un-protected: the write retries and succeeds */
+	UFFDWP__FAILED,    /* its page, but the un-protect failed: it retries */
+};
+
 /* The ranges a kernel SIGBUS context registered (context.c), for the
  * SIGBUS claimant: sorted, disjoint, immutable once published. */
 struct uffdwp__range_set {
@@ -67,10 +74,14 @@ struct uffdwp {
 	 * stops it: uffdwp_close() calls engine_detach(ctx) first. */
 	void *engine;
 	void (*engine_detach)(struct uffdwp *ctx);
-	/* Kernel SIGBUS contexts that ran an in-thread engine: their registry
-	 * slot until close, else -1. Their in-thread engine, or NULL. */
+	/* Kernel SIGBUS contexts: their registry slot from open to close, else
+	 * -1; whether an in-thread engine ever ran on them (then a fault with
+	 * no engine running waits for one); the running one, and how it
+	 * resolves a fault (set before the engine is published). */
 	int registry_slot;
+	bool sigbus_served;
 	_Atomic(void *) inthread_engine;
+	enum uffdwp__resolved (*inthread_resolve)(void *engine, uintptr_t addr, uint64_t t0);
 };
 
 /* Whether a SIGBUS context registered addr. Async-signal-safe. */
@@ -131,6 +142,9 @@ void uffdwp__unlock(uffdwp__lock_t *l) UFFDWP__HIDDEN;
 void uffdwp__no_sleep_enter(void) UFFDWP__HIDDEN;
 void uffdwp__no_sleep_exit(void) UFFDWP__HIDDEN;
 
+/* CLOCK_MONOTONIC in ns. Async-signal-safe. */
+uint64_t uffdwp__now_ns(void) UFFDWP__HIDDEN;
+
 /* Around every change that can make protected memory writable or release
  * a fault's owner: un-protect, unregister, close, an engine's start. */
 void uffdwp__unprotect_begin(void) UFFDWP__HIDDEN;
@@ -154,20 +168,20 @@ struct uffdwp__fault {
 
 typedef enum uffdwp__claim (*uffdwp__claim_fn)(const struct uffdwp__fault *f);
 
-/* Install the handler of sig (SIGSEGV or SIGBUS) with its claimant, once
- * per process; it is never removed. Returns 0 or -errno of sigaction. */
+/* Install the handler of sig (SIGSEGV; SIGBUS is the layer's own) with
+ * its claimant, once per process; it is never removed. Returns 0 or -errno
+ * of sigaction. */
 int uffdwp__signals_install(int sig, uffdwp__claim_fn claim) UFFDWP__HIDDEN;
 
-/* The registry of open kernel contexts a SIGBUS handler looks through. A
- * slot's owner is pinned while a handler uses it; remove returns once no
- * handler does. */
-#define UFFDWP__REGISTRY_SLOTS UFFDWP_ENGINE_MAX_INTHREAD
-int uffdwp__registry_add(void *owner) UFFDWP__HIDDEN;  /* slot, or -EBUSY */
-/* No-op unless slot still holds owner (a fork child empties the registry). */
-void uffdwp__registry_remove(int slot, void *owner) UFFDWP__HIDDEN;
+/* The registry of open kernel SIGBUS contexts, which the SIGBUS handler
+ * looks through: a context joins at open (the handler is installed then)
+ * and leaves at close. A slot's owner is pinned while a handler uses it. */
+#define UFFDWP__REGISTRY_SLOTS 64
+int uffdwp__sigbus_join(struct uffdwp *ctx) UFFDWP__HIDDEN;  /* 0, -EMFILE, -errno */
+/* Returns once no handler uses ctx. No-op in a fork child (the registry
+ * is emptied there). */
+void uffdwp__sigbus_leave(struct uffdwp *ctx) UFFDWP__HIDDEN;
 void uffdwp__registry_wait_unpinned(int slot) UFFDWP__HIDDEN;
-void *uffdwp__registry_pin(int slot) UFFDWP__HIDDEN;   /* owner, or NULL */
-void uffdwp__registry_unpin(int slot) UFFDWP__HIDDEN;
 
 /* fork(): every module's locks taken in this order before, released after. */
 enum uffdwp__fork_order {

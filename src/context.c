@@ -44,8 +44,9 @@ const char *uffdwp_backend_name(enum uffdwp_backend backend)
 
 /* ---------------------------------------------------------------------------
  * What a kernel SIGBUS context registered: the SIGBUS claimant asks it to
- * tell a protected page of ours, left with no engine, from another
- * userfaultfd's (the kernel has no side-effect-free way to ask).
+ * find a fault's context without a syscall, and to tell a protected page
+ * of ours with no engine running from another userfaultfd's (the kernel
+ * has no side-effect-free way to ask).
  * ------------------------------------------------------------------------- */
 
 static pthread_mutex_t ranges_lock = PTHREAD_MUTEX_INITIALIZER;  /* all changes */
@@ -174,6 +175,11 @@ static int open_backend(struct uffdwp **out, const struct uffdwp__backend_ops *o
 	ctx->fd = -1;
 	ctx->registry_slot = -1;
 	ret = ops->open(ctx, features);
+	if (ret == 0 && tracks_ranges(ctx)) {
+		ret = uffdwp__sigbus_join(ctx);
+		if (ret < 0)
+			ops->close(ctx);
+	}
 	if (ret < 0) {
 		uffdwp__private_free(ctx);
 		return ret;
@@ -232,8 +238,7 @@ void uffdwp_close(struct uffdwp *ctx)
 	uffdwp__unprotect_begin();
 	ctx->ops->close(ctx);
 	uffdwp__unprotect_end();
-	if (ctx->registry_slot >= 0)
-		uffdwp__registry_remove(ctx->registry_slot, ctx);
+	uffdwp__sigbus_leave(ctx);
 	uffdwp__private_free(atomic_load(&ctx->sigbus_ranges));
 	uffdwp__private_free(ctx);
 }

@@ -57,10 +57,6 @@
 #define EAGAIN_YIELD_NS 1000000ull
 #define EAGAIN_SLEEP_NS 100000l
 
-/* In-thread mode: a thread faulting this many times in a row on one page
- * makes the handler check (pagemap) that it can be a write-protect fault. */
-#define SIGBUS_REPEATS_BEFORE_CHECK 8
-
 #define EVENT_FEATURES (UFFDWP_FEATURE_EVENT_FORK | UFFDWP_FEATURE_EVENT_REMAP | \
 			UFFDWP_FEATURE_EVENT_REMOVE | UFFDWP_FEATURE_EVENT_UNMAP)
 
@@ -139,14 +135,6 @@ static void init_once_per_process(void)
 	uffdwp__at_fork(UFFDWP__FORK_ENGINE, &hooks);
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static unsigned log2_floor(uint64_t v)
 {
 	return v ? 63u - (unsigned)__builtin_clzll(v) : 0;
@@ -159,7 +147,7 @@ static void count(_Atomic uint64_t *c, uint64_t n)
 
 static void count_latency(struct uffdwp_engine *eng, uint64_t since_ns, uint64_t nfaults)
 {
-	unsigned b = log2_floor(now_ns() - since_ns);
+	unsigned b = log2_floor(uffdwp__now_ns() - since_ns);
 
 	if (b >= UFFDWP_ENGINE_LATENCY_BUCKETS)
 		b = UFFDWP_ENGINE_LATENCY_BUCKETS - 1;
@@ -221,8 +209,8 @@ static int writeprotect_retrying(struct uffdwp_engine *eng, uintptr_t start, siz
 		if (!in_signal && absorb_pending_events(eng))
 			continue;
 		if (!first)
-			first = now_ns();
-		waited = now_ns() - first;
+			first = uffdwp__now_ns();
+		waited = uffdwp__now_ns() - first;
 		if (waited > EAGAIN_GIVE_UP_NS)
 			break;
 		if (waited < EAGAIN_YIELD_NS) {
@@ -361,7 +349,7 @@ static int drain_locked(struct uffdwp_engine *eng)
 	int total = 0;
 
 	for (;;) {
-		uint64_t read_ns = now_ns();
+		uint64_t read_ns = uffdwp__now_ns();
 		int n;
 
 		if (eng->ndeferred) {
@@ -417,13 +405,13 @@ static void wait_for_events(struct uffdwp_engine *eng)
  */
 static bool spin_for_events(struct uffdwp_engine *eng, uint64_t spin_ns)
 {
-	uint64_t deadline = now_ns() + spin_ns;
+	uint64_t deadline = uffdwp__now_ns() + spin_ns;
 
 	do {
 		if (drain(eng) > 0)
 			return true;
 		sched_yield();
-	} while (now_ns() < deadline && !atomic_load_explicit(&eng->stopping,
+	} while (uffdwp__now_ns() < deadline && !atomic_load_explicit(&eng->stopping,
 							       memory_order_relaxed));
 	return false;
 }
@@ -442,11 +430,11 @@ static void *handler_thread(void *arg)
 		drain(eng);
 		if (stopping)
 			break;
-		idle_since = now_ns();
+		idle_since = uffdwp__now_ns();
 		if (burst && spin_for_events(eng, SPIN_NS))
 			continue;
 		wait_for_events(eng);
-		burst = now_ns() - idle_since < SPIN_NS;
+		burst = uffdwp__now_ns() - idle_since < SPIN_NS;
 	}
 	return NULL;
 }
@@ -489,48 +477,8 @@ static void stop_thread(struct uffdwp_engine *eng)
 }
 
 /* ---------------------------------------------------------------------------
- * INTHREAD mode, kernel backend: the SIGBUS claimant
+ * INTHREAD mode, kernel backend: resolving a SIGBUS
  * ------------------------------------------------------------------------- */
-
-/* The page this thread last faulted on in a row, and how often. */
-static __thread uintptr_t sigbus_last_page __attribute__((tls_model("initial-exec")));
-static __thread unsigned sigbus_repeats __attribute__((tls_model("initial-exec")));
-
-/* /proc/self/pagemap: bit 63 present, bit 57 uffd write-protected (also
- * set on the marker of a protected page never touched). */
-#define PAGEMAP_PRESENT (1ull << 63)
-#define PAGEMAP_UFFD_WP (1ull << 57)
-
-/* page's /proc/self/pagemap entry, or unknown if it cannot be read.
- * (open/pread/close are async-signal-safe.) */
-static uint64_t pagemap_entry(uintptr_t page, size_t page_size, uint64_t unknown)
-{
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	uint64_t entry = unknown;
-
-	if (fd < 0)
-		return unknown;
-	if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
-	    (ssize_t)sizeof(entry))
-		entry = unknown;
-	close(fd);
-	return entry;
-}
-
-/*
- * Could a write to page be failing for write-protection? A missing page (a
- * range registered for missing faults too) or a file page beyond the end
- * of its file is neither present nor marked; a page a protector has just
- * un-protected again is present, and its write will succeed on retry.
- * Unknown counts as yes.
- */
-static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
-{
-	return pagemap_entry(page, page_size, PAGEMAP_PRESENT) &
-	       (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
-}
-
-enum sigbus_outcome { NOT_MINE, RESOLVED, FAILED };
 
 /*
  * Resolve a SIGBUS at addr if it belongs to eng. Without a callback the
@@ -540,9 +488,9 @@ enum sigbus_outcome { NOT_MINE, RESOLVED, FAILED };
  * that fails the same way outside eng's ranges (and if the program
  * un-protected the page meanwhile, the un-protect below restores that).
  */
-static enum sigbus_outcome sigbus_resolve(struct uffdwp_engine *eng, uintptr_t addr,
-					  uint64_t t0)
+static enum uffdwp__resolved sigbus_resolve(void *arg, uintptr_t addr, uint64_t t0)
 {
+	struct uffdwp_engine *eng = arg;
 	uintptr_t page = addr & eng->page_mask;
 	size_t len = eng->page;
 	int ret;
@@ -557,96 +505,35 @@ static enum sigbus_outcome sigbus_resolve(struct uffdwp_engine *eng, uintptr_t a
 		};
 
 		if (writeprotect_pages(eng, &page, &len, UFFDWP_WRITEPROTECT_MODE_WP, true) < 0)
-			return NOT_MINE;
+			return UFFDWP__NOT_MINE;
 		ev.pagefault.address = page;
 		eng->fn(eng->arg, &ev);
 	}
 	/* DONTWAKE: on a SIGBUS context nobody sleeps on a fault. */
 	ret = writeprotect_pages(eng, &page, &len, UFFDWP_WRITEPROTECT_MODE_DONTWAKE, true);
 	if (ret == -ENOENT && !eng->fn)
-		return NOT_MINE;
+		return UFFDWP__NOT_MINE;
 	count(&eng->stats.faults, 1);
 	if (ret < 0) {
 		count(&eng->stats.errors, 1);
-		return FAILED;
+		return UFFDWP__FAILED;
 	}
 	count(&eng->stats.resolved, 1);
 	count_latency(eng, t0, 1);
-	return RESOLVED;
+	return UFFDWP__RESOLVED;
 }
 
-/*
- * Called by the fault-signal layer for a SIGBUS at an address. The open
- * contexts that ran an in-thread engine are in the registry; the one that
- * registered the address resolves it through its engine. With no engine
- * running on it, a protected page waits (the layer sleeps until the
- * context un-protects, unregisters, closes or starts an engine). A failed
- * un-protect makes the write retry: it faults again rather than die.
- */
-static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
-{
-	uint64_t t0 = now_ns();
-	size_t page_size = uffdwp__page_size();
-	uintptr_t page = f->addr & ~(uintptr_t)(page_size - 1);
-	bool owned_idle = false;
-
-	/* A fault that keeps coming back to one page may be no write-protect
-	 * fault at all (a missing page, a truncated file in a registered
-	 * range): un-protecting would loop forever. Check, then. (Repeats are
-	 * legitimate too: another thread re-protecting the page each time.) */
-	if (page != sigbus_last_page) {
-		sigbus_last_page = page;
-		sigbus_repeats = 0;
-	} else if (++sigbus_repeats >= SIGBUS_REPEATS_BEFORE_CHECK) {
-		sigbus_repeats = 0;
-		if (!page_can_be_wp_fault(page, page_size))
-			return UFFDWP__FOREIGN;
-	}
-	for (int slot = 0; slot < UFFDWP__REGISTRY_SLOTS; slot++) {
-		struct uffdwp *ctx = uffdwp__registry_pin(slot);
-		enum sigbus_outcome outcome = NOT_MINE;
-		struct uffdwp_engine *eng;
-
-		if (!ctx)
-			continue;
-		if (uffdwp__context_covers(ctx, f->addr)) {
-			eng = atomic_load(&ctx->inthread_engine);
-			if (eng)
-				outcome = sigbus_resolve(eng, f->addr, t0);
-			else
-				owned_idle = true;
-		}
-		uffdwp__registry_unpin(slot);
-		if (outcome == FAILED)
-			sched_yield();
-		if (outcome != NOT_MINE)
-			return UFFDWP__RETRY;
-	}
-	if (owned_idle && (pagemap_entry(page, page_size, PAGEMAP_UFFD_WP) & PAGEMAP_UFFD_WP))
-		return UFFDWP__WAIT;
-	return UFFDWP__NOT_OURS;
-}
-
-/* Called with engines_lock held. The context stays in the registry until
- * it closes: a SIGBUS raised while this engine ran may be delivered after
- * it stopped, and must find its owner then (and wait). */
-static int sigbus_attach(struct uffdwp_engine *eng)
+/* Called with engines_lock held. The context is in the SIGBUS registry
+ * from its open to its close (signals.c); from now on the layer hands
+ * its faults to us, and a fault of it with no engine running waits. */
+static void sigbus_attach(struct uffdwp_engine *eng)
 {
 	struct uffdwp *ctx = eng->ctx;
-	int ret;
 
-	if (ctx->registry_slot < 0) {
-		ret = uffdwp__registry_add(ctx);
-		if (ret < 0)
-			return ret;
-		ctx->registry_slot = ret;
-	}
-	ret = uffdwp__signals_install(SIGBUS, sigbus_claim);
-	if (ret < 0)
-		return ret;
+	ctx->inthread_resolve = sigbus_resolve;
+	ctx->sigbus_served = true;
 	atomic_store(&ctx->inthread_engine, eng);
 	eng->sigbus = true;
-	return 0;
 }
 
 /* Called with engines_lock held: returns once no handler uses eng. */
@@ -668,7 +555,7 @@ static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_even
 			 size_t page)
 {
 	struct uffdwp_engine *eng = arg;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = uffdwp__now_ns();
 	uintptr_t start = (uintptr_t)ev->pagefault.address & ~(uintptr_t)(page - 1);
 	int ret;
 
@@ -740,12 +627,13 @@ static int start_mode(struct uffdwp_engine *eng)
 			drain(eng);
 			return 0;
 		}
-		ret = sigbus_attach(eng);
+		sigbus_attach(eng);
 		/* Faults that waited for a resolver retry, and find us. */
 		uffdwp__unprotect_begin();
 		uffdwp__unprotect_end();
 		/* Events still come through the fd; fork() waits for its. */
-		if (ret == 0 && events) {
+		ret = 0;
+		if (events) {
 			ret = start_thread(eng);
 			if (ret < 0)
 				sigbus_detach(eng);

@@ -32,14 +32,24 @@
  * Everything here is async-signal-safe unless said otherwise.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 #include "backend.h"
+
+uint64_t uffdwp__now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* ---------------------------------------------------------------------------
  * Futexes and a lock usable in a signal handler
@@ -144,9 +154,9 @@ static struct {
 } registry[UFFDWP__REGISTRY_SLOTS];
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 
-int uffdwp__registry_add(void *owner)
+static int registry_add(void *owner)
 {
-	int ret = -EBUSY;
+	int ret = -EMFILE;
 
 	pthread_mutex_lock(&registry_lock);
 	for (int i = 0; i < UFFDWP__REGISTRY_SLOTS; i++)
@@ -165,13 +175,7 @@ void uffdwp__registry_wait_unpinned(int slot)
 		sched_yield();
 }
 
-void uffdwp__registry_remove(int slot, void *owner)
-{
-	if (atomic_compare_exchange_strong(&registry[slot].owner, &owner, NULL))
-		uffdwp__registry_wait_unpinned(slot);
-}
-
-void *uffdwp__registry_pin(int slot)
+static void *registry_pin(int slot)
 {
 	void *owner;
 
@@ -184,7 +188,7 @@ void *uffdwp__registry_pin(int slot)
 	return owner;
 }
 
-void uffdwp__registry_unpin(int slot)
+static void registry_unpin(int slot)
 {
 	atomic_fetch_sub(&registry[slot].pins, 1);
 }
@@ -331,6 +335,137 @@ int uffdwp__signals_install(int sig, uffdwp__claim_fn claim)
 	}
 	pthread_mutex_unlock(&install_lock);
 	return ret;
+}
+
+/* ---------------------------------------------------------------------------
+ * SIGBUS: kernel contexts with UFFD_FEATURE_SIGBUS
+ * ------------------------------------------------------------------------- */
+
+/* A thread faulting this many times in a row on one page makes the
+ * claimant check (pagemap) that it can be a write-protect fault. */
+#define SIGBUS_REPEATS_BEFORE_CHECK 8
+
+/* The page this thread last faulted on in a row, and how often. */
+static __thread uintptr_t sigbus_last_page __attribute__((tls_model("initial-exec")));
+static __thread unsigned sigbus_repeats __attribute__((tls_model("initial-exec")));
+
+/* /proc/self/pagemap: bit 63 present, bit 57 uffd write-protected (also
+ * set on the marker of a protected page never touched). */
+#define PAGEMAP_PRESENT (1ull << 63)
+#define PAGEMAP_UFFD_WP (1ull << 57)
+
+/* page's /proc/self/pagemap entry, or unknown if it cannot be read. */
+static uint64_t pagemap_entry(uintptr_t page, size_t page_size, uint64_t unknown)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t entry = unknown;
+
+	if (fd < 0)
+		return unknown;
+	if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
+	    (ssize_t)sizeof(entry))
+		entry = unknown;
+	close(fd);
+	return entry;
+}
+
+/*
+ * Could a write to page be failing for write-protection? A missing page (a
+ * range registered for missing faults too) or a file page beyond the end
+ * of its file is neither present nor marked; a page a protector has just
+ * un-protected again is present, and its write will succeed on retry.
+ * Unknown counts as yes.
+ */
+static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
+{
+	return pagemap_entry(page, page_size, PAGEMAP_PRESENT) &
+	       (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
+}
+
+/* Whether the program had no SIGBUS handler of its own when ours came:
+ * then nobody but the library can resolve a write-protect SIGBUS. */
+static bool sigbus_previous_is_default(void)
+{
+	const struct sigaction *prev = &handlers[BUS_INDEX].chained.previous;
+
+	return !(prev->sa_flags & SA_SIGINFO) &&
+	       (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN);
+}
+
+/*
+ * The context that registered the address resolves the fault through its
+ * in-thread engine. A protected page of an open context with no engine
+ * running waits (for an un-protect, unregister, close or engine start) if
+ * an engine has served that context, or if the program has no SIGBUS
+ * handler that could; otherwise it is the program's. A failed un-protect
+ * retries the write: it faults again rather than die.
+ */
+static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
+{
+	uint64_t t0 = uffdwp__now_ns();
+	size_t page_size = uffdwp__page_size();
+	uintptr_t page = f->addr & ~(uintptr_t)(page_size - 1);
+	bool waits = false;
+
+	/* A fault that keeps coming back to one page may be no write-protect
+	 * fault at all (a missing page, a truncated file in a registered
+	 * range): un-protecting would loop forever. Check, then. (Repeats are
+	 * legitimate too: another thread re-protecting the page each time.) */
+	if (page != sigbus_last_page) {
+		sigbus_last_page = page;
+		sigbus_repeats = 0;
+	} else if (++sigbus_repeats >= SIGBUS_REPEATS_BEFORE_CHECK) {
+		sigbus_repeats = 0;
+		if (!page_can_be_wp_fault(page, page_size))
+			return UFFDWP__FOREIGN;
+	}
+	for (int slot = 0; slot < UFFDWP__REGISTRY_SLOTS; slot++) {
+		struct uffdwp *ctx = registry_pin(slot);
+		enum uffdwp__resolved r = UFFDWP__NOT_MINE;
+		void *eng;
+
+		if (!ctx)
+			continue;
+		if (uffdwp__context_covers(ctx, f->addr)) {
+			eng = atomic_load(&ctx->inthread_engine);
+			if (eng)
+				r = ctx->inthread_resolve(eng, f->addr, t0);
+			else
+				waits |= ctx->sigbus_served || sigbus_previous_is_default();
+		}
+		registry_unpin(slot);
+		if (r == UFFDWP__FAILED)
+			sched_yield();
+		if (r != UFFDWP__NOT_MINE)
+			return UFFDWP__RETRY;
+	}
+	if (waits && (pagemap_entry(page, page_size, PAGEMAP_UFFD_WP) & PAGEMAP_UFFD_WP))
+		return UFFDWP__WAIT;
+	return UFFDWP__NOT_OURS;
+}
+
+int uffdwp__sigbus_join(struct uffdwp *ctx)
+{
+	int slot = registry_add(ctx), ret;
+
+	if (slot < 0)
+		return slot;
+	ret = uffdwp__signals_install(SIGBUS, sigbus_claim);
+	if (ret < 0) {
+		atomic_store(&registry[slot].owner, NULL);
+		return ret;
+	}
+	ctx->registry_slot = slot;
+	return 0;
+}
+
+void uffdwp__sigbus_leave(struct uffdwp *ctx)
+{
+	void *owner = ctx;
+	int slot = ctx->registry_slot;
+
+	if (slot >= 0 && atomic_compare_exchange_strong(&registry[slot].owner, &owner, NULL))
+		uffdwp__registry_wait_unpinned(slot);
 }
 
 /* ---------------------------------------------------------------------------
