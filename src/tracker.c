@@ -60,6 +60,7 @@
 #include <unistd.h>
 #include "backend.h"
 #include "kernel_abi.h"
+#include "opts.h"
 #include "tracker.h"
 
 /* Output vector of one PAGEMAP_SCAN call, on the stack (6 KiB). */
@@ -106,7 +107,14 @@ struct uffdwp_tracker {
 	 * fault_lock. */
 	pthread_mutex_t interposer_lock;
 	void (*interposer)(void *arg, uintptr_t page);
+	void (*interposer_change)(void *arg, uintptr_t start, uintptr_t end);
 	void *interposer_arg;
+
+	/* Lineage for incremental snapshots (collect_lock): resets counts
+	 * every reset and every change of the ranges; parent_id is the
+	 * snapshot that saved every page as of reset number parent_at. */
+	uint64_t resets;
+	uint64_t parent_id, parent_at;
 };
 
 /* --- fork detection --- */
@@ -197,7 +205,9 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t)
 }
 
 int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
-				   void (*fn)(void *arg, uintptr_t page), void *arg)
+				   void (*fn)(void *arg, uintptr_t page),
+				   void (*change)(void *arg, uintptr_t start, uintptr_t end),
+				   void *arg)
 {
 	int ret = 0;
 
@@ -208,10 +218,41 @@ int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 		ret = -EBUSY;  /* one snapshot at a time per tracker */
 	} else {
 		t->interposer = fn;
+		t->interposer_change = fn ? change : NULL;
 		t->interposer_arg = arg;
 	}
 	pthread_mutex_unlock(&t->interposer_lock);
 	return ret;
+}
+
+uint64_t uffdwp__tracker_resets(struct uffdwp_tracker *t)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&t->collect_lock);
+	n = t->resets;
+	pthread_mutex_unlock(&t->collect_lock);
+	return n;
+}
+
+void uffdwp__tracker_set_parent(struct uffdwp_tracker *t, uint64_t id, uint64_t resets)
+{
+	pthread_mutex_lock(&t->collect_lock);
+	if (t->resets == resets) {
+		t->parent_id = id;
+		t->parent_at = resets;
+	}
+	pthread_mutex_unlock(&t->collect_lock);
+}
+
+uint64_t uffdwp__tracker_parent(struct uffdwp_tracker *t)
+{
+	uint64_t id;
+
+	pthread_mutex_lock(&t->collect_lock);
+	id = t->parent_at == t->resets ? t->parent_id : 0;
+	pthread_mutex_unlock(&t->collect_lock);
+	return id;
 }
 
 bool uffdwp__tracker_tracks_exactly(struct uffdwp_tracker *t,
@@ -318,7 +359,8 @@ static struct range *find_range(struct uffdwp_tracker *t, uintptr_t addr)
 
 /* --- the fault handler (SYNC, EMULATED), in the engine thread --- */
 
-/* Apply a non-fault event to the ranges it overlaps (fault_lock held). */
+/* Apply a non-fault event to the ranges it overlaps (interposer_lock and
+ * fault_lock held). */
 static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_event *ev)
 {
 	uintptr_t lo, hi;
@@ -337,6 +379,10 @@ static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_eve
 	} else {
 		return;
 	}
+	/* Both locks held (see on_event and absorb_events): the snapshot's
+	 * pages there may already be gone. */
+	if (t->interposer_change)
+		t->interposer_change(t->interposer_arg, lo, hi);
 	for (size_t k = first_range_after(t, lo); k < t->nranges && t->ranges[k].start < hi; k++) {
 		struct range *r = &t->ranges[k];
 		uintptr_t a = lo > r->start ? lo : r->start, b = hi < r->end ? hi : r->end;
@@ -473,9 +519,11 @@ static int on_event(void *arg, const struct uffdwp_event *ev)
 	if (ev->type != UFFDWP_EVENT_PAGEFAULT) {
 		if (ev->type == UFFDWP_EVENT_FORK)
 			close(ev->fork.fd);  /* not asked for; never tracked */
+		pthread_mutex_lock(&t->interposer_lock);
 		pthread_mutex_lock(&t->fault_lock);
 		apply_event_locked(t, ev);
 		pthread_mutex_unlock(&t->fault_lock);
+		pthread_mutex_unlock(&t->interposer_lock);
 		return UFFDWP_RESOLVE;
 	}
 	mark_and_unprotect(t, (uintptr_t)ev->pagefault.address);
@@ -622,6 +670,8 @@ int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
 		return ret;
 	pthread_mutex_lock(&t->collect_lock);
 	ret = collect_locked(t, cursor, UINTPTR_MAX, &o, flags & UFFDWP_COLLECT_RESET);
+	if (flags & UFFDWP_COLLECT_RESET)
+		t->resets++;
 	pthread_mutex_unlock(&t->collect_lock);
 	return ret < 0 ? ret : (int)o.n;
 }
@@ -664,6 +714,8 @@ static long collect_window(struct uffdwp_tracker *t, uintptr_t base, uintptr_t l
 			count += (long)((b - a) / t->page);
 		}
 	} while (more == 1);
+	if (reset)
+		t->resets++;
 	pthread_mutex_unlock(&t->collect_lock);
 	return more < 0 ? more : count;
 }
@@ -766,8 +818,10 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 		memmove(&t->ranges[k], &t->ranges[k + 1], (t->nranges - k) * sizeof(r));
 	}
 	pthread_mutex_unlock(&t->fault_lock);
-	if (ret == 0)
+	if (ret == 0) {
+		t->resets++;  /* a new range has no parent's pages */
 		goto out;
+	}
 out_unregister:
 	uffdwp_unregister(t->ctx, addr, len);
 out_free:
@@ -801,6 +855,7 @@ int uffdwp_tracker_remove(struct uffdwp_tracker *t, void *addr, size_t len)
 	t->nranges--;
 	memmove(r, r + 1, (size_t)(&t->ranges[t->nranges] - r) * sizeof(*r));
 	pthread_mutex_unlock(&t->fault_lock);
+	t->resets++;
 	pthread_mutex_unlock(&t->collect_lock);
 	return 0;
 }
@@ -915,8 +970,11 @@ int uffdwp_tracker_create(struct uffdwp_tracker **out, const struct uffdwp_track
 	if (!out)
 		return -EINVAL;
 	if (opts) {
-		if (opts->sz < offsetof(struct uffdwp_tracker_opts, flags) + sizeof(opts->flags))
-			return -EINVAL;
+		ret = uffdwp__opts_check(opts, opts->sz,
+					 UFFDWP__OPTS_END(struct uffdwp_tracker_opts, flags),
+					 sizeof(*opts));
+		if (ret)
+			return ret;
 		method = opts->method;
 		flags = opts->flags;
 	}
