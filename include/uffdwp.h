@@ -91,6 +91,8 @@ struct uffdwp_opts {
  * Errors: -EINVAL bad opts (sz, backend, unknown feature bits);
  * -EOPNOTSUPP a requested feature is missing from the chosen backend;
  * -ENOSYS the kernel has no userfaultfd (KERNEL backend);
+ * -EMFILE also when UFFDWP_ENGINE_MAX_INTHREAD kernel contexts with
+ * UFFDWP_FEATURE_SIGBUS are open already;
  * -EPERM / -EACCES neither /dev/userfaultfd nor the syscall may be used
  * (uffdwp_probe() says which obstacle); -EMFILE, -ENOMEM.
  * AUTO falls back to the emulated backend on any kernel-side failure except
@@ -101,7 +103,8 @@ UFFDWP_API int uffdwp_open(struct uffdwp **ctx, const struct uffdwp_opts *opts);
 /*
  * Close a context: every range still registered is un-protected and
  * unregistered, and every thread blocked on one of its faults is woken.
- * NULL is fine.
+ * An engine still running on it is stopped first; it stays allocated until
+ * uffdwp_engine_stop() (either order is fine). NULL is fine.
  */
 UFFDWP_API void uffdwp_close(struct uffdwp *ctx);
 
@@ -138,7 +141,9 @@ UFFDWP_API const char *uffdwp_backend_name(enum uffdwp_backend backend);
  * Errors: -EINVAL addr/len not page-aligned, len 0, the range wraps or
  * leaves user space, unknown mode bits or no MODE_WP, or nothing at all is
  * mapped in the range (holes inside it are skipped, as the kernel does); -EBUSY the range is registered with
- * another context; -EOPNOTSUPP the memory type or mode is not supported
+ * another context, or overlaps the library's own memory (the state its
+ * fault path writes, kept in mappings of its own, never in the heap);
+ * -EOPNOTSUPP the memory type or mode is not supported
  * by this backend or kernel (e.g. shmem without WP_HUGETLBFS_SHMEM).
  */
 UFFDWP_API int uffdwp_register(struct uffdwp *ctx, void *addr, size_t len, unsigned mode);
@@ -317,11 +322,11 @@ struct uffdwp_engine_opts {
  *    into a protected buffer) blocks until resolved, as a plain write does.
  *  - INTHREAD: the faulting thread resolves its own fault in a signal
  *    handler: no thread switch, the fastest mode. Kernel backend: ctx must
- *    have been opened with UFFDWP_FEATURE_SIGBUS; a process-wide SIGBUS
- *    handler is installed (SIGBUS that is not ours goes to the handler
- *    installed before, with its sa_mask and SA_RESETHAND, or kills as by
- *    default; so does a write-protect SIGBUS in a fork child, which has
- *    none of the parent's engines); a syscall writing into
+ *    have been opened with UFFDWP_FEATURE_SIGBUS (opening it installed a
+ *    process-wide SIGBUS handler that stays: SIGBUS that is not ours goes
+ *    to the handler installed before, with its sa_mask and SA_RESETHAND, or
+ *    kills as by default; so does a write-protect SIGBUS in a fork child,
+ *    which has none of the parent's engines); a syscall writing into
  *    protected memory fails with EFAULT instead of blocking, on both
  *    backends. Handles write-protect faults only (a range registered with
  *    UFFDWP_REGISTER_MODE_MISSING too is not supported). When ctx has
@@ -331,15 +336,16 @@ struct uffdwp_engine_opts {
  *    uffdwp_engine_dispatch() when it is readable.
  *  - AUTO: INTHREAD on the emulated backend or on a SIGBUS context, else
  *    THREAD; uffdwp_engine_mode() says which.
- * One engine per context, at most UFFDWP_ENGINE_MAX_INTHREAD INTHREAD
- * engines per process on the kernel backend.
+ * One engine per context.
  * Errors: -EINVAL eng or ctx NULL, opts->sz too small, unknown mode;
  * -E2BIG non-zero bytes in opts past the fields this library knows;
  * -EOPNOTSUPP INTHREAD on a kernel context without SIGBUS, or THREAD/CALLER
  * on a SIGBUS context (its faults are never queued); -EBUSY ctx already has
- * an engine, or too many INTHREAD engines; -ENOMEM; -EAGAIN, -EMFILE (no
+ * an engine; -ENOMEM; -EAGAIN, -EMFILE (no
  * thread or eventfd could be created).
  */
+/* At most this many kernel contexts with UFFDWP_FEATURE_SIGBUS open at
+ * once (the SIGBUS handler's registry). */
 #define UFFDWP_ENGINE_MAX_INTHREAD 16
 UFFDWP_API int uffdwp_engine_start(struct uffdwp_engine **eng, struct uffdwp *ctx,
 				   const struct uffdwp_engine_opts *opts);
@@ -349,8 +355,11 @@ UFFDWP_API int uffdwp_engine_start(struct uffdwp_engine **eng, struct uffdwp *ct
  * to fn and resolved (unless kept) before it returns; then no thread of the
  * engine runs, no signal handler uses it, and nothing of it is left
  * blocked. Faults that arrive after it returns wait for whoever resolves
- * them next (uffdwp_writeprotect(), or closing the context). Safe while
- * faults are arriving; not from fn itself. NULL is fine.
+ * them next (uffdwp_writeprotect(), uffdwp_unregister(), a new engine, or
+ * closing the context) - on a SIGBUS context too: such a write waits in
+ * the SIGBUS handler instead of raising SIGBUS to the program. Safe while
+ * faults are arriving; not from fn itself. After uffdwp_close() of its
+ * context it only frees. NULL is fine.
  */
 UFFDWP_API void uffdwp_engine_stop(struct uffdwp_engine *eng);
 
@@ -358,7 +367,8 @@ UFFDWP_API void uffdwp_engine_stop(struct uffdwp_engine *eng);
  * CALLER mode only: handle every pending event without blocking (other than
  * on a concurrent dispatch or flush). Not from fn. Returns
  * the number of events handled (0 if none was pending), or a negative
- * errno: -EINVAL eng NULL or not in CALLER mode; errors of
+ * errno: -EINVAL eng NULL or not in CALLER mode; -EBADF its context was
+ * closed; errors of
  * uffdwp_read_events() other than -EAGAIN.
  */
 UFFDWP_API int uffdwp_engine_dispatch(struct uffdwp_engine *eng);

@@ -169,15 +169,17 @@ struct uffdwp__fault {
 typedef enum uffdwp__claim (*uffdwp__claim_fn)(const struct uffdwp__fault *f);
 
 /* Install the handler of sig (SIGSEGV; SIGBUS is the layer's own) with
- * its claimant, once per process; it is never removed. Returns 0 or -errno
- * of sigaction. */
+ * its claimant; it is never removed. If the program replaced it meanwhile
+ * it is installed again, in front of the program's. Returns 0 or -errno. */
 int uffdwp__signals_install(int sig, uffdwp__claim_fn claim) UFFDWP__HIDDEN;
 
 /* The registry of open kernel SIGBUS contexts, which the SIGBUS handler
  * looks through: a context joins at open (the handler is installed then)
  * and leaves at close. A slot's owner is pinned while a handler uses it. */
-#define UFFDWP__REGISTRY_SLOTS 64
+#define UFFDWP__REGISTRY_SLOTS UFFDWP_ENGINE_MAX_INTHREAD
 int uffdwp__sigbus_join(struct uffdwp *ctx) UFFDWP__HIDDEN;  /* 0, -EMFILE, -errno */
+/* (Re)install the SIGBUS handler in front of the program's: 0 or -errno. */
+int uffdwp__sigbus_install(void) UFFDWP__HIDDEN;
 /* Returns once no handler uses ctx. No-op in a fork child (the registry
  * is emptied there). */
 void uffdwp__sigbus_leave(struct uffdwp *ctx) UFFDWP__HIDDEN;

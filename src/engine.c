@@ -527,14 +527,20 @@ static enum uffdwp__resolved sigbus_resolve(void *arg, uintptr_t addr, uint64_t 
 /* Called with engines_lock held. The context is in the SIGBUS registry
  * from its open to its close (signals.c); from now on the layer hands
  * its faults to us, and a fault of it with no engine running waits. */
-static void sigbus_attach(struct uffdwp_engine *eng)
+static int sigbus_attach(struct uffdwp_engine *eng)
 {
 	struct uffdwp *ctx = eng->ctx;
+	/* The program may have installed a SIGBUS handler of its own since
+	 * the context opened: ours goes in front of it again. */
+	int ret = uffdwp__sigbus_install();
 
+	if (ret < 0)
+		return ret;
 	ctx->inthread_resolve = sigbus_resolve;
 	ctx->sigbus_served = true;
 	atomic_store(&ctx->inthread_engine, eng);
 	eng->sigbus = true;
+	return 0;
 }
 
 /* Called with engines_lock held: returns once no handler uses eng. */
@@ -628,12 +634,13 @@ static int start_mode(struct uffdwp_engine *eng)
 			drain(eng);
 			return 0;
 		}
-		sigbus_attach(eng);
+		ret = sigbus_attach(eng);
+		if (ret < 0)
+			return ret;
 		/* Faults that waited for a resolver retry, and find us. */
 		uffdwp__unprotect_begin();
 		uffdwp__unprotect_end();
 		/* Events still come through the fd; fork() waits for its. */
-		ret = 0;
 		if (events) {
 			ret = start_thread(eng);
 			if (ret < 0)

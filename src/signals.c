@@ -251,8 +251,10 @@ enum { SEGV_INDEX, BUS_INDEX, NSIGNALS };
 
 static struct {
 	uffdwp__claim_fn claim;
-	struct chained chained;
-	_Atomic bool installed;
+	/* What ours replaced when last installed; a new one when the program
+	 * replaced ours and we are installed again (the old is kept: a handler
+	 * may still be reading it). */
+	struct chained *_Atomic chained;
 } handlers[NSIGNALS];
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -301,7 +303,7 @@ static void on_fault(int sig, siginfo_t *si, void *ucv)
 						  f.seq);
 	errno = saved_errno;  /* the previous handler sees it too */
 	if (!ours)
-		chain_signal(&handlers[index].chained, sig, si, uc);
+		chain_signal(atomic_load(&handlers[index].chained), sig, si, uc);
 }
 
 int uffdwp__signals_install(int sig, uffdwp__claim_fn claim)
@@ -313,10 +315,10 @@ int uffdwp__signals_install(int sig, uffdwp__claim_fn claim)
 		 * may itself write protected memory and block in turn. */
 		.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER,
 	};
+	struct sigaction cur;
+	struct chained *c;
 	int ret = 0;
 
-	if (atomic_load(&handlers[index].installed))
-		return 0;
 	/* Asynchronous signals wait while a handler holds a lock; every
 	 * wait restores the interrupted mask. */
 	sigfillset(&sa.sa_mask);
@@ -326,12 +328,19 @@ int uffdwp__signals_install(int sig, uffdwp__claim_fn claim)
 	sigdelset(&sa.sa_mask, SIGFPE);
 	sigdelset(&sa.sa_mask, SIGTRAP);
 	pthread_mutex_lock(&install_lock);
-	if (!atomic_load(&handlers[index].installed)) {
-		handlers[index].claim = claim;
-		if (sigaction(sig, &sa, &handlers[index].chained.previous) < 0)
-			ret = -errno;
-		else
-			atomic_store(&handlers[index].installed, true);
+	if (sigaction(sig, NULL, &cur) < 0) {
+		ret = -errno;
+	} else if (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_fault) {
+		c = uffdwp__private_alloc(sizeof(*c));
+		if (!c) {
+			ret = -ENOMEM;
+		} else {
+			c->previous = cur;
+			handlers[index].claim = claim;
+			atomic_store(&handlers[index].chained, c);
+			if (sigaction(sig, &sa, NULL) < 0)
+				ret = -errno;
+		}
 	}
 	pthread_mutex_unlock(&install_lock);
 	return ret;
@@ -386,7 +395,7 @@ static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
  * then nobody but the library can resolve a write-protect SIGBUS. */
 static bool sigbus_previous_is_default(void)
 {
-	const struct sigaction *prev = &handlers[BUS_INDEX].chained.previous;
+	const struct sigaction *prev = &atomic_load(&handlers[BUS_INDEX].chained)->previous;
 
 	return !(prev->sa_flags & SA_SIGINFO) &&
 	       (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN);
@@ -444,13 +453,18 @@ static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
 	return UFFDWP__NOT_OURS;
 }
 
+int uffdwp__sigbus_install(void)
+{
+	return uffdwp__signals_install(SIGBUS, sigbus_claim);
+}
+
 int uffdwp__sigbus_join(struct uffdwp *ctx)
 {
 	int slot = registry_add(ctx), ret;
 
 	if (slot < 0)
 		return slot;
-	ret = uffdwp__signals_install(SIGBUS, sigbus_claim);
+	ret = uffdwp__sigbus_install();
 	if (ret < 0) {
 		atomic_store(&registry[slot].owner, NULL);
 		return ret;
