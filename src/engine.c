@@ -535,7 +535,6 @@ static int sigbus_attach(struct uffdwp_engine *eng)
 	if (ret < 0)
 		return ret;
 	ctx->inthread_resolve = sigbus_resolve;
-	ctx->sigbus_served = true;
 	atomic_store(&ctx->inthread_engine, eng);
 	eng->sigbus = true;
 	return 0;
