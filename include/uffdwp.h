@@ -399,8 +399,8 @@ struct uffdwp_engine_stats {
 	uint64_t kept;       /* of those, left pending by fn (UFFDWP_KEEP) */
 	uint64_t events;     /* fork, remap, remove and unmap events */
 	uint64_t eagain;     /* un-protects retried because the address space changed */
-	uint64_t errors;     /* faults that could not be resolved (a writer may stay
-				blocked): an un-protect failed other than with -ENOENT */
+	uint64_t errors;     /* faults whose un-protect failed other than with -ENOENT;
+				their writers were woken to fault again */
 	uint64_t batches;    /* reads that returned events (THREAD, CALLER) */
 	/*
 	 * Resolution latency, log2 ns: [i] counts faults resolved in

@@ -75,11 +75,9 @@ struct uffdwp {
 	void *engine;
 	void (*engine_detach)(struct uffdwp *ctx);
 	/* Kernel SIGBUS contexts: their registry slot from open to close, else
-	 * -1; whether an in-thread engine ever ran on them (then a fault with
-	 * no engine running waits for one); the running one, and how it
-	 * resolves a fault (set before the engine is published). */
+	 * -1; their running in-thread engine, and how it resolves a fault (set
+	 * before the engine is published). */
 	int registry_slot;
-	bool sigbus_served;
 	_Atomic(void *) inthread_engine;
 	enum uffdwp__resolved (*inthread_resolve)(void *engine, uintptr_t addr, uint64_t t0);
 };

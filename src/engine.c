@@ -112,18 +112,17 @@ static void engines_unlock_in_parent(void)
 
 /*
  * A fork child has none of the parent's engines: their handler threads
- * are not there, and their contexts' fds still act on the parent's memory.
- * Each becomes an inert copy that uffdwp_engine_stop() only frees, and its
- * context takes a new engine.
+ * are not there, and their contexts' fds still act on the parent's memory
+ * (the SIGBUS registry is emptied in the child). Each stays attached to
+ * its context, inert: stopping it, or closing the context, takes down what
+ * is left of it in the child (an emulated hook) and reads no event.
  */
 static void engines_forget_in_child(void)
 {
 	for (struct uffdwp_engine *e = engines_started; e; e = e->next_started) {
 		e->inherited = true;
-		e->ctx->engine = NULL;
 		atomic_store(&e->ctx->inthread_engine, NULL);
 	}
-	engines_started = NULL;
 	pthread_mutex_unlock(&engines_lock);
 }
 
@@ -537,7 +536,6 @@ static int sigbus_attach(struct uffdwp_engine *eng)
 	if (ret < 0)
 		return ret;
 	ctx->inthread_resolve = sigbus_resolve;
-	ctx->sigbus_served = true;
 	atomic_store(&ctx->inthread_engine, eng);
 	eng->sigbus = true;
 	return 0;
@@ -663,8 +661,12 @@ static void stop_mode(struct uffdwp_engine *eng)
 		eng->ctx->ops->set_fault_hook(eng->ctx, NULL, NULL);
 		eng->hooked = false;
 	}
-	if (eng->stop_fd >= 0)
+	if (eng->stop_fd >= 0 && eng->inherited) {
+		close(eng->stop_fd);  /* its thread is the parent's */
+		eng->stop_fd = -1;
+	} else if (eng->stop_fd >= 0) {
 		stop_thread(eng);
+	}
 }
 
 /* uffdwp_close() with an engine still running: the engine stops, and
@@ -743,10 +745,11 @@ void uffdwp_engine_stop(struct uffdwp_engine *eng)
 	if (!eng)
 		return;
 	pthread_mutex_lock(&engines_lock);
-	/* Without a context it stopped already: its context was closed, or
-	 * it is a fork child's copy of a parent's engine. */
+	/* Without a context it stopped already, when its context closed. A
+	 * fork child's copy of a parent's engine reads nothing: the events
+	 * on a kernel fd are the parent's. */
 	drain_left = eng->ctx && !eng->inherited;
-	if (drain_left) {
+	if (eng->ctx) {
 		stop_mode(eng);
 		unlink_engine(eng);
 		eng->ctx->engine = NULL;

@@ -250,7 +250,7 @@ static void chain_signal(struct chained *c, int sig, siginfo_t *si, ucontext_t *
 enum { SEGV_INDEX, BUS_INDEX, NSIGNALS };
 
 static struct {
-	uffdwp__claim_fn claim;
+	_Atomic uffdwp__claim_fn claim;
 	/* What ours replaced when last installed; a new one when the program
 	 * replaced ours and we are installed again (the old is kept: a handler
 	 * may still be reading it). */
@@ -291,7 +291,7 @@ static void on_fault(int sig, siginfo_t *si, void *ucv)
 		.uc = uc,
 	};
 	bool fault = sig == SIGSEGV ? si->si_code == SEGV_ACCERR : si->si_code == BUS_ADRERR;
-	enum uffdwp__claim c = fault ? handlers[index].claim(&f) : UFFDWP__NOT_OURS;
+	enum uffdwp__claim c = fault ? atomic_load(&handlers[index].claim)(&f) : UFFDWP__NOT_OURS;
 	bool ours = true;
 
 	if (c == UFFDWP__WAIT)
@@ -336,7 +336,7 @@ int uffdwp__signals_install(int sig, uffdwp__claim_fn claim)
 			ret = -ENOMEM;
 		} else {
 			c->previous = cur;
-			handlers[index].claim = claim;
+			atomic_store(&handlers[index].claim, claim);
 			atomic_store(&handlers[index].chained, c);
 			if (sigaction(sig, &sa, NULL) < 0)
 				ret = -errno;
@@ -391,30 +391,19 @@ static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
 	       (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
 }
 
-/* Whether the program had no SIGBUS handler of its own when ours came:
- * then nobody but the library can resolve a write-protect SIGBUS. */
-static bool sigbus_previous_is_default(void)
-{
-	const struct sigaction *prev = &atomic_load(&handlers[BUS_INDEX].chained)->previous;
-
-	return !(prev->sa_flags & SA_SIGINFO) &&
-	       (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN);
-}
-
 /*
  * The context that registered the address resolves the fault through its
  * in-thread engine. A protected page of an open context with no engine
- * running waits (for an un-protect, unregister, close or engine start) if
- * an engine has served that context, or if the program has no SIGBUS
- * handler that could; otherwise it is the program's. A failed un-protect
- * retries the write: it faults again rather than die.
+ * running waits (for an un-protect, unregister, close or engine start),
+ * as a write on any other context waits in the kernel. A failed
+ * un-protect retries the write: it faults again rather than die.
  */
 static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
 {
 	uint64_t t0 = uffdwp__now_ns();
 	size_t page_size = uffdwp__page_size();
 	uintptr_t page = f->addr & ~(uintptr_t)(page_size - 1);
-	bool waits = false;
+	bool owned = false;
 
 	/* A fault that keeps coming back to one page may be no write-protect
 	 * fault at all (a missing page, a truncated file in a registered
@@ -440,7 +429,7 @@ static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
 			if (eng)
 				r = ctx->inthread_resolve(eng, f->addr, t0);
 			else
-				waits |= ctx->sigbus_served || sigbus_previous_is_default();
+				owned = true;
 		}
 		registry_unpin(slot);
 		if (r == UFFDWP__FAILED)
@@ -448,7 +437,7 @@ static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
 		if (r != UFFDWP__NOT_MINE)
 			return UFFDWP__RETRY;
 	}
-	if (waits && (pagemap_entry(page, page_size, PAGEMAP_UFFD_WP) & PAGEMAP_UFFD_WP))
+	if (owned && (pagemap_entry(page, page_size, PAGEMAP_UFFD_WP) & PAGEMAP_UFFD_WP))
 		return UFFDWP__WAIT;
 	return UFFDWP__NOT_OURS;
 }
@@ -486,7 +475,10 @@ void uffdwp__sigbus_leave(struct uffdwp *ctx)
  * fork()
  * ------------------------------------------------------------------------- */
 
-static struct uffdwp__fork_hooks fork_hooks[UFFDWP__FORK_ORDERS];
+/* Set once per module, read by fork() in any thread. */
+static struct {
+	void (*_Atomic prepare)(void), (*_Atomic parent)(void), (*_Atomic child)(void);
+} fork_hooks[UFFDWP__FORK_ORDERS];
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
 /* Locks are taken in increasing order before fork: a module's lock may be
@@ -499,15 +491,17 @@ static void prepare_fork(void)
 			pthread_mutex_lock(&install_lock);
 			pthread_mutex_lock(&registry_lock);
 		}
-		if (fork_hooks[i].prepare)
-			fork_hooks[i].prepare();
+		void (*fn)(void) = atomic_load(&fork_hooks[i].prepare);
+
+		if (fn)
+			fn();
 	}
 }
 
 static void unlock_after_fork(bool child)
 {
 	for (int i = UFFDWP__FORK_ORDERS - 1; i >= 0; i--) {
-		void (*fn)(void) = child ? fork_hooks[i].child : fork_hooks[i].parent;
+		void (*fn)(void) = atomic_load(child ? &fork_hooks[i].child : &fork_hooks[i].parent);
 
 		if (fn)
 			fn();
@@ -553,9 +547,13 @@ void uffdwp__at_fork(enum uffdwp__fork_order order, const struct uffdwp__fork_ho
 		private_prepare, uffdwp__private_after_fork, uffdwp__private_after_fork,
 	};
 
-	pthread_mutex_lock(&install_lock);
-	fork_hooks[order] = *hooks;
-	fork_hooks[UFFDWP__FORK_PRIVATE] = private_hooks;
-	pthread_mutex_unlock(&install_lock);
+	const struct uffdwp__fork_hooks *set[] = { hooks, &private_hooks };
+	enum uffdwp__fork_order at[] = { order, UFFDWP__FORK_PRIVATE };
+
+	for (int i = 0; i < 2; i++) {
+		atomic_store(&fork_hooks[at[i]].prepare, set[i]->prepare);
+		atomic_store(&fork_hooks[at[i]].parent, set[i]->parent);
+		atomic_store(&fork_hooks[at[i]].child, set[i]->child);
+	}
 	pthread_once(&fork_once, register_fork_handlers);
 }

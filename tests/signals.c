@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include "test.h"
-#include "backend.h"  /* UFFDWP__UNDER_TSAN */
+#include "backend.h"  /* UFFDWP__UNDER_TSAN, the private allocator */
 
 /* Run fn(arg) in a child process, which must exit 0 within timeout_s (a
  * hang detector): returns its wait status, or fails on a hang. */
@@ -83,6 +83,7 @@ struct writers {
 	size_t len, page;
 	pthread_t thread[4];
 	int n;
+	_Atomic int next_id;  /* each writer its own byte of every page */
 	_Atomic bool stop;
 	_Atomic unsigned long writes;
 };
@@ -90,10 +91,10 @@ struct writers {
 static void *writer_main(void *arg)
 {
 	struct writers *w = arg;
-	size_t npages = w->len / w->page;
+	size_t npages = w->len / w->page, me = (size_t)atomic_fetch_add(&w->next_id, 1);
 
 	for (unsigned long i = 0; !atomic_load(&w->stop); i++) {
-		((volatile char *)w->mem)[(i % npages) * w->page + (i % 64)] = (char)i;
+		((volatile char *)w->mem)[(i % npages) * w->page + me] = (char)i;
 		atomic_fetch_add(&w->writes, 1);
 	}
 	return NULL;
@@ -293,7 +294,11 @@ static void engine_on_huge_pages(enum uffdwp_backend backend, enum uffdwp_engine
 		FAIL("the writer is still blocked after 10 s");
 	test_writer_join(w);
 	CHECK_EQ(mem[test_mem_page() + 4096 + 5], 9);
-	CHECK_OK(uffdwp_engine_stats(eng, &st));
+	/* Counted once the waking call returns: maybe after the writer ran. */
+	for (int tries = 0; (uffdwp_engine_stats(eng, &st), st.resolved) < 1; tries++) {
+		CHECK(tries < 5000);
+		usleep(1000);
+	}
 	CHECK_EQ(st.errors, 0);
 	CHECK_EQ(st.resolved, 1);
 	uffdwp_engine_stop(eng);
@@ -480,12 +485,15 @@ static void *start_stop_loop(void *arg)
 	return NULL;
 }
 
+/* CALLER: no thread to create in the child (ASan's own thread registry
+ * does not survive a fork while the parent creates threads); it takes the
+ * same lock as any mode. */
 static void child_starts_an_engine(void *arg)
 {
 	struct churner *c = arg;
 	struct uffdwp *ctx = test_open(c->backend, 0);
 
-	uffdwp_engine_stop(start_engine(ctx, UFFDWP_ENGINE_THREAD, NULL, NULL));
+	uffdwp_engine_stop(start_engine(ctx, UFFDWP_ENGINE_CALLER, NULL, NULL));
 	uffdwp_close(ctx);
 }
 
@@ -637,4 +645,22 @@ TEST_MEM(close_with_engine_running_inthread, ON_BOTH, ON_ANON | ON_SHMEM)
 TEST_MEM(close_with_engine_running_caller, ON_BOTH, ON_ANON | ON_SHMEM)
 {
 	close_then_stop(backend, UFFDWP_ENGINE_CALLER);
+}
+
+/* The library's own memory (where its fault path writes) cannot be
+ * registered: protecting it would stop the fault path itself. */
+TEST(register_refuses_library_memory, ON_BOTH)
+{
+	struct uffdwp *ctx = test_open(backend, 0);
+	char *own = uffdwp__private_alloc(64);
+	uintptr_t page = (uintptr_t)own & ~(uintptr_t)(test_page() - 1);
+
+	CHECK(own != NULL);
+	CHECK_RET(uffdwp_register(ctx, (void *)page, test_page(), UFFDWP_REGISTER_MODE_WP),
+		  -EBUSY);
+	/* Nor a range that only overlaps it. */
+	CHECK_RET(uffdwp_register(ctx, (void *)(page - test_page()), 2 * test_page(),
+				  UFFDWP_REGISTER_MODE_WP), -EBUSY);
+	uffdwp__private_free(own);
+	uffdwp_close(ctx);
 }
