@@ -104,8 +104,21 @@ enum { PAGE_PENDING = 0, PAGE_CLAIMED = 1, PAGE_DONE = 2 };
 #define MADV_POPULATE_WRITE 23  /* Linux 5.14 */
 #endif
 
-/* The saver thread's start gate. */
-enum { GATE_WAIT = 0, GATE_GO = 1, GATE_ABORT = 2 };
+/* The saver thread's start gate; before GO, begin may ask it to protect
+ * part of the regions (HELP) and waits for HELPED. */
+enum { GATE_WAIT = 0, GATE_GO = 1, GATE_ABORT = 2, GATE_HELP = 3, GATE_HELPED = 4 };
+
+/* Begin protects this much alone first, and timed: the rest is shared
+ * with the saver only if it would take longer than PARALLEL_PROTECT_NS
+ * (4 KiB pages), not when it is cheap (transparent huge pages: one entry
+ * per 2 MiB), where waking a thread costs more than it saves. */
+#define PROTECT_PROBE ((uint64_t)16 << 20)
+#define PARALLEL_PROTECT_NS 1000000
+
+/* Where begin splits the protection between two threads: a multiple of
+ * the PMD size, so that no transparent huge page is protected in two
+ * halves (that would split its mapping). */
+#define PROTECT_ALIGN ((uint64_t)2 << 20)
 
 struct run {
 	uint64_t addr;
@@ -183,6 +196,9 @@ struct uffdwp_snapshot {
 	int ready_ep;             /* tracker: ready_efd and, kernel backend,
 				     the context's fd edge-triggered (see the top) */
 	_Atomic uint32_t gate;    /* GATE_*: the saver may start */
+	uint64_t help_from, help_to;  /* GATE_HELP: the saver protects these bytes of
+					 the regions laid end to end */
+	int help_ret;
 	_Atomic int stop;         /* 0, or the error that stops the snapshot */
 	int stop_efd;             /* readable once stop is set */
 
@@ -994,18 +1010,97 @@ static void release_memory(struct uffdwp_snapshot *s)
 	}
 }
 
+/* Protect bytes [from, to) of the regions laid end to end. */
+static int protect_part(struct uffdwp_snapshot *s, uint64_t from, uint64_t to)
+{
+	uint64_t off = 0;
+	int ret = 0;
+
+	for (size_t i = 0; i < s->nregions && !ret && off < to; i++) {
+		uint64_t len = s->regions[i].len;
+		uint64_t a = from > off ? from - off : 0, b = to - off < len ? to - off : len;
+
+		if (a < b)
+			ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)(s->regions[i].addr + a),
+						  (size_t)(b - a), UFFDWP_WRITEPROTECT_MODE_WP);
+		off += len;
+	}
+	return ret;
+}
+
+/*
+ * Protect every region: the instant. UFFDIO_WRITEPROTECT takes the mm lock
+ * for reading (fork() takes it for writing), so on the kernel backend two
+ * threads protect two halves at once: begin and the saver, which is
+ * waiting for its gate anyway. mprotect() (emulated) takes it for writing:
+ * one thread.
+ */
+static int protect_regions(struct uffdwp_snapshot *s)
+{
+	uint64_t bytes = 0, probe, mid, off = 0, t0, dt;
+	int ret;
+
+	for (size_t i = 0; i < s->nregions; i++)
+		bytes += s->regions[i].len;
+	probe = bytes < 4 * PROTECT_PROBE ? bytes : PROTECT_PROBE;
+	t0 = now_ns(CLOCK_MONOTONIC);
+	ret = protect_part(s, 0, probe);
+	dt = now_ns(CLOCK_MONOTONIC) - t0;
+	if (ret || probe == bytes)
+		return ret;
+	if (s->backend != UFFDWP_BACKEND_KERNEL || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
+	    dt * ((bytes - probe) / probe) < PARALLEL_PROTECT_NS)
+		return protect_part(s, probe, bytes);
+	/* The middle of the rest, moved up to a PROTECT_ALIGN address. */
+	mid = probe + (bytes - probe) / 2;
+	for (size_t i = 0; i < s->nregions; i++) {
+		uint64_t len = s->regions[i].len;
+
+		if (mid < off + len) {
+			uint64_t at = s->regions[i].addr + (mid - off);
+			uint64_t up = (at + PROTECT_ALIGN - 1) & ~(PROTECT_ALIGN - 1);
+
+			mid = off + (up - s->regions[i].addr < len ? up - s->regions[i].addr : len);
+			break;
+		}
+		off += len;
+	}
+	s->help_from = mid;
+	s->help_to = bytes;
+	atomic_store(&s->gate, GATE_HELP);
+	futex_wake_all(&s->gate);
+	ret = protect_part(s, probe, mid);
+	while (atomic_load(&s->gate) == GATE_HELP)
+		futex_wait(&s->gate, GATE_HELP);
+	return ret ? ret : s->help_ret;
+}
+
 static void *saver_main(void *arg)
 {
 	struct uffdwp_snapshot *s = arg;
 	uint64_t one = 1;
 	int ret;
 
-	/* Meanwhile begin is protecting: the first slots are ready before
-	 * the first fault. */
-	if (!s->frozen)
-		populate_side(s);
-	while (atomic_load(&s->gate) == GATE_WAIT)
-		futex_wait(&s->gate, GATE_WAIT);
+	bool populated = s->frozen;
+
+	for (;;) {
+		uint32_t gate = atomic_load(&s->gate);
+
+		if (gate == GATE_GO || gate == GATE_ABORT)
+			break;
+		if (gate == GATE_HELP) {
+			s->help_ret = protect_part(s, s->help_from, s->help_to);
+			atomic_store(&s->gate, GATE_HELPED);
+			futex_wake_all(&s->gate);
+		} else if (!populated) {
+			/* Meanwhile begin is protecting: the first slots are
+			 * ready before the first fault. */
+			populate_side(s);
+			populated = true;
+		} else {
+			futex_wait(&s->gate, gate);
+		}
+	}
 	if (atomic_load(&s->gate) == GATE_ABORT)
 		return NULL;
 	ret = save_all(s);
@@ -1402,10 +1497,10 @@ static bool read_text(const char *path, char *buf, size_t size)
 
 /*
  * What the memory cgroup at dir can still take, in bytes: its limit less
- * its usage, inactive page cache counted as free (it is reclaimed first);
- * UINT64_MAX without a limit.
+ * its usage, inactive page cache counted as free (it is reclaimed first;
+ * read only when the rest is short of need); UINT64_MAX without a limit.
  */
-static uint64_t cgroup_room(const char *dir, bool v2)
+static uint64_t cgroup_room(const char *dir, bool v2, uint64_t need)
 {
 	char path[PATH_MAX + 32], buf[8192];
 	unsigned long long limit, usage, cache = 0;
@@ -1418,6 +1513,8 @@ static uint64_t cgroup_room(const char *dir, bool v2)
 	if (!read_text(path, buf, sizeof(buf)) || sscanf(buf, "%llu", &usage) != 1)
 		return UINT64_MAX;
 	snprintf(path, sizeof(path), "%s/memory.stat", dir);
+	if (usage < limit && limit - usage >= need)
+		return limit - usage;
 	if (read_text(path, buf, sizeof(buf)) &&
 	    (p = strstr(buf, v2 ? "\ninactive_file " : "\ntotal_inactive_file ")))
 		sscanf(strchr(p + 1, ' '), "%llu", &cache);
@@ -1474,7 +1571,7 @@ static int check_room(uint64_t need)
 		uint64_t r;
 
 		snprintf(dir, sizeof(dir), "%s%s", base, cg);
-		r = cgroup_room(dir, v2);
+		r = cgroup_room(dir, v2, need);
 		room = r < room ? r : room;
 		if (!slash || slash == cg)
 			break;
@@ -1599,7 +1696,9 @@ static int start_saver(struct uffdwp_snapshot *s)
 static void destroy(struct uffdwp_snapshot *s)
 {
 	if (s->thread_started) {
-		if (atomic_load(&s->gate) == GATE_WAIT) {
+		/* Begin never fails while the saver helps it (it waits for
+		 * HELPED): any gate but GO stops the saver. */
+		if (atomic_load(&s->gate) != GATE_GO) {
 			atomic_store(&s->gate, GATE_ABORT);
 			futex_wake_all(&s->gate);
 		}
@@ -1719,9 +1818,8 @@ static int begin_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opt
 		if (!ret)
 			ret = note_resident(s);
 	}
-	for (size_t i = 0; i < s->nregions && !ret; i++)
-		ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
-					  s->regions[i].len, UFFDWP_WRITEPROTECT_MODE_WP);
+	if (!ret)
+		ret = protect_regions(s);
 	s->time_ns = now_ns(CLOCK_REALTIME);
 	/* Pages that came to hold memory just before the instant. */
 	if (!ret)

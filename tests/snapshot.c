@@ -1579,3 +1579,35 @@ TEST(snapshot_side_buffer_over_cgroup_room, ON_BOTH)
 		SKIP("cannot set the memory limits of %s", dir);
 	CHECK_EQ(WEXITSTATUS(status), 0);
 }
+
+/* A region large enough that the kernel backend protects it in two halves
+ * (begin and the saver at once), starting off a huge-page boundary: every
+ * page is protected at the instant, whichever thread protected it. */
+TEST_TIMEOUT(snapshot_protected_in_two_halves, ON_BOTH, 120)
+{
+	const size_t npages = (66u << 20) / test_page() + 3;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct snapfile f;
+	struct page_writer w;
+
+	fill(mem, npages, 11);
+	memcpy(ref, mem, len);
+	snapfile_open(&f);
+	struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	/* Pages of both halves written after the instant: the first, the
+	 * last, and 63 between. */
+	for (size_t i = 0; i < npages; i += npages / 64)
+		page_writer_start(&w, mem + i * test_page(), 1, 0x5a), pthread_join(w.thread, NULL);
+	page_writer_start(&w, mem + (npages - 1) * test_page(), 1, 0x5b);
+	pthread_join(w.thread, NULL);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+
+	const char *paths[] = { f.path };
+
+	check_restores_to(paths, 1, ref, len);
+	snapfile_close(&f);
+}
