@@ -777,11 +777,15 @@ struct uffdwp_snapshot_opts {
 	enum uffdwp_backend backend;
 	enum uffdwp_engine_mode engine_mode;
 	/*
-	 * With a write tracker (method SYNC or EMULATED; ASYNC resolves
-	 * faults in the kernel and cannot copy-before-write: -EOPNOTSUPP)
-	 * tracking exactly the snapshot's regions, the snapshot uses the
-	 * tracker's context and resets the tracker at its instant, so that
-	 * the next snapshot can be incremental:
+	 * With a write tracker tracking exactly the snapshot's regions, the
+	 * snapshot resets the tracker at its instant, so that the next
+	 * snapshot can be incremental. SYNC and EMULATED trackers lend the
+	 * snapshot their context (copy-before-write on their faults). An
+	 * ASYNC tracker's faults never reach user space: a full snapshot
+	 * then protects the regions with its own emulated context (mprotect;
+	 * backend and engine_mode are ignored), and an incremental one
+	 * copies the written pages during begin (its pause and extra memory
+	 * grow with the written set; nothing is protected after begin):
 	 *   parent_id 0: a full snapshot;
 	 *   parent_id = uffdwp_snapshot_id() of the previous snapshot taken
 	 *   with this tracker, which must have succeeded and been ended,

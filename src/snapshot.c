@@ -104,8 +104,21 @@ enum { PAGE_PENDING = 0, PAGE_CLAIMED = 1, PAGE_DONE = 2 };
 #define MADV_POPULATE_WRITE 23  /* Linux 5.14 */
 #endif
 
-/* The saver thread's start gate. */
-enum { GATE_WAIT = 0, GATE_GO = 1, GATE_ABORT = 2 };
+/* The saver thread's start gate; before GO, begin may ask it to protect
+ * part of the regions (HELP) and waits for HELPED. */
+enum { GATE_WAIT = 0, GATE_GO = 1, GATE_ABORT = 2, GATE_HELP = 3, GATE_HELPED = 4 };
+
+/* Begin protects this much alone first, and timed: the rest is shared
+ * with the saver only if it would take longer than PARALLEL_PROTECT_NS
+ * (4 KiB pages), not when it is cheap (transparent huge pages: one entry
+ * per 2 MiB), where waking a thread costs more than it saves. */
+#define PROTECT_PROBE ((uint64_t)16 << 20)
+#define PARALLEL_PROTECT_NS 1000000
+
+/* Where begin splits the protection between two threads: a multiple of
+ * the PMD size, so that no transparent huge page is protected in two
+ * halves (that would split its mapping). */
+#define PROTECT_ALIGN ((uint64_t)2 << 20)
 
 struct run {
 	uint64_t addr;
@@ -157,7 +170,7 @@ struct uffdwp_snapshot {
 	 * discarded meanwhile (see check_resident()).
 	 */
 	int pagemap_fd;
-	uint64_t *resident;
+	_Atomic uint64_t *resident;
 	uint64_t zero_pfn;  /* the shared zero page's frame, 0 if hidden */
 
 	struct uffdwp_snapshot *next_live;  /* the registry of live snapshots */
@@ -183,6 +196,9 @@ struct uffdwp_snapshot {
 	int ready_ep;             /* tracker: ready_efd and, kernel backend,
 				     the context's fd edge-triggered (see the top) */
 	_Atomic uint32_t gate;    /* GATE_*: the saver may start */
+	uint64_t help_from, help_to;  /* GATE_HELP: the saver protects these bytes of
+					 the regions laid end to end */
+	int help_ret;
 	_Atomic int stop;         /* 0, or the error that stops the snapshot */
 	int stop_efd;             /* readable once stop is set */
 
@@ -197,6 +213,8 @@ struct uffdwp_snapshot {
 	bool thread_started;
 	bool vm_readv;  /* process_vm_readv works here */
 	bool frozen;    /* nobody writes the memory: encode it in place */
+	unsigned char *copy;  /* ASYNC incremental: the set, copied at begin */
+	bool interposed;      /* SYNC/EMULATED tracker: our interposer is in */
 
 	/* The saver's buffers. */
 	unsigned char *bounce;               /* BATCH pages */
@@ -267,7 +285,6 @@ static void set_ready(struct uffdwp_snapshot *s)
 	const uint64_t one = 1;
 
 	atomic_store(&s->ready, 1);
-	futex_wake_all(&s->ready);
 	if (s->ready_efd >= 0)
 		while (write(s->ready_efd, &one, sizeof(one)) < 0 && errno == EINTR)
 			;
@@ -392,7 +409,9 @@ static bool check_resident(struct uffdwp_snapshot *s, uint64_t first, uint64_t a
 			return false;
 		for (size_t i = 0; i < k; i++) {
 			uint64_t bit = first + i;
-			bool held = s->resident[bit / 64] & (UINT64_C(1) << (bit % 64));
+			bool held = atomic_load_explicit(&s->resident[bit / 64],
+							 memory_order_relaxed) &
+				    (UINT64_C(1) << (bit % 64));
 			bool zero = s->zero_pfn && (e[i] & PM_PFN_MASK) == s->zero_pfn;
 
 			if (held && !(e[i] & PM_SWAPPED) && (!(e[i] & PM_PRESENT) || zero))
@@ -416,10 +435,6 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 	uint8_t expected = PAGE_PENDING;
 	int64_t idx;
 
-	/* Own context: a fault raised while begin still protects waits
-	 * for the instant (begin's pause). */
-	while (!atomic_load(&s->ready))
-		futex_wait(&s->ready, 0);
 	if (atomic_load(&s->stop))
 		return;
 	idx = page_index(s, addr);
@@ -791,7 +806,7 @@ static int read_pages(struct uffdwp_snapshot *s, size_t n)
 static int save_batch(struct uffdwp_snapshot *s, size_t n)
 {
 	struct emitter e = { 0 };
-	int ret = s->frozen ? 0 : read_pages(s, n);
+	int ret = s->frozen || s->copy ? 0 : read_pages(s, n);
 
 	if (ret)
 		return ret;
@@ -818,8 +833,9 @@ static int save_batch(struct uffdwp_snapshot *s, size_t n)
 
 	for (size_t i = 0, j; i < n && !ret; i = j) {
 		uint64_t addr = s->claimed_addr[i];
-		const unsigned char *data = s->frozen ? (const unsigned char *)(uintptr_t)addr
-						      : s->bounce + i * s->page;
+		const unsigned char *data =
+			s->frozen ? (const unsigned char *)(uintptr_t)addr :
+			s->copy   ? s->copy + s->claimed[i] * s->page : s->bounce + i * s->page;
 
 		/* A stretch [i, j) contiguous in memory and in one run: one
 		 * call of the callback sink. */
@@ -980,9 +996,12 @@ static void release_memory(struct uffdwp_snapshot *s)
 		uffdwp_close(s->ctx);
 		s->ctx = NULL;
 		s->own_ctx = false;
-	} else if (s->tracker) {
+	}
+	if (s->tracker) {
 		/* On return our interposer is not running and never will. */
-		uffdwp__tracker_set_interposer(s->tracker, NULL, NULL, NULL);
+		if (s->interposed)
+			uffdwp__tracker_set_interposer(s->tracker, NULL, NULL, NULL);
+		s->interposed = false;
 		/* Saved whole: the next snapshot may be its incremental, unless
 		 * the tracker was reset since our instant. */
 		if (atomic_load(&s->finished) && s->result == 0)
@@ -991,18 +1010,97 @@ static void release_memory(struct uffdwp_snapshot *s)
 	}
 }
 
+/* Protect bytes [from, to) of the regions laid end to end. */
+static int protect_part(struct uffdwp_snapshot *s, uint64_t from, uint64_t to)
+{
+	uint64_t off = 0;
+	int ret = 0;
+
+	for (size_t i = 0; i < s->nregions && !ret && off < to; i++) {
+		uint64_t len = s->regions[i].len;
+		uint64_t a = from > off ? from - off : 0, b = to - off < len ? to - off : len;
+
+		if (a < b)
+			ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)(s->regions[i].addr + a),
+						  (size_t)(b - a), UFFDWP_WRITEPROTECT_MODE_WP);
+		off += len;
+	}
+	return ret;
+}
+
+/*
+ * Protect every region: the instant. UFFDIO_WRITEPROTECT takes the mm lock
+ * for reading (fork() takes it for writing), so on the kernel backend two
+ * threads protect two halves at once: begin and the saver, which is
+ * waiting for its gate anyway. mprotect() (emulated) takes it for writing:
+ * one thread.
+ */
+static int protect_regions(struct uffdwp_snapshot *s)
+{
+	uint64_t bytes = 0, probe, mid, off = 0, t0, dt;
+	int ret;
+
+	for (size_t i = 0; i < s->nregions; i++)
+		bytes += s->regions[i].len;
+	probe = bytes < 4 * PROTECT_PROBE ? bytes : PROTECT_PROBE;
+	t0 = now_ns(CLOCK_MONOTONIC);
+	ret = protect_part(s, 0, probe);
+	dt = now_ns(CLOCK_MONOTONIC) - t0;
+	if (ret || probe == bytes)
+		return ret;
+	if (s->backend != UFFDWP_BACKEND_KERNEL || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
+	    dt * ((bytes - probe) / probe) < PARALLEL_PROTECT_NS)
+		return protect_part(s, probe, bytes);
+	/* The middle of the rest, moved up to a PROTECT_ALIGN address. */
+	mid = probe + (bytes - probe) / 2;
+	for (size_t i = 0; i < s->nregions; i++) {
+		uint64_t len = s->regions[i].len;
+
+		if (mid < off + len) {
+			uint64_t at = s->regions[i].addr + (mid - off);
+			uint64_t up = (at + PROTECT_ALIGN - 1) & ~(PROTECT_ALIGN - 1);
+
+			mid = off + (up - s->regions[i].addr < len ? up - s->regions[i].addr : len);
+			break;
+		}
+		off += len;
+	}
+	s->help_from = mid;
+	s->help_to = bytes;
+	atomic_store(&s->gate, GATE_HELP);
+	futex_wake_all(&s->gate);
+	ret = protect_part(s, probe, mid);
+	while (atomic_load(&s->gate) == GATE_HELP)
+		futex_wait(&s->gate, GATE_HELP);
+	return ret ? ret : s->help_ret;
+}
+
 static void *saver_main(void *arg)
 {
 	struct uffdwp_snapshot *s = arg;
 	uint64_t one = 1;
 	int ret;
 
-	/* Meanwhile begin is protecting: the first slots are ready before
-	 * the first fault. */
-	if (!s->frozen)
-		populate_side(s);
-	while (atomic_load(&s->gate) == GATE_WAIT)
-		futex_wait(&s->gate, GATE_WAIT);
+	bool populated = s->frozen;
+
+	for (;;) {
+		uint32_t gate = atomic_load(&s->gate);
+
+		if (gate == GATE_GO || gate == GATE_ABORT)
+			break;
+		if (gate == GATE_HELP) {
+			s->help_ret = protect_part(s, s->help_from, s->help_to);
+			atomic_store(&s->gate, GATE_HELPED);
+			futex_wake_all(&s->gate);
+		} else if (!populated) {
+			/* Meanwhile begin is protecting: the first slots are
+			 * ready before the first fault. */
+			populate_side(s);
+			populated = true;
+		} else {
+			futex_wait(&s->gate, gate);
+		}
+	}
 	if (atomic_load(&s->gate) == GATE_ABORT)
 		return NULL;
 	ret = save_all(s);
@@ -1399,10 +1497,10 @@ static bool read_text(const char *path, char *buf, size_t size)
 
 /*
  * What the memory cgroup at dir can still take, in bytes: its limit less
- * its usage, inactive page cache counted as free (it is reclaimed first);
- * UINT64_MAX without a limit.
+ * its usage, inactive page cache counted as free (it is reclaimed first;
+ * read only when the rest is short of need); UINT64_MAX without a limit.
  */
-static uint64_t cgroup_room(const char *dir, bool v2)
+static uint64_t cgroup_room(const char *dir, bool v2, uint64_t need)
 {
 	char path[PATH_MAX + 32], buf[8192];
 	unsigned long long limit, usage, cache = 0;
@@ -1415,6 +1513,8 @@ static uint64_t cgroup_room(const char *dir, bool v2)
 	if (!read_text(path, buf, sizeof(buf)) || sscanf(buf, "%llu", &usage) != 1)
 		return UINT64_MAX;
 	snprintf(path, sizeof(path), "%s/memory.stat", dir);
+	if (usage < limit && limit - usage >= need)
+		return limit - usage;
 	if (read_text(path, buf, sizeof(buf)) &&
 	    (p = strstr(buf, v2 ? "\ninactive_file " : "\ntotal_inactive_file ")))
 		sscanf(strchr(p + 1, ' '), "%llu", &cache);
@@ -1471,7 +1571,7 @@ static int check_room(uint64_t need)
 		uint64_t r;
 
 		snprintf(dir, sizeof(dir), "%s%s", base, cg);
-		r = cgroup_room(dir, v2);
+		r = cgroup_room(dir, v2, need);
 		room = r < room ? r : room;
 		if (!slash || slash == cg)
 			break;
@@ -1512,31 +1612,45 @@ static void open_sink(struct uffdwp_snapshot *s)
 		s->sink_fd = fd;
 }
 
-/* Emulated backend: which pages of the set hold memory at the instant
- * (check_resident()). Without /proc/self/pagemap nothing is checked. */
-static int note_resident(struct uffdwp_snapshot *s)
+/* Open /proc/self/pagemap for check_resident() and learn the zero page's
+ * frame; without /proc nothing is checked. */
+static int open_pagemap(struct uffdwp_snapshot *s)
 {
-	uint64_t e[512];
+	uint64_t e;
 	void *scratch = mmap(NULL, s->page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (s->pagemap_fd < 0) {
-		if (scratch != MAP_FAILED)
-			munmap(scratch, s->page);
-		return 0;
+	if (s->pagemap_fd >= 0) {
+		s->resident = calloc((size_t)(s->total + 63) / 64, sizeof(*s->resident));
+		if (!s->resident) {
+			close(s->pagemap_fd);
+			s->pagemap_fd = -1;
+		}
 	}
 	/* A page read and never written maps the zero page. */
 	if (scratch != MAP_FAILED) {
-		if (*(volatile char *)scratch == 0 &&
-		    pread(s->pagemap_fd, e, sizeof(e[0]),
-			  (off_t)((uintptr_t)scratch / s->page * sizeof(e[0]))) == sizeof(e[0]) &&
-		    (e[0] & PM_PRESENT))
-			s->zero_pfn = e[0] & PM_PFN_MASK;
+		if (s->pagemap_fd >= 0 && *(volatile char *)scratch == 0 &&
+		    pread(s->pagemap_fd, &e, sizeof(e),
+			  (off_t)((uintptr_t)scratch / s->page * sizeof(e))) == sizeof(e) &&
+		    (e & PM_PRESENT))
+			s->zero_pfn = e & PM_PFN_MASK;
 		munmap(scratch, s->page);
 	}
-	s->resident = calloc((size_t)(s->total + 63) / 64, sizeof(*s->resident));
+	return s->pagemap_fd >= 0 && !s->resident ? -ENOMEM : 0;
+}
+
+/*
+ * Emulated backend: mark the pages of the set that hold memory now
+ * (check_resident()). Called before the instant and again after it, and
+ * the marks add up: a writer may copy a page meanwhile (it checks the
+ * marks so far), and neither call waits for the writers.
+ */
+static int note_resident(struct uffdwp_snapshot *s)
+{
+	uint64_t e[512];
+
 	if (!s->resident)
-		return -ENOMEM;
+		return 0;
 	for (size_t r = 0; r < s->nruns; r++) {
 		const struct run *run = &s->runs[r];
 
@@ -1554,7 +1668,9 @@ static int note_resident(struct uffdwp_snapshot *s)
 				bool zero = s->zero_pfn && (e[i] & PM_PFN_MASK) == s->zero_pfn;
 
 				if ((e[i] & PM_SWAPPED) || ((e[i] & PM_PRESENT) && !zero))
-					s->resident[bit / 64] |= UINT64_C(1) << (bit % 64);
+					atomic_fetch_or_explicit(&s->resident[bit / 64],
+								 UINT64_C(1) << (bit % 64),
+								 memory_order_relaxed);
 			}
 			done += k;
 		}
@@ -1580,7 +1696,9 @@ static int start_saver(struct uffdwp_snapshot *s)
 static void destroy(struct uffdwp_snapshot *s)
 {
 	if (s->thread_started) {
-		if (atomic_load(&s->gate) == GATE_WAIT) {
+		/* Begin never fails while the saver helps it (it waits for
+		 * HELPED): any gate but GO stops the saver. */
+		if (atomic_load(&s->gate) != GATE_GO) {
 			atomic_store(&s->gate, GATE_ABORT);
 			futex_wake_all(&s->gate);
 		}
@@ -1606,6 +1724,8 @@ static void destroy(struct uffdwp_snapshot *s)
 		munmap(s->state, s->state_len);
 	if (s->side)
 		munmap(s->side, s->nslots * s->page);
+	if (s->copy)
+		munmap(s->copy, (size_t)s->total * s->page);
 	free(s->resident);
 	free(s->slot_addr);
 	free(s->slot_seq);
@@ -1633,27 +1753,32 @@ static struct uffdwp_snapshot *create(void)
 
 /* The instant with a tracker: reset it (full) or collect what was written
  * since the parent (incremental); every page of the set ends protected. */
-static int begin_tracked(struct uffdwp_snapshot *s, struct uffdwp_tracker *t)
+static int begin_async(struct uffdwp_snapshot *s, struct uffdwp_tracker *t,
+		       const struct uffdwp_snapshot_opts *o);
+
+static int begin_tracked(struct uffdwp_snapshot *s, struct uffdwp_tracker *t,
+			 const struct uffdwp_snapshot_opts *o)
 {
 	int ret;
 
-	s->ctx = uffdwp__tracker_context(t);
-	if (!s->ctx)
-		return -EOPNOTSUPP;
-	s->backend = uffdwp_backend(s->ctx);
 	s->tracker_method = uffdwp_tracker_method(t);
-	s->granule = uffdwp_tracker_granule(t);
 	/* Before anything changes: a reset of more than the regions would
 	 * lose the tracker's answer for the rest, and an incremental of
 	 * another parent would restore to the wrong memory. */
 	if (!uffdwp__tracker_tracks_exactly(t, s->regions, s->nregions) ||
 	    (s->parent_id && s->parent_id != uffdwp__tracker_parent(t)))
 		return -EINVAL;
+	if (s->tracker_method == UFFDWP_TRACK_ASYNC)
+		return begin_async(s, t, o);
+	s->ctx = uffdwp__tracker_context(t);
+	s->backend = uffdwp_backend(s->ctx);
+	s->granule = uffdwp_tracker_granule(t);
 	ret = watch_context(s);
 	if (!ret)
 		ret = uffdwp__tracker_set_interposer(t, on_tracked_write, on_change, s);
 	if (ret)
 		return ret;
+	s->interposed = true;
 	s->tracker = t;
 	ret = start_saver(s);
 	if (ret)
@@ -1667,7 +1792,10 @@ static int begin_tracked(struct uffdwp_snapshot *s, struct uffdwp_tracker *t)
 	}
 	s->time_ns = now_ns(CLOCK_REALTIME);
 	s->tracker_resets = uffdwp__tracker_resets(t);
+	/* Writers wait for the set (wait_ready()): one pass suffices. */
 	if (!ret && s->backend == UFFDWP_BACKEND_EMULATED)
+		ret = open_pagemap(s);
+	if (!ret)
 		ret = note_resident(s);
 	return ret ? ret : atomic_load(&s->stop);  /* a writer gave up waiting */
 }
@@ -1684,13 +1812,93 @@ static int begin_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opt
 	if (ret)
 		return ret;
 	s->backend = uffdwp_backend(s->ctx);
-	for (size_t i = 0; i < s->nregions && !ret; i++)
-		ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
-					  s->regions[i].len, UFFDWP_WRITEPROTECT_MODE_WP);
+	set_ready(s);  /* faults need nothing more than the set */
+	if (s->backend == UFFDWP_BACKEND_EMULATED) {
+		ret = open_pagemap(s);
+		if (!ret)
+			ret = note_resident(s);
+	}
+	if (!ret)
+		ret = protect_regions(s);
 	s->time_ns = now_ns(CLOCK_REALTIME);
-	if (!ret && s->backend == UFFDWP_BACKEND_EMULATED)
+	/* Pages that came to hold memory just before the instant. */
+	if (!ret)
 		ret = note_resident(s);
 	return ret;
+}
+
+/* Copy the set (an ASYNC incremental's) into s->copy, set index order. */
+static int copy_set(struct uffdwp_snapshot *s)
+{
+	struct iovec remote[256];
+	size_t n = 0, r = 0;
+
+	if (!s->total)
+		return 0;
+	s->copy = mmap(NULL, (size_t)s->total * s->page, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->copy == MAP_FAILED) {
+		s->copy = NULL;
+		return -ENOMEM;
+	}
+	/* Runs in set order are laid end to end in the copy: a batch of
+	 * them is one local buffer. */
+	while (r < s->nruns) {
+		uint64_t first = s->runs[r].first;
+		size_t bytes = 0;
+
+		for (n = 0; n < 256 && r < s->nruns; n++, r++) {
+			remote[n] = (struct iovec){ (void *)(uintptr_t)s->runs[r].addr,
+						    (size_t)s->runs[r].npages * s->page };
+			bytes += remote[n].iov_len;
+		}
+		struct iovec local = { s->copy + first * s->page, bytes };
+		ssize_t got = process_vm_readv(getpid(), &local, 1, remote, n, 0);
+
+		if (got != (ssize_t)bytes)
+			return -EFAULT;  /* unmapped under us */
+	}
+	atomic_store(&s->side_peak, s->total);
+	return 0;
+}
+
+/*
+ * An ASYNC tracker resolves write faults in the kernel: nothing reaches us
+ * to copy before a write. So:
+ *  - a full snapshot protects the regions a second way, with its own
+ *    emulated context (mprotect and SIGSEGV). Permissions are checked
+ *    before userfaultfd write-protection, so a write faults to us first,
+ *    copies its page, and is then marked written for the tracker by the
+ *    kernel. The tracker is reset just before the regions are protected:
+ *    a write in between is in the snapshot and also in the next
+ *    incremental, never in neither;
+ *  - an incremental copies the pages written since its parent during
+ *    begin (collected with reset, so later writes are the next one's):
+ *    the written set is small by definition, and after begin nothing is
+ *    protected, nothing faults, and the saver saves the copy. Its pause
+ *    and its extra memory grow with the written pages.
+ */
+static int begin_async(struct uffdwp_snapshot *s, struct uffdwp_tracker *t,
+		       const struct uffdwp_snapshot_opts *o)
+{
+	int ret;
+
+	s->tracker = t;
+	if (!s->parent_id) {
+		struct uffdwp_snapshot_opts own = *o;
+
+		own.backend = UFFDWP_BACKEND_EMULATED;
+		ret = uffdwp_tracker_reset(t, NULL, 0);
+		s->tracker_resets = uffdwp__tracker_resets(t);
+		return ret ? ret : begin_own(s, &own);
+	}
+	s->backend = UFFDWP_BACKEND_KERNEL;
+	ret = start_saver(s);
+	if (!ret)
+		ret = set_from_tracker(s);
+	s->time_ns = now_ns(CLOCK_REALTIME);
+	s->tracker_resets = uffdwp__tracker_resets(t);
+	return ret ? ret : copy_set(s);
 }
 
 int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
@@ -1752,7 +1960,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	if (ret)
 		goto fail;
 	open_sink(s);
-	ret = o.tracker ? begin_tracked(s, o.tracker) : begin_own(s, &o);
+	ret = o.tracker ? begin_tracked(s, o.tracker, &o) : begin_own(s, &o);
 	if (ret)
 		goto fail;
 	set_ready(s);

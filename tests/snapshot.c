@@ -411,7 +411,33 @@ static int64_t total_of(const int64_t *acct, size_t n, size_t stride)
 	return sum;
 }
 
-TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
+/* A tracker of the given method, skipping the test where it is missing. */
+static struct uffdwp_tracker *tracker_or_skip(enum uffdwp_track_method method)
+{
+	struct uffdwp_tracker_opts to = { .sz = sizeof(to), .method = method };
+	struct uffdwp_tracker *t;
+	int ret = uffdwp_tracker_create(&t, &to);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("tracker method %s unavailable", uffdwp_track_method_name(method));
+	CHECK_OK(ret);
+	return t;
+}
+
+/* The tracker method that goes with a backend for synchronous faults. */
+static enum uffdwp_track_method sync_method(enum uffdwp_backend backend)
+{
+	return backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC : UFFDWP_TRACK_EMULATED;
+}
+
+/*
+ * Tellers move money between accounts under a lock while snapshots are
+ * taken under that lock: every snapshot restores to the reference copied
+ * under the same lock hold, and its total is right. With a tracker method
+ * (not AUTO) the rounds are a chain, a full snapshot then incrementals,
+ * and the whole chain is restored each round.
+ */
+static void consistent_rounds(enum uffdwp_backend backend, enum uffdwp_track_method method)
 {
 	const size_t npages = 2048, nthreads = 3, rounds = 4;
 	size_t len = npages * test_page();
@@ -419,8 +445,12 @@ TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
 	char *ref = test_map(npages, false);
 	struct bank b = { .acct = (int64_t *)mem, .stride = test_page() / sizeof(int64_t) /
 							    ACCOUNTS_PER_PAGE };
+	struct uffdwp_tracker *t = method ? tracker_or_skip(method) : NULL;
+	struct snapfile f[4];
+	const char *paths[4];
 	pthread_t th[3];
 	unsigned long during = 0;
+	uint64_t parent = 0;
 
 	b.naccts = npages * ACCOUNTS_PER_PAGE;
 	pthread_mutex_init(&b.lock, NULL);
@@ -428,18 +458,22 @@ TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
 		b.acct[i * b.stride] = 1000;
 	const int64_t total = total_of(b.acct, b.naccts, b.stride);
 
+	if (t)
+		CHECK_OK(uffdwp_tracker_add(t, mem, len));
 	for (size_t i = 0; i < nthreads; i++)
 		CHECK_EQ(pthread_create(&th[i], NULL, teller, &b), 0);
 	for (size_t round = 0; round < rounds; round++) {
-		struct snapfile f;
 		struct uffdwp_snapshot *snap;
 		unsigned long before;
 
-		snapfile_open(&f);
-		struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+		snapfile_open(&f[round]);
+		paths[round] = f[round].path;
+		struct uffdwp_snapshot_opts o = file_opts(backend, f[round].fd);
 
 		/* A small side buffer, so that back-pressure is exercised too. */
 		o.side_buffer = 64 * test_page();
+		o.tracker = t;
+		o.parent_id = parent;
 		pthread_mutex_lock(&b.lock);
 		memcpy(ref, mem, len);
 		snap = begin1(mem, len, &o);
@@ -451,14 +485,15 @@ TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
 			CHECK(spins < 10000000);
 			sched_yield();
 		}
+		if (t)
+			parent = uffdwp_snapshot_id(snap);
 		CHECK_OK(uffdwp_snapshot_end(snap));
 		during += atomic_load(&b.transfers) - before;
 		CHECK_EQ(total_of((int64_t *)ref, b.naccts, b.stride), total);
-
-		const char *paths[] = { f.path };
-
-		check_restores_to(paths, 1, ref, len);
-		snapfile_close(&f);
+		if (t)
+			check_restores_to(paths, round + 1, ref, len);
+		else
+			check_restores_to(&paths[round], 1, ref, len);
 	}
 	CHECK(during >= rounds);  /* the tellers did run during every round */
 	atomic_store(&b.stop, true);
@@ -467,6 +502,25 @@ TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
 	pthread_mutex_lock(&b.lock);
 	CHECK_EQ(total_of(b.acct, b.naccts, b.stride), total);
 	pthread_mutex_unlock(&b.lock);
+	for (size_t round = 0; round < rounds; round++)
+		snapfile_close(&f[round]);
+	uffdwp_tracker_destroy(t);
+}
+
+TEST_TIMEOUT(snapshot_consistent_under_writers, ON_BOTH, 60)
+{
+	consistent_rounds(backend, UFFDWP_TRACK_AUTO);
+}
+
+TEST_TIMEOUT(snapshot_consistent_chain_sync_tracker, ON_BOTH, 60)
+{
+	consistent_rounds(backend, sync_method(backend));
+}
+
+/* Incrementals on the async tracker: the written set copied at begin. */
+TEST_TIMEOUT(snapshot_consistent_chain_async_tracker, ON_KERNEL, 60)
+{
+	consistent_rounds(backend, UFFDWP_TRACK_ASYNC);
 }
 
 /* The fd sink may be a pipe (or a socket): the file comes out whole and in
@@ -703,26 +757,17 @@ TEST(snapshot_fork_during, ON_BOTH)
  * an incremental one holding only what was written, with writers running
  * through both; the chain restores to the second instant.
  */
-TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
+static void incremental_chain(enum uffdwp_track_method method)
 {
 	const size_t npages = 1024;
 	size_t len = npages * test_page();
 	char *mem = test_map(npages, true);
 	char *ref = test_map(npages, false);
-	struct uffdwp_tracker_opts to = {
-		.sz = sizeof(to),
-		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
-							   : UFFDWP_TRACK_EMULATED,
-	};
-	struct uffdwp_tracker *t;
+	struct uffdwp_tracker *t = tracker_or_skip(method);
 	struct snapfile f[3];
 	struct uffdwp_snapshot_info info = { .sz = sizeof(info) };
 	uint64_t parent = 0;
-	int ret = uffdwp_tracker_create(&t, &to);
 
-	if (ret == -EOPNOTSUPP)
-		SKIP("tracker method %s unavailable", uffdwp_track_method_name(to.method));
-	CHECK_OK(ret);
 	fill(mem, npages, 7);
 	CHECK_OK(uffdwp_tracker_add(t, mem, len));
 	for (size_t round = 0; round < 3; round++) {
@@ -742,6 +787,11 @@ TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
 		snapfile_open(&f[round]);
 		o.fd = f[round].fd;
 		CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+		struct uffdwp_snapshot_method m = { .sz = sizeof(m) };
+
+		CHECK_OK(uffdwp_snapshot_method(snap, &m));
+		CHECK_EQ(m.track_method, method);
+		CHECK_EQ(m.incremental, round > 0);
 		if (round == 1) {  /* one snapshot at a time per tracker */
 			struct uffdwp_snapshot *second = NULL;
 
@@ -793,6 +843,16 @@ TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
 	uffdwp_tracker_destroy(t);
 }
 
+TEST_TIMEOUT(snapshot_incremental_chain, ON_BOTH, 60)
+{
+	incremental_chain(sync_method(backend));
+}
+
+TEST_TIMEOUT(snapshot_incremental_chain_async, ON_KERNEL, 60)
+{
+	incremental_chain(UFFDWP_TRACK_ASYNC);
+}
+
 /* The tracker must track exactly the regions: covering less or more is
  * refused before anything changes, and the tracker keeps its answer. */
 TEST(snapshot_tracker_must_match_regions, ON_BOTH)
@@ -842,26 +902,6 @@ TEST(snapshot_tracker_must_match_regions, ON_BOTH)
 }
 
 /* An ASYNC tracker never faults, so it cannot copy-before-write. */
-TEST(snapshot_async_tracker_refused, ON_KERNEL)
-{
-	char *mem = test_map(16, true);
-	struct uffdwp_tracker_opts to = { .sz = sizeof(to), .method = UFFDWP_TRACK_ASYNC };
-	struct uffdwp_snapshot_region r = { (uintptr_t)mem, 16 * test_page() };
-	struct uffdwp_snapshot *snap = NULL;
-	struct uffdwp_tracker *t;
-	int ret = uffdwp_tracker_create(&t, &to);
-
-	if (ret == -EOPNOTSUPP)
-		SKIP("no ASYNC tracker here");
-	CHECK_OK(ret);
-	CHECK_OK(uffdwp_tracker_add(t, mem, 16 * test_page()));
-	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = 1, .tracker = t };
-
-	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EOPNOTSUPP);
-	CHECK(snap == NULL);
-	uffdwp_tracker_destroy(t);
-}
-
 /* The fork() baseline's writer: the same file format from frozen memory. */
 TEST(snapshot_frozen_writer, ON_NONE)
 {
@@ -1167,21 +1207,13 @@ TEST(snapshot_wrong_parent_refused, ON_BOTH)
 	const size_t npages = 64;
 	size_t len = npages * test_page();
 	char *mem = test_map(npages, true);
-	struct uffdwp_tracker_opts to = {
-		.sz = sizeof(to),
-		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
-							   : UFFDWP_TRACK_EMULATED,
-	};
 	struct uffdwp_snapshot_region r = { (uintptr_t)mem, len };
-	struct uffdwp_tracker *t;
+	struct uffdwp_tracker *t = tracker_or_skip(sync_method(backend));
 	struct uffdwp_snapshot *snap = NULL;
 	uint64_t first, second;
 	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-	int ret = uffdwp_tracker_create(&t, &to);
+	int ret;
 
-	if (ret == -EOPNOTSUPP)
-		SKIP("tracker method %s unavailable", uffdwp_track_method_name(to.method));
-	CHECK_OK(ret);
 	CHECK(fd > 0);
 	CHECK_OK(uffdwp_tracker_add(t, mem, len));
 	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = fd, .tracker = t };
@@ -1546,4 +1578,36 @@ TEST(snapshot_side_buffer_over_cgroup_room, ON_BOTH)
 	if (WEXITSTATUS(status) == 6)
 		SKIP("cannot set the memory limits of %s", dir);
 	CHECK_EQ(WEXITSTATUS(status), 0);
+}
+
+/* A region large enough that the kernel backend protects it in two halves
+ * (begin and the saver at once), starting off a huge-page boundary: every
+ * page is protected at the instant, whichever thread protected it. */
+TEST_TIMEOUT(snapshot_protected_in_two_halves, ON_BOTH, 120)
+{
+	const size_t npages = (66u << 20) / test_page() + 3;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, false);
+	char *ref = test_map(npages, false);
+	struct snapfile f;
+	struct page_writer w;
+
+	fill(mem, npages, 11);
+	memcpy(ref, mem, len);
+	snapfile_open(&f);
+	struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	/* Pages of both halves written after the instant: the first, the
+	 * last, and 63 between. */
+	for (size_t i = 0; i < npages; i += npages / 64)
+		page_writer_start(&w, mem + i * test_page(), 1, 0x5a), pthread_join(w.thread, NULL);
+	page_writer_start(&w, mem + (npages - 1) * test_page(), 1, 0x5b);
+	pthread_join(w.thread, NULL);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+
+	const char *paths[] = { f.path };
+
+	check_restores_to(paths, 1, ref, len);
+	snapfile_close(&f);
 }

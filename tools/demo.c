@@ -3,24 +3,28 @@
  * uffdwp demo: a live snapshot of an in-memory store that never stops
  * writing, beside the same snapshot taken with fork().
  *
- *   uffdwp demo [--size MIB] [--writers N] [--dir DIR] [--keep]
+ *   uffdwp demo [--size MIB] [--writers N] [--dir DIR] [--thp] [--keep]
  *
  * The store is an array of 64-byte records, each holding its key, a version
- * and a checksum of both; writer threads rewrite random records (each
- * writer its own) at full speed and time every write. Both snapshots are
- * begun with the writers held at a quiescent point, where a reference copy
- * of the store is taken; the file is then restored and must equal that
- * copy, record for record.
+ * and a checksum of both; writer threads rewrite records (each writer its
+ * own) at full speed and time every write, first uniformly at random, then
+ * skewed (Zipf, s = 0.99: a few hot records take most writes, as in most
+ * stores). Both snapshots are begun with the writers held at a quiescent
+ * point, where a reference copy of the store is taken; the file is then
+ * restored and must equal that copy, record for record. The store is in
+ * 4 KiB pages (MADV_NOHUGEPAGE), as most programs' memory is; --thp asks
+ * for transparent huge pages instead.
  *
- * Live: uffdwp_snapshot_begin() protects the store (huge pages: a
- * whole-range protect is cheap) and a thread of the library writes the
- * file while the writers go on; a first write to a page not yet saved
- * copies it aside. fork(): the child writes the same file format from its
- * frozen copy; the parent's writers pay copy-on-write instead.
+ * Live: uffdwp_snapshot_begin() protects the store and a thread of the
+ * library writes the file while the writers go on; a first write to a page
+ * not yet saved copies it aside. fork(): the child writes the same file
+ * format from its frozen copy; the parent's writers pay copy-on-write
+ * instead. Each row of the table marks the side that did better.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -71,6 +75,7 @@ struct store {
 	atomic_bool pause;     /* writers: stop at the next record and wait */
 	atomic_int paused;
 	atomic_bool measuring; /* writers: time each write, mark pages */
+	atomic_bool skewed;    /* writers: Zipf instead of uniform */
 	atomic_ulong writes;
 	struct writer *w;
 	int nwriters;
@@ -142,6 +147,26 @@ static void write_record(struct record *r, uint64_t key, uint64_t rnd)
 	r->check = record_check(r);
 }
 
+/*
+ * A record of a writer's own, n of them: uniform, or Zipf(s = 0.99) by the
+ * continuous inverse of its CDF, H(x) = (x^(1-s) - 1) / (1 - s), with rank
+ * r scattered over the store by a multiplicative permutation (so the hot
+ * records are not all on the first pages).
+ */
+static size_t pick(uint64_t rnd, size_t n, bool skewed)
+{
+	const double s = 0.99, e = 1 - s;
+	double u, x;
+
+	if (!skewed)
+		return (size_t)(rnd % n);
+	u = (double)(rnd >> 11) / 9007199254740992.0;
+	x = pow(1 + u * (pow((double)n, e) - 1), 1 / e);  /* in [1, n] */
+	size_t rank = (size_t)x - 1 < n ? (size_t)x - 1 : n - 1;
+
+	return (size_t)(((unsigned __int128)rank * 0x9e3779b97f4a7c15ull) % n);
+}
+
 static void *writer_main(void *arg)
 {
 	struct writer *w = arg;
@@ -158,7 +183,8 @@ static void *writer_main(void *arg)
 		uint64_t rnd = xorshift(&w->seed);
 		/* Writers own disjoint records (every nwriters-th): two
 		 * writing one record at once would tear it. */
-		size_t i = (size_t)(rnd % (st->nrec / (size_t)st->nwriters)) *
+		size_t i = pick(rnd, st->nrec / (size_t)st->nwriters,
+				atomic_load_explicit(&st->skewed, memory_order_relaxed)) *
 				   (size_t)st->nwriters + w->index;
 
 		if (atomic_load_explicit(&st->measuring, memory_order_relaxed)) {
@@ -399,46 +425,43 @@ static int run_fork(struct store *st, void *ref, const char *path, struct result
 	return 0;
 }
 
-static void print_results(const struct result *r, size_t n)
+/* One row of the table: live's and fork()'s values, and which side did
+ * better (lower wins, or higher with more_wins). */
+static void print_row(const char *name, double live, double frk, const char *unit,
+		      bool more_wins)
 {
-	printf("\n  %-22s", "");
-	for (size_t i = 0; i < n; i++)
-		printf(" %16s", r[i].name);
-	printf("\n  %-22s", "begin pause");
-	for (size_t i = 0; i < n; i++)
-		printf(" %13.2f ms", r[i].pause_ms);
-	printf("\n  %-22s", "total time");
-	for (size_t i = 0; i < n; i++)
-		printf(" %13.0f ms", r[i].total_ms);
+	bool live_wins = more_wins ? live > frk : live < frk;
+	const char *win = live == frk ? "tie" : live_wins ? "live" : "fork()";
+
+	printf("  %-24s %12.2f %-3s %12.2f %-3s   %s\n", name, live, unit, frk, unit, win);
+}
+
+static void print_results(const char *title, const struct result *live,
+			  const struct result *frk)
+{
 	static const struct { const char *name; double q; } qs[] = {
 		{ "write latency p50", 0.5 }, { "write latency p99", 0.99 },
 		{ "write latency p99.9", 0.999 },
 	};
-	for (size_t k = 0; k < 3; k++) {
-		printf("\n  %-22s", qs[k].name);
-		for (size_t i = 0; i < n; i++)
-			printf(" %13.2f us", (double)lat_quantile(&r[i].lat, qs[k].q) / 1e3);
-	}
-	printf("\n  %-22s", "writes during snapshot");
-	for (size_t i = 0; i < n; i++)
-		printf(" %15.1fM", (double)r[i].lat.count / 1e6);
-	printf("\n  %-22s", "peak extra memory");
-	for (size_t i = 0; i < n; i++)
-		printf(" %12.1f MiB", (double)r[i].extra_bytes / (1 << 20));
-	printf("\n  %-22s", "file");
-	for (size_t i = 0; i < n; i++)
-		printf(" %12.1f MiB", (double)r[i].file_bytes / (1 << 20));
-	printf("\n  %-22s", "verified at instant");
-	for (size_t i = 0; i < n; i++)
-		printf(" %16s", r[i].verified ? "yes" : "NO");
-	printf("\n\n");
-	for (size_t i = 0; i < n; i++)
-		printf("  %s: %s\n", r[i].name, r[i].detail);
+
+	printf("\n  %-24s %16s %16s   %s\n", title, "live", "fork()", "better");
+	print_row("begin pause", live->pause_ms, frk->pause_ms, "ms", false);
+	print_row("total time", live->total_ms, frk->total_ms, "ms", false);
+	for (size_t k = 0; k < 3; k++)
+		print_row(qs[k].name, (double)lat_quantile(&live->lat, qs[k].q) / 1e3,
+			  (double)lat_quantile(&frk->lat, qs[k].q) / 1e3, "us", false);
+	print_row("writes/s during save", (double)live->lat.count / live->total_ms / 1e3,
+		  (double)frk->lat.count / frk->total_ms / 1e3, "M", true);
+	print_row("peak extra memory", (double)live->extra_bytes / (1 << 20),
+		  (double)frk->extra_bytes / (1 << 20), "MiB", false);
+	printf("  %-24s %16s %16s\n", "verified at instant", live->verified ? "yes" : "NO",
+	       frk->verified ? "yes" : "NO");
+	printf("  live: %s\n  fork(): %s\n", live->detail, frk->detail);
 }
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: uffdwp demo [--size MIB] [--writers N] [--dir DIR] [--keep]\n");
+	fprintf(stderr, "usage: uffdwp demo [--size MIB] [--writers N] [--dir DIR] [--thp] [--keep]\n");
 	return 2;
 }
 
@@ -449,23 +472,25 @@ int cmd_demo(int argc, char **argv)
 		{ "writers", required_argument, NULL, 'w' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "keep", no_argument, NULL, 'k' },
+		{ "thp", no_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
 	long size_mib = 1024, nwriters = 2;
-	bool keep = false;
+	bool keep = false, thp = false;
 	struct store st = { .page = (size_t)sysconf(_SC_PAGESIZE) };
-	struct result res[2] = { 0 };
+	struct result res[2][2] = { 0 };
 	char live_path[512], fork_path[512];
 	int opt, ret, status = 0;
 
-	while ((opt = getopt_long(argc, argv, "s:w:d:kh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "s:w:d:kth", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 's': size_mib = atol(optarg); break;
 		case 'w': nwriters = atol(optarg); break;
 		case 'd': dir = optarg; break;
 		case 'k': keep = true; break;
+		case 't': thp = true; break;
 		default: return usage();
 		}
 	}
@@ -486,16 +511,17 @@ int cmd_demo(int argc, char **argv)
 		fprintf(stderr, "uffdwp demo: out of memory for a %ld MiB store\n", size_mib);
 		return 1;
 	}
-	/* Huge pages: protecting the whole store at begin then walks one
-	 * entry per 2 MiB (BRIEF: ~100x cheaper than fork's page copy). */
-	madvise(st.rec, st.len, MADV_HUGEPAGE);
-	madvise(ref, st.len, MADV_HUGEPAGE);
+	/* 4 KiB pages by default, as most programs' memory is (THP is
+	 * "madvise" on most systems). */
+	madvise(st.rec, st.len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	madvise(ref, st.len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < st.nrec; i++)
 		write_record(&st.rec[i], i, i * 0x2545f4914f6cdd1dull);
 
-	printf("uffdwp demo: a %ld MiB store of %zu records, %ld writers at full speed,\n"
-	       "snapshotted live to %s, then with fork() to %s\n",
-	       size_mib, st.nrec, nwriters, live_path, fork_path);
+	printf("uffdwp demo: a %ld MiB store of %zu records in %s pages, %ld writers at full\n"
+	       "speed, snapshotted live to %s, then with fork() to %s\n",
+	       size_mib, st.nrec, thp ? "transparent huge" : "4 KiB", nwriters, live_path,
+	       fork_path);
 	for (int i = 0; i < st.nwriters; i++) {
 		st.w[i].st = &st;
 		st.w[i].index = (size_t)i;
@@ -509,13 +535,15 @@ int cmd_demo(int argc, char **argv)
 	printf("  writers: %.0f M writes/s before the snapshots\n",
 	       (double)atomic_load(&st.writes) / 0.2 / 1e6);
 
-	ret = run_live(&st, ref, live_path, &res[0]);
-	if (ret) {
-		fprintf(stderr, "uffdwp demo: live snapshot: %s\n", strerror(-ret));
-		status = 1;
-	}
-	if (!status) {
-		ret = run_fork(&st, ref, fork_path, &res[1]);
+	for (int skewed = 0; skewed < 2 && !status; skewed++) {
+		atomic_store(&st.skewed, skewed);
+		ret = run_live(&st, ref, live_path, &res[skewed][0]);
+		if (ret) {
+			fprintf(stderr, "uffdwp demo: live snapshot: %s\n", strerror(-ret));
+			status = 1;
+			break;
+		}
+		ret = run_fork(&st, ref, fork_path, &res[skewed][1]);
 		if (ret) {
 			fprintf(stderr, "uffdwp demo: fork snapshot: %s\n", strerror(-ret));
 			status = 1;
@@ -524,9 +552,10 @@ int cmd_demo(int argc, char **argv)
 	atomic_store(&st.stop, true);
 	for (int i = 0; i < st.nwriters; i++)
 		pthread_join(st.w[i].thread, NULL);
-	if (!status) {
-		print_results(res, 2);
-		if (!res[0].verified || !res[1].verified)
+	for (int skewed = 0; skewed < 2 && !status; skewed++) {
+		print_results(skewed ? "skewed writers (Zipf)" : "uniform writers",
+			      &res[skewed][0], &res[skewed][1]);
+		if (!res[skewed][0].verified || !res[skewed][1].verified)
 			status = 1;
 	}
 	if (!keep) {
