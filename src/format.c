@@ -12,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <lz4.h>
+#include <xxhash.h>
+#include <zstd.h>
 #include "format.h"
 
 /* Odd 64-bit constants (the golden ratio and the splitmix64 finalizer's). */
@@ -181,7 +184,8 @@ bool uffdwp__format_totals_fit(const struct uffdwp__format_header *h,
 	/* Regions are sorted and disjoint inside 2^64 bytes: no overflow. */
 	for (uint32_t i = 0; i < h->region_count; i++)
 		pages += h->regions[i].len / h->page_size;
-	return t->page_count <= t->record_count &&
+	/* Version 1 stores one page per record; a version 2 BATCH many. */
+	return (h->version >= 2 || t->page_count <= t->record_count) &&
 	       !__builtin_add_overflow(t->page_count, t->zero_count, &named) && named <= pages;
 }
 
@@ -199,29 +203,37 @@ static void put_head(unsigned char *head, uint32_t tag, uint64_t addr)
 	store64(head + 8, addr);
 }
 
-/* A record's checksum: its body, seeded with its head and the snapshot id. */
-static uint64_t record_sum(uint64_t snapshot_id, const unsigned char *head, const void *body,
-			   size_t body_len)
+uint64_t uffdwp__format_sum(uint32_t version, const void *data, size_t len, uint64_t seed)
 {
-	return uffdwp__sum64(body, body_len,
-			     uffdwp__sum64(head, UFFDWP__FORMAT_HEAD_SIZE, snapshot_id));
+	return version == 1 ? uffdwp__sum64(data, len, seed) : XXH3_64bits_withSeed(data, len, seed);
+}
+
+/* A record's checksum: its body, seeded with its head and the snapshot id. */
+static uint64_t record_sum(const struct uffdwp__format_header *h, const unsigned char *head,
+			   const void *body, size_t body_len)
+{
+	uint64_t seed = uffdwp__format_sum(h->version, head, UFFDWP__FORMAT_HEAD_SIZE,
+					   h->snapshot_id);
+
+	return uffdwp__format_sum(h->version, body, body_len, seed);
 }
 
 /* Chain one more record checksum into the stream checksum. */
-static uint64_t chain(uint64_t snapshot_id, uint64_t stream_sum, uint64_t sum)
+static uint64_t chain(const struct uffdwp__format_header *h, uint64_t stream_sum, uint64_t sum)
 {
 	unsigned char pair[16];
 
 	store64(pair, stream_sum);
 	store64(pair + 8, sum);
-	return uffdwp__sum64(pair, sizeof(pair), snapshot_id);
+	return uffdwp__format_sum(h->version, pair, sizeof(pair), h->snapshot_id);
 }
 
 /* ---- encoder -------------------------------------------------------------- */
 
 int uffdwp__encoder_init(struct uffdwp__encoder *enc, const struct uffdwp__format_header *h)
 {
-	if (!enc || !h || h->version != UFFDWP__FORMAT_VERSION || !page_size_ok(h->page_size) ||
+	if (!enc || !h || h->version < UFFDWP__FORMAT_VERSION_MIN ||
+	    h->version > UFFDWP__FORMAT_VERSION || !page_size_ok(h->page_size) ||
 	    h->snapshot_id == 0 || h->parent_id == h->snapshot_id ||
 	    h->region_count == 0 || h->region_count > UFFDWP__FORMAT_MAX_REGIONS || !h->regions)
 		return -EINVAL;
@@ -259,7 +271,7 @@ ssize_t uffdwp__encode_header(struct uffdwp__encoder *enc, void *buf, size_t cap
 		store64(r, h->regions[i].addr);
 		store64(r + 8, h->regions[i].len);
 	}
-	enc->totals.stream_sum = uffdwp__sum64(p, summed, 0);
+	enc->totals.stream_sum = uffdwp__format_sum(h->version, p, summed, 0);
 	store64(p + summed, enc->totals.stream_sum);
 	enc->offset += size;
 	enc->state = UFFDWP__ENC_RECORDS;
@@ -272,7 +284,7 @@ uint64_t uffdwp__format_page_sum(const struct uffdwp__encoder *enc, uint64_t add
 	unsigned char head[UFFDWP__FORMAT_HEAD_SIZE];
 
 	put_head(head, UFFDWP__FORMAT_TAG_PAGE, addr);
-	return record_sum(enc->header.snapshot_id, head, page, enc->header.page_size);
+	return record_sum(&enc->header, head, page, enc->header.page_size);
 }
 
 int uffdwp__encode_page_frame_summed(struct uffdwp__encoder *enc, uint64_t addr, uint64_t sum,
@@ -286,7 +298,7 @@ int uffdwp__encode_page_frame_summed(struct uffdwp__encoder *enc, uint64_t addr,
 	store64(tail, sum);
 	t->record_count++;
 	t->page_count++;
-	t->stream_sum = chain(enc->header.snapshot_id, t->stream_sum, sum);
+	t->stream_sum = chain(&enc->header, t->stream_sum, sum);
 	enc->offset += uffdwp__format_page_record_size(enc->header.page_size);
 	return 0;
 }
@@ -331,13 +343,121 @@ ssize_t uffdwp__encode_zero(struct uffdwp__encoder *enc, uint64_t addr, uint64_t
 		return -ENOSPC;
 	put_head(p, UFFDWP__FORMAT_TAG_ZERO, addr);
 	store64(p + UFFDWP__FORMAT_HEAD_SIZE, npages);
-	sum = record_sum(enc->header.snapshot_id, p, p + UFFDWP__FORMAT_HEAD_SIZE, ZERO_BODY);
+	sum = record_sum(&enc->header, p, p + UFFDWP__FORMAT_HEAD_SIZE, ZERO_BODY);
 	store64(p + UFFDWP__FORMAT_HEAD_SIZE + ZERO_BODY, sum);
 	t->record_count++;
 	t->zero_count += npages;
-	t->stream_sum = chain(enc->header.snapshot_id, t->stream_sum, sum);
+	t->stream_sum = chain(&enc->header, t->stream_sum, sum);
 	enc->offset += UFFDWP__FORMAT_ZERO_SIZE;
 	return UFFDWP__FORMAT_ZERO_SIZE;
+}
+
+int uffdwp__codec_init(struct uffdwp__codec *c, enum uffdwp__codec_id id, int level)
+{
+	memset(c, 0, sizeof(*c));
+	switch (id) {
+	case UFFDWP__CODEC_NONE:
+	case UFFDWP__CODEC_LZ4:
+		if (level)
+			return -EINVAL;
+		break;
+	case UFFDWP__CODEC_ZSTD:
+		if (level < 0 || level > ZSTD_maxCLevel())
+			return -EINVAL;
+		c->zstd = ZSTD_createCCtx();
+		if (!c->zstd)
+			return -ENOMEM;
+		break;
+	default:
+		return -EINVAL;
+	}
+	c->id = id;
+	c->level = level;
+	return 0;
+}
+
+void uffdwp__codec_release(struct uffdwp__codec *c)
+{
+	ZSTD_freeCCtx(c->zstd);
+	c->zstd = NULL;
+}
+
+static size_t compress_bound(size_t raw)
+{
+	size_t lz4 = (size_t)LZ4_compressBound((int)raw), zstd = ZSTD_compressBound(raw);
+
+	return lz4 > zstd ? (lz4 > raw ? lz4 : raw) : (zstd > raw ? zstd : raw);
+}
+
+size_t uffdwp__format_batch_bound(uint32_t page_size, uint64_t npages)
+{
+	return UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED +
+	       compress_bound((size_t)(npages * page_size)) + UFFDWP__FORMAT_SUM_SIZE;
+}
+
+/* Compress raw into dst (room for compress_bound()): the compressed size,
+ * or 0 when it is not smaller than raw (then the batch goes raw). */
+static size_t compress(struct uffdwp__codec *c, const void *raw, size_t len, void *dst,
+		       size_t cap)
+{
+	size_t n = 0;
+
+	if (c->id == UFFDWP__CODEC_LZ4) {
+		int got = LZ4_compress_default(raw, dst, (int)len, (int)cap);
+
+		n = got > 0 ? (size_t)got : 0;
+	} else if (c->id == UFFDWP__CODEC_ZSTD) {
+		n = ZSTD_compressCCtx(c->zstd, dst, cap, raw, len, c->level);
+		if (ZSTD_isError(n))
+			n = 0;
+	}
+	return n < len ? n : 0;
+}
+
+/* A BATCH's checksum: its stored bytes, seeded with the sum of its head and
+ * fixed fields (so the stored bytes are checked before they are decoded). */
+static uint64_t batch_sum(const struct uffdwp__format_header *h, const unsigned char *head,
+			  const unsigned char *fixed, const void *stored, size_t len)
+{
+	return uffdwp__format_sum(h->version, stored, len,
+				  record_sum(h, head, fixed, UFFDWP__FORMAT_BATCH_FIXED));
+}
+
+ssize_t uffdwp__encode_batch(struct uffdwp__encoder *enc, uint64_t addr, uint64_t npages,
+			     const void *pages, struct uffdwp__codec *c, void *buf, size_t cap)
+{
+	const struct uffdwp__format_header *h = &enc->header;
+	struct uffdwp__format_totals *t = &enc->totals;
+	unsigned char *p = buf, *fixed = p + UFFDWP__FORMAT_HEAD_SIZE;
+	unsigned char *stored = fixed + UFFDWP__FORMAT_BATCH_FIXED;
+	size_t raw, len, size;
+	uint32_t codec;
+	uint64_t sum;
+
+	if (enc->state != UFFDWP__ENC_RECORDS || h->version < 2 || !run_inside(h, addr, npages) ||
+	    npages > UFFDWP__FORMAT_MAX_BATCH_BYTES / h->page_size)
+		return -EINVAL;
+	raw = (size_t)npages * h->page_size;
+	if (cap < uffdwp__format_batch_bound(h->page_size, npages))
+		return -ENOSPC;
+	len = compress(c, pages, raw, stored, compress_bound(raw));
+	codec = len ? (uint32_t)c->id : UFFDWP__CODEC_NONE;
+	if (!len) {
+		memcpy(stored, pages, raw);
+		len = raw;
+	}
+	put_head(p, UFFDWP__FORMAT_TAG_BATCH, addr);
+	store32(fixed, codec);
+	store32(fixed + 4, (uint32_t)npages);
+	store64(fixed + 8, len);
+	sum = batch_sum(h, p, fixed, stored, len);
+	store64(stored + len, sum);
+	size = UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED + len + UFFDWP__FORMAT_SUM_SIZE;
+	t->record_count++;
+	t->page_count += npages;
+	t->stream_sum = chain(h, t->stream_sum, sum);
+	enc->offset += size;
+	return (ssize_t)size;
 }
 
 ssize_t uffdwp__encode_trailer(struct uffdwp__encoder *enc, void *buf, size_t cap)
@@ -349,13 +469,14 @@ ssize_t uffdwp__encode_trailer(struct uffdwp__encoder *enc, void *buf, size_t ca
 		return -EINVAL;
 	if (cap < UFFDWP__FORMAT_TRAILER_SIZE)
 		return -ENOSPC;
-	put_head(p, UFFDWP__FORMAT_TAG_TRAILER, 0);
+	enc->totals.trailer_offset = enc->header.version >= 2 ? enc->offset : 0;
+	put_head(p, UFFDWP__FORMAT_TAG_TRAILER, t->trailer_offset);
 	store64(body, t->record_count);
 	store64(body + 8, t->page_count);
 	store64(body + 16, t->zero_count);
 	store64(body + 24, t->stream_sum);
 	store64(body + TRAILER_BODY,
-		record_sum(enc->header.snapshot_id, p, body, TRAILER_BODY));
+		record_sum(&enc->header, p, body, TRAILER_BODY));
 	enc->offset += UFFDWP__FORMAT_TRAILER_SIZE;
 	enc->state = UFFDWP__ENC_DONE;
 	return UFFDWP__FORMAT_TRAILER_SIZE;
@@ -387,9 +508,15 @@ void uffdwp__decoder_release(struct uffdwp__decoder *dec)
 {
 	free(dec->owned_regions);
 	free(dec->page);
+	free(dec->stored);
+	free(dec->batch);
+	ZSTD_freeDCtx(dec->zstd);
 	dec->owned_regions = NULL;
 	dec->header.regions = NULL;
 	dec->page = NULL;
+	dec->stored = dec->batch = NULL;
+	dec->stored_cap = dec->batch_cap = 0;
+	dec->zstd = NULL;
 }
 
 /* Record the first error (with its offset and a sentence) and return it. */
@@ -506,7 +633,7 @@ static int decode_regions(struct uffdwp__decoder *dec, unsigned char **raw)
 	ret = read_exact(dec, sum, sizeof(sum), 0, "the header");
 	if (ret < 0)
 		return ret;
-	if (load64(sum) != uffdwp__sum64(*raw, summed, 0))
+	if (load64(sum) != uffdwp__format_sum(h->version, *raw, summed, 0))
 		return fail(dec, -EBADMSG, 0, "header checksum mismatch");
 
 	regions = malloc((size_t)h->region_count * sizeof(*regions));
@@ -561,10 +688,10 @@ int uffdwp__decode_header(struct uffdwp__decoder *dec)
 	h->time_ns = load64(raw + HDR_TIME_NS);
 	/* A newer version may lay out the rest differently: say so rather than
 	 * call it corrupt. */
-	if (h->version != UFFDWP__FORMAT_VERSION) {
+	if (h->version < UFFDWP__FORMAT_VERSION_MIN || h->version > UFFDWP__FORMAT_VERSION) {
 		ret = fail(dec, -ENOTSUP, HDR_VERSION,
-			   "format version %u is not supported (this reader knows version %u)",
-			   h->version, UFFDWP__FORMAT_VERSION);
+			   "format version %u is not supported (this reader knows versions %u to %u)",
+			   h->version, UFFDWP__FORMAT_VERSION_MIN, UFFDWP__FORMAT_VERSION);
 		goto out;
 	}
 	if (flags) {
@@ -628,6 +755,10 @@ static int check_trailer(struct uffdwp__decoder *dec, const struct uffdwp__forma
 	if (t->stream_sum != seen->stream_sum)
 		return fail(dec, -EBADMSG, start,
 			    "stream checksum mismatch: records were lost, repeated or reordered");
+	if (t->trailer_offset != (dec->header.version >= 2 ? start : 0))
+		return fail(dec, -EBADMSG, start, "the trailer address field (0x%llx) is not %s",
+			    (unsigned long long)t->trailer_offset,
+			    dec->header.version >= 2 ? "its own offset" : "0");
 	got = read_some(dec, &extra, 1);
 	if (got < 0)
 		return fail(dec, (int)got, dec->offset, "read error: %s", strerror((int)-got));
@@ -635,6 +766,118 @@ static int check_trailer(struct uffdwp__decoder *dec, const struct uffdwp__forma
 		return fail(dec, -EBADMSG, start + UFFDWP__FORMAT_TRAILER_SIZE,
 			    "data follows the trailer");
 	return 0;
+}
+
+/* Hand out a checked record: its run must lie in a region; count it. */
+static int accept_record(struct uffdwp__decoder *dec, struct uffdwp__record *rec,
+			 enum uffdwp__record_type type, uint64_t start, uint64_t addr,
+			 uint64_t npages, const void *data, uint64_t sum, const char *what)
+{
+	const struct uffdwp__format_header *h = &dec->header;
+	struct uffdwp__format_totals *seen = &dec->totals;
+	uint64_t *count = type == UFFDWP__RECORD_PAGE ? &seen->page_count : &seen->zero_count;
+
+	if (!run_inside(h, addr, npages))
+		return fail(dec, -EBADMSG, start,
+			    "%s record for 0x%llx (%llu pages) is unaligned or outside the regions",
+			    what, (unsigned long long)addr, (unsigned long long)npages);
+	/* Only a stream naming pages over and over could wrap a count. */
+	if (*count + npages < *count)
+		return fail(dec, -EBADMSG, start, "the %s page count overflows",
+			    type == UFFDWP__RECORD_PAGE ? "stored" : "zero");
+	*rec = (struct uffdwp__record){ type, start, addr, npages, data };
+	seen->record_count++;
+	*count += npages;
+	seen->stream_sum = chain(h, seen->stream_sum, sum);
+	return 1;
+}
+
+/* Make *buf hold at least n bytes (n within the format's batch limit). */
+static int grow(struct uffdwp__decoder *dec, unsigned char **buf, size_t *cap, size_t n)
+{
+	unsigned char *grown;
+
+	if (n <= *cap)
+		return 0;
+	grown = realloc(*buf, n);
+	if (!grown)
+		return fail(dec, -ENOMEM, dec->offset, "out of memory for a batch");
+	*buf = grown;
+	*cap = n;
+	return 0;
+}
+
+/*
+ * The rest of a BATCH record whose head is read: check its fixed fields and
+ * checksum, then decode its pages into *data. Returns the pages' count or
+ * a negative errno.
+ */
+static int64_t decode_batch(struct uffdwp__decoder *dec, const unsigned char *head,
+			    uint64_t start, const void **data)
+{
+	const struct uffdwp__format_header *h = &dec->header;
+	unsigned char fixed[UFFDWP__FORMAT_BATCH_FIXED], sum[UFFDWP__FORMAT_SUM_SIZE];
+	const unsigned char *stored;
+	uint32_t codec, npages;
+	uint64_t len, raw;
+	int ret = read_exact(dec, fixed, sizeof(fixed), start, "a batch record");
+
+	if (ret < 0)
+		return ret;
+	codec = load32(fixed);
+	npages = load32(fixed + 4);
+	len = load64(fixed + 8);
+	raw = (uint64_t)npages * h->page_size;
+	if (npages == 0 || raw > UFFDWP__FORMAT_MAX_BATCH_BYTES || codec > UFFDWP__CODEC_ZSTD ||
+	    (codec == UFFDWP__CODEC_NONE ? len != raw : len == 0 || len >= raw))
+		return fail(dec, -EBADMSG, start,
+			    "bad batch record: codec %u, %u pages, %llu bytes stored", codec,
+			    npages, (unsigned long long)len);
+	if (dec->buf) {
+		if (dec->len - dec->offset < len) {
+			dec->offset = dec->len;
+			return truncated(dec, start, "a batch record");
+		}
+		stored = dec->buf + dec->offset;
+		dec->offset += len;
+	} else {
+		ret = grow(dec, &dec->stored, &dec->stored_cap, (size_t)len);
+		if (ret == 0)
+			ret = read_exact(dec, dec->stored, (size_t)len, start, "a batch record");
+		if (ret < 0)
+			return ret;
+		stored = dec->stored;
+	}
+	ret = read_exact(dec, sum, sizeof(sum), start, "a record's checksum");
+	if (ret < 0)
+		return ret;
+	dec->batch_sum = batch_sum(h, head, fixed, stored, (size_t)len);
+	if (load64(sum) != dec->batch_sum)
+		return fail(dec, -EBADMSG, start, "record checksum mismatch");
+	if (codec == UFFDWP__CODEC_NONE) {
+		*data = stored;
+		return npages;
+	}
+	ret = grow(dec, &dec->batch, &dec->batch_cap, (size_t)raw);
+	if (ret < 0)
+		return ret;
+	if (codec == UFFDWP__CODEC_LZ4) {
+		ret = LZ4_decompress_safe((const char *)stored, (char *)dec->batch, (int)len,
+					  (int)raw) == (int)raw ? 0 : -1;
+	} else {
+		size_t n;
+
+		if (!dec->zstd && !(dec->zstd = ZSTD_createDCtx()))
+			return fail(dec, -ENOMEM, start, "out of memory for a zstd decoder");
+		n = ZSTD_decompressDCtx(dec->zstd, dec->batch, (size_t)raw, stored, (size_t)len);
+		ret = !ZSTD_isError(n) && n == raw ? 0 : -1;
+	}
+	if (ret < 0)
+		return fail(dec, -EBADMSG, start,
+			    "corrupt compressed batch (%s): it does not decode to %u pages",
+			    codec == UFFDWP__CODEC_LZ4 ? "lz4" : "zstd", npages);
+	*data = dec->batch;
+	return npages;
 }
 
 int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
@@ -683,6 +926,20 @@ int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
 		body_len = TRAILER_BODY;
 		ret = read_exact(dec, body, body_len, start, "the trailer");
 		break;
+	case UFFDWP__FORMAT_TAG_BATCH:
+		if (h->version >= 2) {
+			int64_t n;
+
+			if (flags)
+				return fail(dec, -EBADMSG, start, "record flags 0x%x are unknown", flags);
+			n = decode_batch(dec, head, start, &data);
+			if (n < 0)
+				return (int)n;
+			return accept_record(dec, rec, UFFDWP__RECORD_PAGE, start, addr, (uint64_t)n,
+					     data, dec->batch_sum, "batch");
+		}
+		return fail(dec, -EBADMSG, start, "unknown record tag 0x%08x (a batch needs "
+			    "version 2)", tag);
 	default:
 		return fail(dec, -EBADMSG, start, "unknown record tag 0x%08x", tag);
 	}
@@ -691,7 +948,7 @@ int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
 	ret = read_exact(dec, sum, sizeof(sum), start, "a record's checksum");
 	if (ret < 0)
 		return ret;
-	record = record_sum(h->snapshot_id, head, data, body_len);
+	record = record_sum(h, head, data, body_len);
 	if (load64(sum) != record)
 		return fail(dec, -EBADMSG, start, "record checksum mismatch");
 	if (flags)
@@ -705,8 +962,7 @@ int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
 			.stream_sum = load64(body + 24),
 		};
 
-		if (addr)
-			return fail(dec, -EBADMSG, start, "trailer address field is not 0");
+		t.trailer_offset = addr;
 		ret = check_trailer(dec, &t, start);
 		if (ret < 0)
 			return ret;
@@ -715,26 +971,11 @@ int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
 		return 0;
 	}
 
-	rec->type = tag == UFFDWP__FORMAT_TAG_PAGE ? UFFDWP__RECORD_PAGE : UFFDWP__RECORD_ZERO;
-	rec->offset = start;
-	rec->addr = addr;
-	rec->npages = tag == UFFDWP__FORMAT_TAG_PAGE ? 1 : load64(body);
-	rec->data = tag == UFFDWP__FORMAT_TAG_PAGE ? data : NULL;
-	if (!run_inside(h, addr, rec->npages))
-		return fail(dec, -EBADMSG, start,
-			    "%s record for 0x%llx (%llu pages) is unaligned or outside the regions",
-			    tag == UFFDWP__FORMAT_TAG_PAGE ? "page" : "zero",
-			    (unsigned long long)addr, (unsigned long long)rec->npages);
-	/* Only a stream naming pages over and over could wrap the count. */
-	if (seen->zero_count + rec->npages < seen->zero_count)
-		return fail(dec, -EBADMSG, start, "the zero page count overflows");
-	seen->record_count++;
-	if (rec->type == UFFDWP__RECORD_PAGE)
-		seen->page_count++;
-	else
-		seen->zero_count += rec->npages;
-	seen->stream_sum = chain(h->snapshot_id, seen->stream_sum, record);
-	return 1;
+	if (tag == UFFDWP__FORMAT_TAG_PAGE)
+		return accept_record(dec, rec, UFFDWP__RECORD_PAGE, start, addr, 1, data, record,
+				     "page");
+	return accept_record(dec, rec, UFFDWP__RECORD_ZERO, start, addr, load64(body), NULL, record,
+			     "zero");
 }
 
 int uffdwp__decode_trailer(const struct uffdwp__format_header *h, const void *buf,
@@ -744,9 +985,10 @@ int uffdwp__decode_trailer(const struct uffdwp__format_header *h, const void *bu
 
 	if (load32(p) != UFFDWP__FORMAT_TAG_TRAILER)
 		return -ENODATA;
-	if (load32(p + 4) || load64(p + 8) ||
-	    load64(body + TRAILER_BODY) != record_sum(h->snapshot_id, p, body, TRAILER_BODY))
+	if (load32(p + 4) || (h->version < 2 && load64(p + 8)) ||
+	    load64(body + TRAILER_BODY) != record_sum(h, p, body, TRAILER_BODY))
 		return -EBADMSG;
+	t->trailer_offset = load64(p + 8);
 	t->record_count = load64(body);
 	t->page_count = load64(body + 8);
 	t->zero_count = load64(body + 16);

@@ -185,6 +185,14 @@ static int read_trailer(struct snapshot_file *f, size_t index, struct uffdwp_sna
 			      "the trailer counts %llu records, %llu pages and %llu zero pages: "
 			      "more than the regions hold", (unsigned long long)t->record_count,
 			      (unsigned long long)t->page_count, (unsigned long long)t->zero_count);
+	/* Version 2 records its offset (compressed records have no fixed size). */
+	if (h->version >= 2) {
+		if (t->trailer_offset != at)
+			return report(err, index, at, -EBADMSG,
+				      "the trailer says it starts at byte %llu: bytes were lost or "
+				      "added before it", (unsigned long long)t->trailer_offset);
+		return 0;
+	}
 	if (__builtin_mul_overflow(t->page_count, uffdwp__format_page_record_size(h->page_size),
 				   &pages) ||
 	    __builtin_mul_overflow(t->record_count - t->page_count, UFFDWP__FORMAT_ZERO_SIZE,

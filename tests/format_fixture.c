@@ -27,6 +27,9 @@ const size_t fx_incr_count = sizeof(fx_incr_records) / sizeof(fx_incr_records[0]
 
 static char scratch[64];
 
+uint32_t fx_version = UFFDWP__FORMAT_VERSION;
+struct uffdwp__codec *fx_codec;
+
 const struct uffdwp_snapshot_region *fx_regions(void)
 {
 	static struct uffdwp_snapshot_region r[FX_REGIONS];
@@ -58,7 +61,7 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 	      size_t n, unsigned char *image)
 {
 	struct uffdwp__format_header h = {
-		.version = UFFDWP__FORMAT_VERSION,
+		.version = fx_version,
 		.page_size = (uint32_t)test_page(),
 		.snapshot_id = id,
 		.parent_id = parent,
@@ -66,7 +69,7 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 		.region_count = FX_REGIONS,
 		.regions = fx_regions(),
 	};
-	size_t cap = FX_CAPACITY(test_page());
+	size_t cap = FX_CAPACITY(test_page()) + FX_MAX_RECORDS * 64;
 	unsigned char *page = malloc(test_page());
 	struct uffdwp__encoder enc;
 	ssize_t got;
@@ -86,9 +89,15 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 		s->record_at[s->nrecords++] = s->len;
 		if (r->type == UFFDWP__RECORD_PAGE) {
 			fx_page_contents(page, r->fill);
-			got = uffdwp__encode_page(&enc, fx_addr(r->page), page, s->buf + s->len,
-						  cap - s->len);
-			CHECK_EQ(got, uffdwp__format_page_record_size((uint32_t)test_page()));
+			if (fx_codec) {
+				got = uffdwp__encode_batch(&enc, fx_addr(r->page), 1, page, fx_codec,
+							   s->buf + s->len, cap - s->len);
+				CHECK(got > 0);
+			} else {
+				got = uffdwp__encode_page(&enc, fx_addr(r->page), page,
+							  s->buf + s->len, cap - s->len);
+				CHECK_EQ(got, uffdwp__format_page_record_size((uint32_t)test_page()));
+			}
 			if (dst)
 				memcpy(dst, page, test_page());
 		} else {

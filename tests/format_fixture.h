@@ -40,6 +40,13 @@ size_t fx_image_size(void);
 /* The contents fx_build() gives a PAGE record with this fill. */
 void fx_page_contents(unsigned char *page, unsigned char fill);
 
+/* The format version fx_build() writes (UFFDWP__FORMAT_VERSION unless a
+ * test of older files sets it) and, from version 2, the codec its PAGE
+ * records go through: NULL writes plain PAGE records, else each is a
+ * one-page BATCH record. */
+extern uint32_t fx_version;
+extern struct uffdwp__codec *fx_codec;
+
 /*
  * Encode a snapshot holding recs; when image is not NULL, apply them to it
  * (the caller zeroes it first for a full snapshot). Fails the test on any

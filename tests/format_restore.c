@@ -456,9 +456,11 @@ TEST(format_info_rejects_impossible_counts, ON_NONE)
 					{ 5, 5 } };
 	struct fx_stream s;
 
+	fx_version = 1;  /* version 2 allows more pages than records (batches) */
+again:
 	fx_build(&s, 0x44, 0, fx_full_records, fx_full_count, NULL);
 	trailer = s.record_at[s.nrecords];
-	for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++) {
+	for (size_t k = 0; k < (fx_version == 1 ? 3 : 2); k++) {
 		unsigned char *copy = malloc(s.len);
 		char *path;
 
@@ -474,12 +476,15 @@ TEST(format_info_rejects_impossible_counts, ON_NONE)
 		harness_fix_checksums(copy, s.len);
 		path = fx_write_file("lie.snap", copy, s.len);
 		CHECK_RET(uffdwp_snapshot_file_info(path, &info, NULL, 0, &err), -EBADMSG);
-		CHECK_EQ(err.offset, trailer);
+		if (err.offset != trailer)
+			FAIL("k %zu: at %llu: %s", k, (unsigned long long)err.offset, err.message);
 		CHECK_RET(uffdwp_snapshot_file_verify(path, NULL, &err), -EBADMSG);
 		free(path);
 		free(copy);
 	}
 	free(s.buf);
+	if (fx_version++ < UFFDWP__FORMAT_VERSION)
+		goto again;
 	fx_cleanup();
 }
 
