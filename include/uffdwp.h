@@ -722,6 +722,19 @@ struct uffdwp_snapshot;
 typedef int (*uffdwp_snapshot_sink_fn)(void *arg, uint64_t addr, const void *data,
 				       size_t len);
 
+/*
+ * How the pages of an fd sink's file are stored (uffdwp-snapshot(5)):
+ * batches of up to 128 consecutive pages compressed in the snapshot's own
+ * thread, never in a writer's fault path; a batch a codec does not shrink
+ * is stored raw.
+ */
+enum uffdwp_codec {
+	UFFDWP_CODEC_DEFAULT = 0,  /* UFFDWP_CODEC_NONE */
+	UFFDWP_CODEC_NONE,         /* raw pages, written without a copy */
+	UFFDWP_CODEC_LZ4,          /* LZ4: fast, about 2x on text-like data */
+	UFFDWP_CODEC_ZSTD,         /* zstd at codec_level (0: zstd's default, 3) */
+};
+
 /* The side buffer's size when uffdwp_snapshot_opts.side_buffer is 0. */
 #define UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT ((size_t)64 << 20)
 
@@ -766,6 +779,13 @@ struct uffdwp_snapshot_opts {
 	 */
 	struct uffdwp_tracker *tracker;
 	uint64_t parent_id;
+	/*
+	 * The fd sink's codec (ignored with fn): 0 is UFFDWP_CODEC_DEFAULT,
+	 * raw pages. codec_level: for UFFDWP_CODEC_ZSTD 0 (the default) or
+	 * 1 .. 19 and more (ZSTD_maxCLevel()); else 0. Anything else: -EINVAL.
+	 */
+	enum uffdwp_codec codec;
+	int codec_level;
 };
 
 /*
@@ -775,6 +795,7 @@ struct uffdwp_snapshot_opts {
  * under way in a thread of the snapshot's own.
  * Errors: -EINVAL bad arguments (no sink, unaligned or overlapping regions,
  * nregions 0, sz too small, engine mode CALLER, parent_id without tracker,
+ * an unknown codec or level,
  * a tracker whose ranges are not exactly the regions: checked before
  * anything changes, the tracker keeps its answer);
  * -EBUSY a region is registered with another context, or the tracker

@@ -460,6 +460,107 @@ ssize_t uffdwp__encode_batch(struct uffdwp__encoder *enc, uint64_t addr, uint64_
 	return (ssize_t)size;
 }
 
+int uffdwp__codec_choose(enum uffdwp_codec codec, int level, enum uffdwp__codec_id *id)
+{
+	switch (codec) {
+	case UFFDWP_CODEC_DEFAULT:
+	case UFFDWP_CODEC_NONE:
+		*id = UFFDWP__CODEC_NONE;
+		return level ? -EINVAL : 0;
+	case UFFDWP_CODEC_LZ4:
+		*id = UFFDWP__CODEC_LZ4;
+		return level ? -EINVAL : 0;
+	case UFFDWP_CODEC_ZSTD:
+		*id = UFFDWP__CODEC_ZSTD;
+		return level < 0 || level > ZSTD_maxCLevel() ? -EINVAL : 0;
+	}
+	return -EINVAL;
+}
+
+int uffdwp__batcher_init(struct uffdwp__batcher *b, struct uffdwp__encoder *enc,
+			 enum uffdwp__codec_id id, int level, uint32_t max_pages)
+{
+	uint32_t page = enc->header.page_size;
+	int ret;
+
+	memset(b, 0, sizeof(*b));
+	if (max_pages == 0 || max_pages > UFFDWP__FORMAT_MAX_BATCH_BYTES / page)
+		return -EINVAL;
+	ret = uffdwp__codec_init(&b->codec, id, level);
+	if (ret < 0)
+		return ret;
+	b->enc = enc;
+	b->max_pages = max_pages;
+	/* Worst case: every page its own record. */
+	b->out_cap = (size_t)max_pages * uffdwp__format_batch_bound(page, 1);
+	b->stage = malloc((size_t)max_pages * page);
+	b->out = malloc(b->out_cap);
+	if (!b->stage || !b->out) {
+		uffdwp__batcher_release(b);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int uffdwp__batcher_finish(struct uffdwp__batcher *b)
+{
+	ssize_t n;
+
+	if (!b->staged)
+		return 0;
+	n = uffdwp__encode_batch(b->enc, b->first, b->staged, b->stage, &b->codec,
+				 b->out + b->out_len, b->out_cap - b->out_len);
+	if (n < 0)
+		return (int)n;
+	b->out_len += (size_t)n;
+	b->staged = 0;
+	return 0;
+}
+
+int uffdwp__batcher_add(struct uffdwp__batcher *b, uint64_t addr, const void *page)
+{
+	uint32_t size = b->enc->header.page_size;
+	int ret;
+
+	if (b->added == b->max_pages)
+		return -ENOSPC;
+	if (b->staged && (addr != b->first + (uint64_t)b->staged * size ||
+			  !run_inside(&b->enc->header, b->first, b->staged + 1))) {
+		ret = uffdwp__batcher_finish(b);
+		if (ret < 0)
+			return ret;
+	}
+	if (!b->staged)
+		b->first = addr;
+	memcpy(b->stage + (size_t)b->staged * size, page, size);
+	b->staged++;
+	b->added++;
+	return 0;
+}
+
+size_t uffdwp__batcher_take(struct uffdwp__batcher *b, const void **data)
+{
+	size_t n = b->out_len - b->out_taken;
+
+	*data = b->out + b->out_taken;
+	b->out_taken = b->out_len;
+	return n;
+}
+
+void uffdwp__batcher_reset(struct uffdwp__batcher *b)
+{
+	b->out_len = b->out_taken = 0;
+	b->added = b->staged;
+}
+
+void uffdwp__batcher_release(struct uffdwp__batcher *b)
+{
+	uffdwp__codec_release(&b->codec);
+	free(b->stage);
+	free(b->out);
+	b->stage = b->out = NULL;
+}
+
 ssize_t uffdwp__encode_trailer(struct uffdwp__encoder *enc, void *buf, size_t cap)
 {
 	const struct uffdwp__format_totals *t = &enc->totals;

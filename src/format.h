@@ -235,6 +235,43 @@ int uffdwp__codec_init(struct uffdwp__codec *c, enum uffdwp__codec_id id,
 		       int level) UFFDWP__FORMAT_HIDDEN;
 void uffdwp__codec_release(struct uffdwp__codec *c) UFFDWP__FORMAT_HIDDEN;
 
+/* The wire codec and level for a public codec choice: 0 or -EINVAL. */
+int uffdwp__codec_choose(enum uffdwp_codec codec, int level,
+			 enum uffdwp__codec_id *id) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * A batcher gathers the pages an encoder is given one at a time into BATCH
+ * records of consecutive pages (at most max_pages each), encoded into a
+ * buffer of its own that holds everything encoded since the last reset:
+ *   add()    stages a page (finishing the staged run first when the page
+ *            does not continue it in the same region, or it is full);
+ *   finish() encodes the staged run (before any other record is encoded,
+ *            so that the stream stays in encoding order);
+ *   take()   hands out the bytes encoded since the last take (they stay
+ *            valid until reset());
+ *   reset()  after those bytes are written.
+ * Between two resets at most max_pages pages may be added (-ENOSPC).
+ */
+struct uffdwp__batcher {
+	/* private */
+	struct uffdwp__encoder *enc;
+	struct uffdwp__codec codec;
+	unsigned char *stage, *out;
+	uint64_t first;      /* address of the staged run */
+	uint32_t staged, max_pages, added;
+	size_t out_len, out_taken, out_cap;
+};
+
+int uffdwp__batcher_init(struct uffdwp__batcher *b, struct uffdwp__encoder *enc,
+			 enum uffdwp__codec_id id, int level,
+			 uint32_t max_pages) UFFDWP__FORMAT_HIDDEN;
+int uffdwp__batcher_add(struct uffdwp__batcher *b, uint64_t addr,
+			const void *page) UFFDWP__FORMAT_HIDDEN;
+int uffdwp__batcher_finish(struct uffdwp__batcher *b) UFFDWP__FORMAT_HIDDEN;
+size_t uffdwp__batcher_take(struct uffdwp__batcher *b, const void **data) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__batcher_reset(struct uffdwp__batcher *b) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__batcher_release(struct uffdwp__batcher *b) UFFDWP__FORMAT_HIDDEN;
+
 /* The largest BATCH record of npages pages (the buffer uffdwp__encode_batch()
  * needs). */
 size_t uffdwp__format_batch_bound(uint32_t page_size, uint64_t npages) UFFDWP__FORMAT_HIDDEN;

@@ -127,6 +127,9 @@ struct uffdwp_snapshot {
 	uffdwp_snapshot_sink_fn fn;
 	void *arg;
 	struct uffdwp__encoder enc;
+	enum uffdwp__codec_id codec;  /* NONE: zero-copy PAGE records */
+	int codec_level;
+	struct uffdwp__batcher batcher;  /* else pages go through it */
 	uint64_t id, parent_id, time_ns;
 
 	/* Where the faults come from. */
@@ -478,12 +481,32 @@ struct emitter {
 	const struct run *zrun;
 };
 
+/* Queue what the batcher encoded (finishing its staged run first, so that
+ * the stream stays in encoding order). */
+static int flush_batched(struct uffdwp_snapshot *s, struct emitter *e)
+{
+	const void *data;
+	size_t len;
+	int ret;
+
+	if (s->codec == UFFDWP__CODEC_NONE)
+		return 0;
+	ret = uffdwp__batcher_finish(&s->batcher);
+	len = uffdwp__batcher_take(&s->batcher, &data);
+	if (!ret && len)
+		s->iov[e->niov++] = (struct iovec){ (void *)data, len };
+	return ret;
+}
+
 static int flush_zero(struct uffdwp_snapshot *s, struct emitter *e)
 {
 	ssize_t n;
 
 	if (!e->zpages)
 		return 0;
+	n = flush_batched(s, e);
+	if (n)
+		return (int)n;
 	n = uffdwp__encode_zero(&s->enc, e->zaddr, e->zpages, s->zeros[e->nzero],
 				UFFDWP__FORMAT_ZERO_SIZE);
 	if (n < 0)
@@ -513,6 +536,8 @@ static int emit_page(struct uffdwp_snapshot *s, struct emitter *e, const struct 
 	ret = flush_zero(s, e);
 	if (ret)
 		return ret;
+	if (s->codec != UFFDWP__CODEC_NONE)
+		return uffdwp__batcher_add(&s->batcher, addr, data);
 	sum = uffdwp__format_page_sum(&s->enc, addr, data);
 	ret = uffdwp__encode_page_frame_summed(&s->enc, addr, sum, s->heads[e->nhead],
 					       s->tails[e->nhead]);
@@ -528,8 +553,12 @@ static int emit_flush(struct uffdwp_snapshot *s, struct emitter *e)
 {
 	int ret = flush_zero(s, e);
 
+	if (!ret)
+		ret = flush_batched(s, e);
 	if (!ret && e->niov)
 		ret = write_all(s, s->iov, e->niov);
+	if (s->codec != UFFDWP__CODEC_NONE)
+		uffdwp__batcher_reset(&s->batcher);
 	*e = (struct emitter){ 0 };
 	return ret;
 }
@@ -725,6 +754,9 @@ static int save_all(struct uffdwp_snapshot *s)
 		if (!buf)
 			return -ENOMEM;
 		ret = uffdwp__encoder_init(&s->enc, &h);
+		if (!ret && s->codec != UFFDWP__CODEC_NONE)
+			ret = uffdwp__batcher_init(&s->batcher, &s->enc, s->codec, s->codec_level,
+						   BATCH);
 		if (!ret) {
 			ssize_t n = uffdwp__encode_header(&s->enc, buf, hlen);
 
@@ -1117,6 +1149,7 @@ static void destroy(struct uffdwp_snapshot *s)
 	free(s->slot_addr);
 	free(s->slot_seq);
 	free(s->bounce);
+	uffdwp__batcher_release(&s->batcher);
 	free(s->runs);
 	free(s->regions);
 	free(s);
@@ -1135,7 +1168,12 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 						 sizeof(opts->parent_id))
 		return -EINVAL;
 	o = *opts;
+	/* The codec fields are the defaults for a caller built before them. */
+	if (opts->sz < offsetof(struct uffdwp_snapshot_opts, codec_level) + sizeof(o.codec_level))
+		o.codec = o.codec_level = 0;
 	if ((!o.fn && o.fd < 0) || (o.parent_id && !o.tracker))
+		return -EINVAL;
+	if (uffdwp__codec_choose(o.codec, o.codec_level, &(enum uffdwp__codec_id){ 0 }) < 0)
 		return -EINVAL;
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -1149,6 +1187,8 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	s->id = new_id();
 	s->owner = getpid();
 	s->parent_id = o.parent_id;
+	uffdwp__codec_choose(o.codec, o.codec_level, &s->codec);
+	s->codec_level = o.codec_level;
 	ret = take_regions(s, regions, nregions);
 	if (!ret) {
 		struct uffdwp__format_header h = {
