@@ -20,7 +20,9 @@ CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude -Isrc $(WARN) $(SANFLAGS) $(CFLAGS)
 # The codecs and the checksum of snapshot files (uffdwp-snapshot(5)).
 DEP_LIBS     := -lzstd -llz4 -lxxhash
-DEP_PACKAGES := libzstd-dev liblz4-dev libxxhash-dev
+DEP_PACKAGES := libzstd-dev liblz4-dev libxxhash-dev libsqlite3-dev
+# The command's own: `uffdwp bench files` snapshots an SQLite database.
+TOOL_LIBS    := -lsqlite3
 LDLIBS   := $(DEP_LIBS) -pthread -lm
 
 LIB_SRCS   := $(wildcard src/*.c)
@@ -46,7 +48,7 @@ TESTRUN := $(BUILD)/tests/run
 DEPS_STAMP := $(BUILD)/.deps-ok
 $(DEPS_STAMP):
 	@mkdir -p $(dir $@)
-	@if ! printf '#include <zstd.h>\n#include <lz4.h>\n#include <xxhash.h>\n' | \
+	@if ! printf '#include <zstd.h>\n#include <lz4.h>\n#include <xxhash.h>\n#include <sqlite3.h>\n' | \
 	    $(CC) -E -x c - >/dev/null 2>&1; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	        echo "installing $(DEP_PACKAGES)"; \
@@ -84,7 +86,7 @@ $(BUILD)/libuffdwp.so: $(SHARED)
 	ln -sf libuffdwp.so.$(VERSION) $@
 
 $(TOOL): $(TOOL_OBJS) $(STATIC)
-	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJS) $(STATIC) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJS) $(STATIC) $(TOOL_LIBS) $(LDLIBS)
 
 $(TESTRUN): $(TEST_OBJS) $(STATIC)
 	@mkdir -p $(dir $@)

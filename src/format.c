@@ -17,6 +17,15 @@
 #include <zstd.h>
 #include "format.h"
 
+/* On x86-64, libxxhash picks the widest vector unit (SSE2, AVX2, AVX-512)
+ * at run time; the result is the same XXH3 everywhere. */
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>
+#define XXH3_SEEDED XXH3_64bits_withSeed_dispatch
+#else
+#define XXH3_SEEDED XXH3_64bits_withSeed
+#endif
+
 /* Odd 64-bit constants (the golden ratio and the splitmix64 finalizer's). */
 #define K1 UINT64_C(0x9e3779b97f4a7c15)
 #define K2 UINT64_C(0xbf58476d1ce4e5b9)
@@ -205,7 +214,7 @@ static void put_head(unsigned char *head, uint32_t tag, uint64_t addr)
 
 uint64_t uffdwp__format_sum(uint32_t version, const void *data, size_t len, uint64_t seed)
 {
-	return version == 1 ? uffdwp__sum64(data, len, seed) : XXH3_64bits_withSeed(data, len, seed);
+	return version == 1 ? uffdwp__sum64(data, len, seed) : XXH3_SEEDED(data, len, seed);
 }
 
 /* A record's checksum: its body, seeded with its head and the snapshot id. */
