@@ -97,6 +97,10 @@ static inline void harness_fix_checksums(unsigned char *p, size_t len)
 			body = 8;
 		else if (tag == UFFDWP__FORMAT_TAG_TRAILER)
 			body = 32;
+		else if (tag == UFFDWP__FORMAT_TAG_INDEX && version >= 2 &&
+			 len - at >= UFFDWP__FORMAT_HEAD_SIZE + 8 &&
+			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE) <= len / 32)
+			body = 16 + 32 * (size_t)harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE);
 		else if (tag == UFFDWP__FORMAT_TAG_BATCH && version >= 2 &&
 			 len - at >= UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED &&
 			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE + 8) <= len)

@@ -176,5 +176,18 @@ int main(int argc, char **argv)
 	copy[uffdwp__format_header_size(2) + UFFDWP__FORMAT_HEAD_SIZE +
 	     UFFDWP__FORMAT_BATCH_FIXED + 5] ^= 0x40;
 	save(argv[1], "v2-flip-in-lz4-batch", copy, s.len);
+
+	/* with an index before the trailer, as the saver writes it */
+	begin(&s, 0x6666, 0, two, 2);
+	check(uffdwp__encoder_keep_index(&s.enc), "index");
+	page(&s, 0x10000, 5);
+	page(&s, 0x10000 + PAGE, 6);
+	batch(&s, 0x40000, 3, UFFDWP__CODEC_ZSTD, false);
+	zero(&s, 0x40000 + 5 * PAGE, 3);
+	check(uffdwp__encode_index(&s.enc, s.buf + s.len, CAP - s.len), "index");
+	s.len += uffdwp__encoder_index_size(&s.enc);
+	uffdwp__encoder_release(&s.enc);
+	end(&s);
+	save(argv[1], "good-v2-indexed", s.buf, s.len);
 	return 0;
 }

@@ -239,6 +239,105 @@ static uint64_t chain(const struct uffdwp__format_header *h, uint64_t stream_sum
 
 /* ---- encoder -------------------------------------------------------------- */
 
+/* Note a record just encoded (at enc->offset) in the index being kept. */
+static void index_note(struct uffdwp__encoder *enc, enum uffdwp__index_kind kind, uint64_t addr,
+		       uint64_t npages, uint64_t bytes)
+{
+	struct uffdwp__index_entry *last = enc->index_n ? &enc->index[enc->index_n - 1] : NULL;
+
+	if (!enc->indexing || enc->index_error)
+		return;
+	/* A PAGE record right after the last one, for the next page, extends it. */
+	if (kind == UFFDWP__INDEX_PAGES && last && last->kind == UFFDWP__INDEX_PAGES &&
+	    last->offset + last->bytes == enc->offset &&
+	    last->addr + (uint64_t)last->npages * enc->header.page_size == addr &&
+	    last->npages < UINT32_MAX) {
+		last->npages++;
+		last->bytes += bytes;
+		return;
+	}
+	/* A ZERO run longer than an entry holds (u32 npages) takes several. */
+	while (npages) {
+		uint32_t n = npages > UINT32_MAX ? UINT32_MAX : (uint32_t)npages;
+
+		if (enc->index_n == enc->index_cap) {
+			size_t cap = enc->index_cap ? enc->index_cap * 2 : 64;
+			struct uffdwp__index_entry *grown = realloc(enc->index, cap * sizeof(*grown));
+
+			if (!grown) {
+				enc->index_error = -ENOMEM;
+				return;
+			}
+			enc->index = grown;
+			enc->index_cap = cap;
+		}
+		enc->index[enc->index_n++] = (struct uffdwp__index_entry){
+			addr, n, kind, enc->offset, bytes };
+		addr += (uint64_t)n * enc->header.page_size;
+		npages -= n;
+	}
+}
+
+int uffdwp__encoder_keep_index(struct uffdwp__encoder *enc)
+{
+	if (enc->header.version < 2 || enc->state == UFFDWP__ENC_DONE)
+		return -EINVAL;
+	enc->indexing = true;
+	return 0;
+}
+
+void uffdwp__encoder_release(struct uffdwp__encoder *enc)
+{
+	free(enc->index);
+	enc->index = NULL;
+	enc->index_n = enc->index_cap = 0;
+}
+
+size_t uffdwp__encoder_index_size(const struct uffdwp__encoder *enc)
+{
+	return uffdwp__format_index_size(enc->index_n);
+}
+
+static int by_entry_addr(const void *a, const void *b)
+{
+	const struct uffdwp__index_entry *x = a, *y = b;
+
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+ssize_t uffdwp__encode_index(struct uffdwp__encoder *enc, void *buf, size_t cap)
+{
+	size_t size = uffdwp__encoder_index_size(enc);
+	unsigned char *p = buf, *e;
+	uint64_t sum;
+
+	if (!enc->indexing || enc->state != UFFDWP__ENC_RECORDS)
+		return -EINVAL;
+	if (enc->index_error)
+		return enc->index_error;
+	if (cap < size)
+		return -ENOSPC;
+	qsort(enc->index, enc->index_n, sizeof(*enc->index), by_entry_addr);
+	put_head(p, UFFDWP__FORMAT_TAG_INDEX, 0);
+	store64(p + UFFDWP__FORMAT_HEAD_SIZE, enc->index_n);
+	e = p + UFFDWP__FORMAT_HEAD_SIZE + 8;
+	for (size_t i = 0; i < enc->index_n; i++, e += UFFDWP__FORMAT_INDEX_ENTRY) {
+		store64(e, enc->index[i].addr);
+		store32(e + 8, enc->index[i].npages);
+		store32(e + 12, enc->index[i].kind);
+		store64(e + 16, enc->index[i].offset);
+		store64(e + 24, enc->index[i].bytes);
+	}
+	store64(e, enc->index_n);
+	sum = record_sum(&enc->header, p, p + UFFDWP__FORMAT_HEAD_SIZE,
+			 size - UFFDWP__FORMAT_HEAD_SIZE - UFFDWP__FORMAT_SUM_SIZE);
+	store64(e + 8, sum);
+	enc->totals.stream_sum = chain(&enc->header, enc->totals.stream_sum, sum);
+	enc->offset += size;
+	enc->indexing = false;  /* one index, last before the trailer */
+	return (ssize_t)size;
+}
+
 int uffdwp__encoder_init(struct uffdwp__encoder *enc, const struct uffdwp__format_header *h)
 {
 	if (!enc || !h || h->version < UFFDWP__FORMAT_VERSION_MIN ||
@@ -305,6 +404,8 @@ int uffdwp__encode_page_frame_summed(struct uffdwp__encoder *enc, uint64_t addr,
 		return -EINVAL;
 	put_head(head, UFFDWP__FORMAT_TAG_PAGE, addr);
 	store64(tail, sum);
+	index_note(enc, UFFDWP__INDEX_PAGES, addr, 1,
+		   uffdwp__format_page_record_size(enc->header.page_size));
 	t->record_count++;
 	t->page_count++;
 	t->stream_sum = chain(&enc->header, t->stream_sum, sum);
@@ -354,6 +455,7 @@ ssize_t uffdwp__encode_zero(struct uffdwp__encoder *enc, uint64_t addr, uint64_t
 	store64(p + UFFDWP__FORMAT_HEAD_SIZE, npages);
 	sum = record_sum(&enc->header, p, p + UFFDWP__FORMAT_HEAD_SIZE, ZERO_BODY);
 	store64(p + UFFDWP__FORMAT_HEAD_SIZE + ZERO_BODY, sum);
+	index_note(enc, UFFDWP__INDEX_ZERO, addr, npages, UFFDWP__FORMAT_ZERO_SIZE);
 	t->record_count++;
 	t->zero_count += npages;
 	t->stream_sum = chain(&enc->header, t->stream_sum, sum);
@@ -462,6 +564,7 @@ ssize_t uffdwp__encode_batch(struct uffdwp__encoder *enc, uint64_t addr, uint64_
 	sum = batch_sum(h, p, fixed, stored, len);
 	store64(stored + len, sum);
 	size = UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED + len + UFFDWP__FORMAT_SUM_SIZE;
+	index_note(enc, UFFDWP__INDEX_BATCH, addr, npages, size);
 	t->record_count++;
 	t->page_count += npages;
 	t->stream_sum = chain(h, t->stream_sum, sum);
@@ -607,6 +710,15 @@ void uffdwp__decoder_init_buffer(struct uffdwp__decoder *dec, const void *buf, s
 	dec->len = len;
 }
 
+void uffdwp__decoder_init_record(struct uffdwp__decoder *dec, const struct uffdwp__format_header *h,
+				 const void *buf, size_t len, uint64_t offset)
+{
+	uffdwp__decoder_init_buffer(dec, buf, len);
+	dec->header = *h;
+	dec->base = offset;
+	dec->state = UFFDWP__DEC_RECORDS;
+}
+
 void uffdwp__decoder_init_reader(struct uffdwp__decoder *dec, uffdwp__read_fn fn, void *arg)
 {
 	decoder_init(dec);
@@ -638,7 +750,7 @@ static int fail(struct uffdwp__decoder *dec, int err, uint64_t offset, const cha
 	if (dec->error)
 		return dec->error;
 	dec->error = err;
-	dec->error_offset = offset;
+	dec->error_offset = dec->base + offset;
 	va_start(ap, fmt);
 	vsnprintf(dec->error_msg, sizeof(dec->error_msg), fmt, ap);
 	va_end(ap);
@@ -878,30 +990,6 @@ static int check_trailer(struct uffdwp__decoder *dec, const struct uffdwp__forma
 	return 0;
 }
 
-/* Hand out a checked record: its run must lie in a region; count it. */
-static int accept_record(struct uffdwp__decoder *dec, struct uffdwp__record *rec,
-			 enum uffdwp__record_type type, uint64_t start, uint64_t addr,
-			 uint64_t npages, const void *data, uint64_t sum, const char *what)
-{
-	const struct uffdwp__format_header *h = &dec->header;
-	struct uffdwp__format_totals *seen = &dec->totals;
-	uint64_t *count = type == UFFDWP__RECORD_PAGE ? &seen->page_count : &seen->zero_count;
-
-	if (!run_inside(h, addr, npages))
-		return fail(dec, -EBADMSG, start,
-			    "%s record for 0x%llx (%llu pages) is unaligned or outside the regions",
-			    what, (unsigned long long)addr, (unsigned long long)npages);
-	/* Only a stream naming pages over and over could wrap a count. */
-	if (*count + npages < *count)
-		return fail(dec, -EBADMSG, start, "the %s page count overflows",
-			    type == UFFDWP__RECORD_PAGE ? "stored" : "zero");
-	*rec = (struct uffdwp__record){ type, start, addr, npages, data };
-	seen->record_count++;
-	*count += npages;
-	seen->stream_sum = chain(h, seen->stream_sum, sum);
-	return 1;
-}
-
 /* Make *buf hold at least n bytes (n within the format's batch limit). */
 static int grow(struct uffdwp__decoder *dec, unsigned char **buf, size_t *cap, size_t n)
 {
@@ -915,6 +1003,139 @@ static int grow(struct uffdwp__decoder *dec, unsigned char **buf, size_t *cap, s
 	*buf = grown;
 	*cap = n;
 	return 0;
+}
+
+/*
+ * Check count index entries at p (wire layout) for a stream of header h
+ * whose index starts at index_offset; fill out (if not NULL). NULL when
+ * sound, else why not.
+ */
+static const char *check_index(const struct uffdwp__format_header *h, const unsigned char *p,
+			       uint64_t count, uint64_t index_offset,
+			       struct uffdwp__index_entry *out)
+{
+	uint64_t end = 0;
+
+	for (uint64_t i = 0; i < count; i++, p += UFFDWP__FORMAT_INDEX_ENTRY) {
+		struct uffdwp__index_entry e = {
+			load64(p), load32(p + 8), load32(p + 12), load64(p + 16), load64(p + 24),
+		};
+
+		if (e.kind < UFFDWP__INDEX_PAGES || e.kind > UFFDWP__INDEX_ZERO)
+			return "has an entry of unknown kind";
+		if (!run_inside(h, e.addr, e.npages))
+			return "has an entry outside the regions";
+		if (i && e.addr < end)
+			return "is not sorted, or its entries overlap";
+		if (e.bytes == 0 || e.offset < uffdwp__format_header_size(h->region_count) ||
+		    e.offset > index_offset || e.bytes > index_offset - e.offset)
+			return "has an entry pointing outside the records";
+		if (e.kind == UFFDWP__INDEX_PAGES &&
+		    e.bytes != e.npages * (uint64_t)uffdwp__format_page_record_size(h->page_size))
+			return "has a page run of the wrong size";
+		end = e.addr + (uint64_t)e.npages * h->page_size;
+		if (out)
+			out[i] = e;
+	}
+	return NULL;
+}
+
+int uffdwp__decode_index(const struct uffdwp__format_header *h, const void *buf, size_t len,
+			 uint64_t offset, struct uffdwp__index_entry **entries, uint64_t *count)
+{
+	const unsigned char *p = buf;
+	uint64_t n;
+	size_t size;
+
+	if (h->version < 2 || len < uffdwp__format_index_size(0) ||
+	    load32(p) != UFFDWP__FORMAT_TAG_INDEX)
+		return -ENODATA;
+	n = load64(p + UFFDWP__FORMAT_HEAD_SIZE);
+	if (n > (len - uffdwp__format_index_size(0)) / UFFDWP__FORMAT_INDEX_ENTRY)
+		return -EBADMSG;
+	size = uffdwp__format_index_size(n);
+	if (size != len || load32(p + 4) || load64(p + 8) ||
+	    load64(p + size - 16) != n ||
+	    load64(p + size - 8) != record_sum(h, p, p + UFFDWP__FORMAT_HEAD_SIZE,
+					       size - UFFDWP__FORMAT_HEAD_SIZE - 8))
+		return -EBADMSG;
+	*entries = malloc(n ? n * sizeof(**entries) : 1);
+	if (!*entries)
+		return -ENOMEM;
+	if (check_index(h, p + UFFDWP__FORMAT_HEAD_SIZE + 8, n, offset, *entries)) {
+		free(*entries);
+		*entries = NULL;
+		return -EBADMSG;
+	}
+	*count = n;
+	return 0;
+}
+
+/* The rest of an INDEX record met in the stream: checked, then chained. */
+static int skip_index(struct uffdwp__decoder *dec, const unsigned char *head, uint64_t start)
+{
+	const struct uffdwp__format_header *h = &dec->header;
+	struct uffdwp__format_totals *seen = &dec->totals;
+	unsigned char count[8], tail[16];
+	const char *problem;
+	uint64_t n, bytes;
+	int ret = read_exact(dec, count, sizeof(count), start, "the index");
+
+	if (ret < 0)
+		return ret;
+	n = load64(count);
+	/* Each entry stands for a record (or 2^32 zero pages of one): a count
+	 * beyond that is a lie, and allocation stays bounded by the stream. */
+	if (dec->index_seen || load32(head + 4) || load64(head + 8) ||
+	    n > seen->record_count + seen->zero_count / UINT32_MAX + 1)
+		return fail(dec, -EBADMSG, start, "bad index record (%llu entries)",
+			    (unsigned long long)n);
+	bytes = n * UFFDWP__FORMAT_INDEX_ENTRY;
+	ret = grow(dec, &dec->stored, &dec->stored_cap, (size_t)bytes + 8 + sizeof(tail));
+	if (ret < 0)
+		return ret;
+	memcpy(dec->stored, count, 8);
+	ret = read_exact(dec, dec->stored + 8, (size_t)bytes, start, "the index");
+	if (ret == 0)
+		ret = read_exact(dec, tail, sizeof(tail), start, "the index");
+	if (ret < 0)
+		return ret;
+	memcpy(dec->stored + 8 + bytes, tail, 8);
+	if (load64(tail) != n ||
+	    load64(tail + 8) != record_sum(h, head, dec->stored, (size_t)bytes + 16))
+		return fail(dec, -EBADMSG, start, "index checksum mismatch");
+	problem = check_index(h, dec->stored + 8, n, start, NULL);
+	if (problem)
+		return fail(dec, -EBADMSG, start, "the index %s", problem);
+	seen->stream_sum = chain(h, seen->stream_sum, load64(tail + 8));
+	dec->index_seen = true;
+	return 0;
+}
+
+/* Hand out a checked record: its run must lie in a region; count it. */
+static int accept_record(struct uffdwp__decoder *dec, struct uffdwp__record *rec,
+			 enum uffdwp__record_type type, uint64_t start, uint64_t addr,
+			 uint64_t npages, const void *data, uint64_t sum, const char *what)
+{
+	const struct uffdwp__format_header *h = &dec->header;
+	struct uffdwp__format_totals *seen = &dec->totals;
+	uint64_t *count = type == UFFDWP__RECORD_PAGE ? &seen->page_count : &seen->zero_count;
+
+	if (dec->index_seen)
+		return fail(dec, -EBADMSG, start, "a record after the index");
+	if (!run_inside(h, addr, npages))
+		return fail(dec, -EBADMSG, start,
+			    "%s record for 0x%llx (%llu pages) is unaligned or outside the regions",
+			    what, (unsigned long long)addr, (unsigned long long)npages);
+	/* Only a stream naming pages over and over could wrap a count. */
+	if (*count + npages < *count)
+		return fail(dec, -EBADMSG, start, "the %s page count overflows",
+			    type == UFFDWP__RECORD_PAGE ? "stored" : "zero");
+	*rec = (struct uffdwp__record){ type, dec->base + start, addr, npages, data };
+	seen->record_count++;
+	*count += npages;
+	seen->stream_sum = chain(h, seen->stream_sum, sum);
+	return 1;
 }
 
 /*
@@ -1007,7 +1228,7 @@ int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
 		return ret;
 	if (dec->state == UFFDWP__DEC_DONE)
 		return 0;
-
+next:
 	start = dec->offset;
 	got = read_some(dec, head, sizeof(head));
 	if (got == 0)
@@ -1036,6 +1257,14 @@ int uffdwp__decode_next(struct uffdwp__decoder *dec, struct uffdwp__record *rec)
 		body_len = TRAILER_BODY;
 		ret = read_exact(dec, body, body_len, start, "the trailer");
 		break;
+	case UFFDWP__FORMAT_TAG_INDEX:
+		if (h->version < 2)
+			return fail(dec, -EBADMSG, start, "unknown record tag 0x%08x (an index "
+				    "needs version 2)", tag);
+		ret = skip_index(dec, head, start);
+		if (ret < 0)
+			return ret;
+		goto next;
 	case UFFDWP__FORMAT_TAG_BATCH:
 		if (h->version >= 2) {
 			int64_t n;

@@ -75,6 +75,36 @@
 #define UFFDWP__FORMAT_TAG_ZERO    0x4f52455au  /* "ZERO" */
 #define UFFDWP__FORMAT_TAG_TRAILER 0x524c5254u  /* "TRLR" */
 #define UFFDWP__FORMAT_TAG_BATCH   0x48435442u  /* "BTCH", version 2 */
+#define UFFDWP__FORMAT_TAG_INDEX   0x58444e49u  /* "INDX", version 2 */
+
+/*
+ * The INDEX record (version 2, optional, right before the trailer): where
+ * each page's record lies, sorted by address, so that a reader can fetch
+ * one page without scanning. Body: count (u64), count entries, count again
+ * (u64: a reader of the end finds the record's start from it). An entry
+ * says that the npages pages from addr are in the `bytes` bytes of records
+ * at `offset`: one BATCH or ZERO record, or a run of consecutive PAGE
+ * records (each page_size + 24 bytes).
+ */
+#define UFFDWP__FORMAT_INDEX_ENTRY 32
+enum uffdwp__index_kind {
+	UFFDWP__INDEX_PAGES = 1,
+	UFFDWP__INDEX_BATCH = 2,
+	UFFDWP__INDEX_ZERO = 3,
+};
+struct uffdwp__index_entry {
+	uint64_t addr;
+	uint32_t npages;
+	uint32_t kind;    /* enum uffdwp__index_kind */
+	uint64_t offset;  /* of the (first) record */
+	uint64_t bytes;   /* of the record(s) */
+};
+
+/* The index record's size for count entries. */
+static inline size_t uffdwp__format_index_size(uint64_t count)
+{
+	return 16 + 8 + (size_t)count * UFFDWP__FORMAT_INDEX_ENTRY + 8 + 8;
+}
 
 /*
  * A BATCH record (version 2): npages consecutive pages from addr, in one
@@ -167,7 +197,31 @@ struct uffdwp__encoder {
 	struct uffdwp__format_totals totals;
 	uint64_t offset;  /* bytes encoded so far */
 	enum { UFFDWP__ENC_HEADER, UFFDWP__ENC_RECORDS, UFFDWP__ENC_DONE } state;
+	/* the index being gathered, after uffdwp__encoder_keep_index() */
+	struct uffdwp__index_entry *index;
+	size_t index_n, index_cap;
+	bool indexing;
+	int index_error;  /* -ENOMEM once the index could not grow */
 };
+
+/*
+ * Gather an index of the records encoded from now on (version 2; call it
+ * right after init), for uffdwp__encode_index(). Free it with
+ * uffdwp__encoder_release(). Returns 0 or -EINVAL (version 1).
+ */
+int uffdwp__encoder_keep_index(struct uffdwp__encoder *enc) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__encoder_release(struct uffdwp__encoder *enc) UFFDWP__FORMAT_HIDDEN;
+
+/* The size uffdwp__encode_index() needs. */
+size_t uffdwp__encoder_index_size(const struct uffdwp__encoder *enc) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * Encode the INDEX record (sorted by address) into buf, right before the
+ * trailer: returns its size, -ENOSPC, -EINVAL (no index kept, or out of
+ * order) or -ENOMEM (the index could not grow while records were encoded).
+ */
+ssize_t uffdwp__encode_index(struct uffdwp__encoder *enc, void *buf,
+			     size_t cap) UFFDWP__FORMAT_HIDDEN;
 
 /*
  * Start encoding a snapshot described by h. h->regions must stay valid and
@@ -336,6 +390,7 @@ struct uffdwp__decoder {
 	/* private */
 	const unsigned char *buf;  /* buffer source */
 	size_t len;
+	uint64_t base;             /* the stream offset of buf[0] */
 	uffdwp__read_fn read;      /* read-function source */
 	void *read_arg;
 	struct uffdwp_snapshot_region *owned_regions;
@@ -345,8 +400,29 @@ struct uffdwp__decoder {
 	size_t stored_cap, batch_cap;
 	void *zstd;                /* a ZSTD_DCtx, once needed */
 	uint64_t batch_sum;        /* the checksum of the BATCH just read */
+	bool index_seen;           /* only the trailer may follow */
 	enum { UFFDWP__DEC_HEADER, UFFDWP__DEC_RECORDS, UFFDWP__DEC_DONE } state;
 };
+
+/*
+ * Parse and check an INDEX record read from the end of a stream of header
+ * h, starting at `offset` (the bytes up to the trailer in buf, len of them):
+ * tag, counts, checksum, entries sorted, disjoint, inside the regions and
+ * before the index. On success *entries (malloc'd, the caller frees) and
+ * *count. Returns 0, -ENODATA (no index there), -EBADMSG or -ENOMEM.
+ */
+int uffdwp__decode_index(const struct uffdwp__format_header *h, const void *buf, size_t len,
+			 uint64_t offset, struct uffdwp__index_entry **entries,
+			 uint64_t *count) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * A decoder of single records, for a reader that seeks (lazy restore): buf
+ * holds len bytes of a stream of header h from stream offset `offset`; the
+ * next uffdwp__decode_next() decodes the record there (checksums, fields,
+ * decompression; not the stream checksum). h stays the caller's.
+ */
+void uffdwp__decoder_init_record(struct uffdwp__decoder *dec, const struct uffdwp__format_header *h,
+				 const void *buf, size_t len, uint64_t offset) UFFDWP__FORMAT_HIDDEN;
 
 /* Decode the stream held in buf[0..len) (the decoder keeps the pointer). */
 void uffdwp__decoder_init_buffer(struct uffdwp__decoder *dec, const void *buf,

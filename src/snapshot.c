@@ -754,6 +754,8 @@ static int save_all(struct uffdwp_snapshot *s)
 		if (!buf)
 			return -ENOMEM;
 		ret = uffdwp__encoder_init(&s->enc, &h);
+		if (!ret)
+			ret = uffdwp__encoder_keep_index(&s->enc);
 		if (!ret && s->codec != UFFDWP__CODEC_NONE)
 			ret = uffdwp__batcher_init(&s->batcher, &s->enc, s->codec, s->codec_level,
 						   BATCH);
@@ -812,10 +814,14 @@ static int save_all(struct uffdwp_snapshot *s)
 	if (ret)
 		return ret;
 	if (!s->fn) {
-		unsigned char buf[UFFDWP__FORMAT_TRAILER_SIZE];
-		ssize_t n = uffdwp__encode_trailer(&s->enc, buf, sizeof(buf));
+		size_t cap = uffdwp__encoder_index_size(&s->enc) + UFFDWP__FORMAT_TRAILER_SIZE;
+		unsigned char *buf = malloc(cap);
+		ssize_t n = buf ? uffdwp__encode_index(&s->enc, buf, cap) : -ENOMEM, m = 0;
 
-		ret = n < 0 ? (int)n : write_buf(s, buf, (size_t)n);
+		if (n >= 0)
+			m = uffdwp__encode_trailer(&s->enc, buf + n, cap - (size_t)n);
+		ret = n < 0 ? (int)n : m < 0 ? (int)m : write_buf(s, buf, (size_t)(n + m));
+		free(buf);
 	}
 	return ret;
 }
@@ -1150,6 +1156,7 @@ static void destroy(struct uffdwp_snapshot *s)
 	free(s->slot_seq);
 	free(s->bounce);
 	uffdwp__batcher_release(&s->batcher);
+	uffdwp__encoder_release(&s->enc);
 	free(s->runs);
 	free(s->regions);
 	free(s);

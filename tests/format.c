@@ -671,3 +671,100 @@ TEST(format_batch_absurd_fields, ON_NONE)
 	free(copy);
 	free(pages);
 }
+
+/* The index: one entry per batch, zero run, or run of consecutive PAGE
+ * records; sorted; read alone from the end of the stream; checked when the
+ * stream is decoded front to back; damage is refused. */
+TEST(format_index, ON_NONE)
+{
+	const size_t ps = test_page();
+	struct uffdwp_snapshot_region regions[2] = { { 64 * ps, 8 * ps }, { 128 * ps, 8 * ps } };
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 9,
+		.region_count = 2, .regions = regions,
+	};
+	size_t cap = 64 * ps, len, index_at, trailer_at;
+	unsigned char *buf = malloc(cap), *copy = malloc(cap), *page = malloc(4 * ps);
+	struct uffdwp__index_entry *entries;
+	struct uffdwp__encoder enc;
+	struct uffdwp__decoder dec;
+	struct uffdwp__codec c;
+	uint64_t count;
+
+	CHECK(buf && copy && page);
+	memset(page, 'p', 4 * ps);
+	CHECK_OK(uffdwp__codec_init(&c, UFFDWP__CODEC_LZ4, 0));
+	CHECK_OK(uffdwp__encoder_init(&enc, &h));
+	CHECK_OK(uffdwp__encoder_keep_index(&enc));
+	len = (size_t)uffdwp__encode_header(&enc, buf, cap);
+	/* second region first: the index is sorted anyway */
+	len += (size_t)uffdwp__encode_batch(&enc, regions[1].addr, 4, page, &c, buf + len, cap - len);
+	for (size_t i = 0; i < 3; i++)  /* three PAGE records: one entry */
+		len += (size_t)uffdwp__encode_page(&enc, regions[0].addr + (2 + i) * ps, page,
+						   buf + len, cap - len);
+	len += (size_t)uffdwp__encode_zero(&enc, regions[0].addr, 2, buf + len, cap - len);
+	len += (size_t)uffdwp__encode_page(&enc, regions[0].addr + 7 * ps, page, buf + len,
+					   cap - len);
+	index_at = len;
+	CHECK_EQ(uffdwp__encoder_index_size(&enc), uffdwp__format_index_size(4));
+	len += (size_t)uffdwp__encode_index(&enc, buf + len, cap - len);
+	trailer_at = len;
+	len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
+	uffdwp__encoder_release(&enc);
+	uffdwp__codec_release(&c);
+
+	CHECK_OK(fx_decode(buf, len, &dec));
+	CHECK_OK(uffdwp__decode_index(&h, buf + index_at, trailer_at - index_at, index_at,
+				      &entries, &count));
+	CHECK_EQ(count, 4);
+	CHECK(entries[0].addr == regions[0].addr && entries[0].kind == UFFDWP__INDEX_ZERO &&
+	      entries[0].npages == 2);
+	CHECK(entries[1].addr == regions[0].addr + 2 * ps &&
+	      entries[1].kind == UFFDWP__INDEX_PAGES && entries[1].npages == 3 &&
+	      entries[1].bytes == 3 * uffdwp__format_page_record_size((uint32_t)ps));
+	CHECK(entries[2].kind == UFFDWP__INDEX_PAGES && entries[2].npages == 1);
+	CHECK(entries[3].addr == regions[1].addr && entries[3].kind == UFFDWP__INDEX_BATCH &&
+	      entries[3].offset == uffdwp__format_header_size(2));
+	/* a record found through the index decodes alone */
+	{
+		struct uffdwp__record rec;
+
+		uffdwp__decoder_init_record(&dec, &h, buf + entries[3].offset, entries[3].bytes,
+					    entries[3].offset);
+		CHECK_EQ(uffdwp__decode_next(&dec, &rec), 1);
+		CHECK(rec.npages == 4 && rec.offset == entries[3].offset && !memcmp(rec.data, page, ps));
+		uffdwp__decoder_release(&dec);
+	}
+	free(entries);
+	/* no index where the trailer follows a record */
+	CHECK_RET(uffdwp__decode_index(&h, buf + index_at - 32, 32, index_at - 32, &entries,
+				       &count), -ENODATA);
+	/* damage in the index, checksums fixed: refused both ways */
+	{
+		static const struct { size_t at; uint64_t v; } bad[] = {
+			{ 24 + 32 * 1, 0 },           /* entry 1's address: unsorted, overlaps */
+			{ 24 + 32 * 0 + 12, 9 },      /* entry 0's kind */
+			{ 24 + 32 * 3 + 16, 1 << 30 },/* entry 3's offset: past the index */
+			{ 16, 5 },                    /* the leading count */
+		};
+
+		for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+			memcpy(copy, buf, len);
+			if (bad[k].at % 8 == 4) {
+				uint32_t v32 = htole32((uint32_t)bad[k].v);
+
+				memcpy(copy + index_at + bad[k].at, &v32, 4);
+			} else {
+				harness_store64(copy + index_at + bad[k].at, bad[k].v);
+			}
+			harness_fix_checksums(copy, len);
+			CHECK_RET(fx_decode(copy, len, &dec), -EBADMSG);
+			CHECK_EQ(dec.error_offset, index_at);
+			CHECK(uffdwp__decode_index(&h, copy + index_at, trailer_at - index_at, index_at,
+						   &entries, &count) < 0);
+		}
+	}
+	free(buf);
+	free(copy);
+	free(page);
+}
