@@ -865,6 +865,63 @@ UFFDWP_API void uffdwp_snapshot_cancel(struct uffdwp_snapshot *snap);
  */
 UFFDWP_API int uffdwp_snapshot_end(struct uffdwp_snapshot *snap);
 
+/* ------------------------------------------------------------------------
+ * Lazy restore of snapshot files (src/snapfile.c)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * Restore the chain lazily into a fresh private anonymous mapping of its
+ * image (as uffdwp_snapshot_restore_mapping() lays it out) and return at
+ * once: the mapping is registered for MISSING faults with the kernel's
+ * userfaultfd, and a thread of the restore fills a page from the files on
+ * its first touch (the touching thread waits for that page only) while it
+ * fills the rest in address order. The files keep one descriptor each
+ * until uffdwp_lazy_restore_end(); a file's index (uffdwp-snapshot(5))
+ * finds its pages without reading it (a file without one, e.g. version 1,
+ * is scanned, and so checked whole, by this call). Headers, trailers,
+ * indexes and the links are checked before this returns; a record's
+ * checksum when it is read: a damaged record found later fails the
+ * restore (uffdwp_lazy_restore_wait() says why), and its page and every
+ * page not yet filled then read as zero, so no thread stays blocked.
+ * Once every page is there the mapping is ordinary memory. Do not
+ * discard (MADV_DONTNEED) or unmap it before the restore has finished.
+ * On success *mapping, *mapping_len (yours to munmap(2) after
+ * uffdwp_lazy_restore_end()) and *lr are set. Returns 0 or a negative
+ * errno: as uffdwp_snapshot_restore_mapping(), and -EOPNOTSUPP where the
+ * kernel's userfaultfd cannot be opened (the emulated backend has no
+ * MISSING faults); -EINVAL the files' page size is not this machine's;
+ * -EMFILE a chain longer than the descriptors this process may open.
+ */
+struct uffdwp_lazy_restore;
+
+UFFDWP_API int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths,
+					    void **mapping, size_t *mapping_len,
+					    struct uffdwp_lazy_restore **lr,
+					    struct uffdwp_snapshot_error *err);
+
+/*
+ * Wait up to timeout_ms (-1: without limit) for every page to be filled.
+ * Returns 0 when they are, -ETIMEDOUT when still loading, or the error
+ * that stopped the restore (-EBADMSG a damaged record, the errno of
+ * pread(2), -ECANCELED after uffdwp_lazy_restore_end() with cancel).
+ */
+UFFDWP_API int uffdwp_lazy_restore_wait(struct uffdwp_lazy_restore *lr, int timeout_ms);
+
+/* Progress as for a live snapshot (p->sz set by the caller): pages_total,
+ * pages_done (filled), pages_copied (of them, filled on a fault), begin_ns
+ * (how long uffdwp_snapshot_restore_lazy() took), finished. Returns 0 or
+ * -EINVAL (sz too small). */
+UFFDWP_API int uffdwp_lazy_restore_progress(const struct uffdwp_lazy_restore *lr,
+					    struct uffdwp_snapshot_progress *p);
+
+/*
+ * Wait for the restore to finish (cancel non-zero: stop filling at once; pages not
+ * filled then read as zero), close the files and free lr; the mapping
+ * stays. Returns what uffdwp_lazy_restore_wait(lr, -1) would. NULL is
+ * fine (returns 0).
+ */
+UFFDWP_API int uffdwp_lazy_restore_end(struct uffdwp_lazy_restore *lr, int cancel);
+
 #ifdef __cplusplus
 }
 #endif

@@ -305,6 +305,29 @@ static int by_entry_addr(const void *a, const void *b)
 	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
+void uffdwp__index_sort(struct uffdwp__index_entry *e, size_t n)
+{
+	qsort(e, n, sizeof(*e), by_entry_addr);
+}
+
+const struct uffdwp__index_entry *uffdwp__index_find(const struct uffdwp__index_entry *e,
+						     size_t n, uint64_t addr, uint32_t page_size)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (addr < e[mid].addr)
+			hi = mid;
+		else if (addr - e[mid].addr >= (uint64_t)e[mid].npages * page_size)
+			lo = mid + 1;
+		else
+			return &e[mid];
+	}
+	return NULL;
+}
+
 ssize_t uffdwp__encode_index(struct uffdwp__encoder *enc, void *buf, size_t cap)
 {
 	size_t size = uffdwp__encoder_index_size(enc);
@@ -317,7 +340,7 @@ ssize_t uffdwp__encode_index(struct uffdwp__encoder *enc, void *buf, size_t cap)
 		return enc->index_error;
 	if (cap < size)
 		return -ENOSPC;
-	qsort(enc->index, enc->index_n, sizeof(*enc->index), by_entry_addr);
+	uffdwp__index_sort(enc->index, enc->index_n);
 	put_head(p, UFFDWP__FORMAT_TAG_INDEX, 0);
 	store64(p + UFFDWP__FORMAT_HEAD_SIZE, enc->index_n);
 	e = p + UFFDWP__FORMAT_HEAD_SIZE + 8;

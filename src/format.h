@@ -100,6 +100,12 @@ struct uffdwp__index_entry {
 	uint64_t bytes;   /* of the record(s) */
 };
 
+/* Sort entries by address; find the one whose run holds addr (NULL: none). */
+void uffdwp__index_sort(struct uffdwp__index_entry *e, size_t n) UFFDWP__FORMAT_HIDDEN;
+const struct uffdwp__index_entry *uffdwp__index_find(const struct uffdwp__index_entry *e,
+						     size_t n, uint64_t addr,
+						     uint32_t page_size) UFFDWP__FORMAT_HIDDEN;
+
 /* The index record's size for count entries. */
 static inline size_t uffdwp__format_index_size(uint64_t count)
 {

@@ -5,8 +5,12 @@
  * does the I/O around it and turns a decoder's findings into a
  * struct uffdwp_snapshot_error.
  */
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,6 +18,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "backend.h"
 #include "format.h"
@@ -839,4 +844,536 @@ int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t npaths,
 	int ret = check_error_arg(err);
 
 	return ret < 0 ? ret : restore(paths, npaths, &t, prepare_in_place, NULL, err);
+}
+
+/* ---- lazy restore -------------------------------------------------------------- */
+
+/*
+ * The chain's files stay open, each with its index (read from the file's
+ * end, or built by scanning a file that has none). A page's contents come
+ * from the last file whose index names it, else are zero (the head is a
+ * full snapshot). One thread serves MISSING faults first and fills the
+ * rest in address order, a window of pages at a time, then unregisters
+ * the mapping: from then on it is ordinary memory.
+ */
+
+/* Pages filled between two looks at the fault queue. */
+#define LAZY_STEP 64
+
+/* Bytes of PAGE records read at once for a run of them. */
+#define LAZY_WINDOW (256 * 1024)
+
+struct lazy_file {
+	int fd;
+	struct uffdwp__format_header header;  /* regions: the chain's (the head's copy) */
+	struct uffdwp__index_entry *entries;
+	uint64_t count;
+	/* the bytes last read: [window_at, window_at + window_len) */
+	unsigned char *window;
+	uint64_t window_at;
+	size_t window_len, window_cap;
+	struct uffdwp__decoder dec;  /* of the record last decoded from the window */
+	uint64_t decoded_at;         /* its offset, or UINT64_MAX */
+	const void *dec_data;        /* its pages */
+};
+
+struct uffdwp_lazy_restore {
+	struct target image;  /* TARGET_MAPPING: the layout and the mapping */
+	struct lazy_file *files;
+	size_t nfiles;
+	struct uffdwp *ctx;
+	unsigned char *zeros;  /* a page of them */
+	uint64_t total;        /* pages */
+	_Atomic uint64_t done, faulted;
+	_Atomic int stop;
+	uint64_t begin_ns;
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t lock;
+	pthread_cond_t finished_cond;
+	bool finished;
+	int error;
+};
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The index of a file without one: scan it (which also checks it whole). */
+static int scan_index(struct snapshot_file *f, struct lazy_file *lf, size_t index,
+		      struct uffdwp_snapshot_error *err)
+{
+	struct uffdwp__record rec;
+	size_t cap = 0;
+	int ret;
+
+	while ((ret = uffdwp__decode_next(&f->dec, &rec)) == 1) {
+		if (lf->count == cap) {
+			size_t grown_cap = cap ? cap * 2 : 64;
+			struct uffdwp__index_entry *grown = realloc(lf->entries,
+								    grown_cap * sizeof(*grown));
+
+			if (!grown)
+				return report_file(err, index, -ENOMEM);
+			lf->entries = grown;
+			cap = grown_cap;
+		}
+		if (rec.npages > UINT32_MAX)
+			return report(err, index, rec.offset, -EFBIG,
+				      "a zero run of %llu pages is too long for a lazy restore",
+				      (unsigned long long)rec.npages);
+		/* a record at a time: uffdwp__decoder_init_record() reads either kind */
+		lf->entries[lf->count++] = (struct uffdwp__index_entry){
+			rec.addr, (uint32_t)rec.npages,
+			rec.type == UFFDWP__RECORD_ZERO ? UFFDWP__INDEX_ZERO : UFFDWP__INDEX_BATCH,
+			rec.offset, f->dec.offset - rec.offset,
+		};
+	}
+	if (ret < 0)
+		return report_decoder(err, index, &f->dec);
+	uffdwp__index_sort(lf->entries, lf->count);
+	for (uint64_t i = 1; i < lf->count; i++)
+		if (lf->entries[i].addr < lf->entries[i - 1].addr +
+		    (uint64_t)lf->entries[i - 1].npages * f->dec.header.page_size)
+			return report(err, index, lf->entries[i].offset, -EBADMSG,
+				      "page 0x%llx is recorded twice (again in the record here)",
+				      (unsigned long long)lf->entries[i].addr);
+	return 0;
+}
+
+/* Read the index that ends right before the trailer, if there is one. */
+static int read_index(struct snapshot_file *f, struct lazy_file *lf, size_t index,
+		      struct uffdwp_snapshot_error *err)
+{
+	const struct uffdwp__format_header *h = &f->dec.header;
+	uint64_t trailer = f->totals.trailer_offset, count, start;
+	unsigned char tail[16], *buf;
+	size_t size;
+	int ret;
+
+	if (h->version < 2 || trailer < uffdwp__format_header_size(h->region_count) + 16 ||
+	    pread(f->fd, tail, sizeof(tail), (off_t)(trailer - 16)) != (ssize_t)sizeof(tail))
+		return -ENODATA;
+	memcpy(&count, tail, 8);
+	count = le64toh(count);
+	if (count > (trailer - uffdwp__format_header_size(h->region_count)) / 32)
+		return -ENODATA;
+	size = uffdwp__format_index_size(count);
+	start = trailer - size;
+	buf = malloc(size);
+	if (!buf)
+		return report_file(err, index, -ENOMEM);
+	ret = pread(f->fd, buf, size, (off_t)start) == (ssize_t)size
+		? uffdwp__decode_index(h, buf, size, start, &lf->entries, &lf->count)
+		: -ENODATA;
+	free(buf);
+	if (ret == -EBADMSG)
+		return report(err, index, start, ret, "the index is damaged");
+	if (ret == -ENOMEM)
+		return report_file(err, index, ret);
+	return ret;
+}
+
+/* Make [at, at + len) of the file readable in its window. */
+static int load_window(struct lazy_file *lf, uint64_t at, size_t len)
+{
+	ssize_t n;
+
+	if (at >= lf->window_at && at - lf->window_at + len <= lf->window_len)
+		return 0;
+	if (len > lf->window_cap) {
+		unsigned char *grown = realloc(lf->window, len);
+
+		if (!grown)
+			return -ENOMEM;
+		lf->window = grown;
+		lf->window_cap = len;
+	}
+	lf->window_len = 0;
+	lf->decoded_at = UINT64_MAX;
+	do
+		n = pread(lf->fd, lf->window, len, (off_t)at);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n < len)
+		return -ENODATA;  /* the file shrank under us */
+	lf->window_at = at;
+	lf->window_len = len;
+	return 0;
+}
+
+/*
+ * The contents of the page at addr (an address of the regions) as the chain
+ * says: *data points at page_size bytes valid until the next call.
+ */
+static int page_source(struct uffdwp_lazy_restore *lr, uint64_t addr, const void **data)
+{
+	uint32_t ps = lr->image.header.page_size;
+
+	for (size_t i = lr->nfiles; i-- > 0;) {
+		struct lazy_file *lf = &lr->files[i];
+		const struct uffdwp__index_entry *e = uffdwp__index_find(lf->entries, lf->count,
+									 addr, ps);
+		uint64_t page = e ? (addr - e->addr) / ps : 0, at, bytes, first;
+		struct uffdwp__record rec;
+		int ret;
+
+		if (!e)
+			continue;
+		if (e->kind == UFFDWP__INDEX_ZERO) {
+			*data = lr->zeros;
+			return 0;
+		}
+		/* a run of PAGE records: the page's own, read a window ahead */
+		at = e->offset;
+		bytes = e->bytes;
+		first = e->addr;
+		if (e->kind == UFFDWP__INDEX_PAGES) {
+			uint64_t size = uffdwp__format_page_record_size(ps);
+			uint64_t window = LAZY_WINDOW / size ? LAZY_WINDOW / size : 1;
+
+			at += page * size;
+			first = addr;
+			if (at < lf->window_at || at + size > lf->window_at + lf->window_len) {
+				uint64_t left = e->npages - page;
+
+				ret = load_window(lf, at, (size_t)((left < window ? left : window) * size));
+				if (ret < 0)
+					return ret;
+			}
+			bytes = size;
+			page = 0;
+		} else {
+			ret = load_window(lf, at, (size_t)bytes);
+			if (ret < 0)
+				return ret;
+		}
+		if (lf->decoded_at != at) {
+			uffdwp__decoder_release(&lf->dec);
+			uffdwp__decoder_init_record(&lf->dec, &lf->header,
+						    lf->window + (at - lf->window_at), (size_t)bytes, at);
+			ret = uffdwp__decode_next(&lf->dec, &rec);
+			if (ret != 1 || rec.addr != first || rec.type != UFFDWP__RECORD_PAGE)
+				return ret < 0 ? ret : -EBADMSG;
+			lf->decoded_at = at;
+			lf->dec_data = rec.data;
+		}
+		*data = (const unsigned char *)lf->dec_data + page * ps;
+		return 0;
+	}
+	*data = lr->zeros;  /* no record names it: zero in the full snapshot */
+	return 0;
+}
+
+/* The address of the regions that image page i holds. */
+static uint64_t page_addr(const struct uffdwp_lazy_restore *lr, uint64_t i)
+{
+	const struct uffdwp__format_header *h = &lr->image.header;
+	uint64_t off = i * h->page_size;
+	uint32_t lo = 0, hi = h->region_count;
+
+	/* the last region whose image offset is at or before off */
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (lr->image.image_offset[mid] <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return h->regions[lo].addr + (off - lr->image.image_offset[lo]);
+}
+
+/* Record the first error; later pages are filled with zeros so that no
+ * thread of the program stays blocked on them. */
+static void lazy_fail(struct uffdwp_lazy_restore *lr, int err)
+{
+	pthread_mutex_lock(&lr->lock);
+	if (!lr->error)
+		lr->error = err;
+	pthread_mutex_unlock(&lr->lock);
+}
+
+/* Fill image page i (and wake whoever waits for it). Returns 1 if this
+ * call filled it, 0 if it was there already, or a negative errno. */
+static int fill_page(struct uffdwp_lazy_restore *lr, uint64_t i)
+{
+	uint32_t ps = lr->image.header.page_size;
+	unsigned char *dst = lr->image.mapping + i * ps;
+	const void *data = lr->zeros;
+	int ret = 0;
+
+	/* Only this thread reads the files; the lock guards the error. */
+	pthread_mutex_lock(&lr->lock);
+	ret = lr->error;
+	pthread_mutex_unlock(&lr->lock);
+	if (ret == 0)
+		ret = page_source(lr, page_addr(lr, i), &data);
+	else
+		ret = 0;  /* after an error: zeros */
+	if (ret < 0) {
+		lazy_fail(lr, ret);
+		data = lr->zeros;
+	}
+	do
+		ret = uffdwp_copy(lr->ctx, dst, data, ps, 0);
+	while (ret == -EAGAIN);
+	if (ret == -EEXIST) {
+		/* A fault may be queued for a page that is there: let it go. */
+		uffdwp_wake(lr->ctx, dst, ps);
+		return 0;
+	}
+	return ret < 0 ? ret : 1;
+}
+
+/* Serve every queued MISSING fault. */
+static int serve_faults(struct uffdwp_lazy_restore *lr, int timeout_ms)
+{
+	struct pollfd p = { .fd = uffdwp_fd(lr->ctx), .events = POLLIN };
+	struct uffdwp_event ev[16];
+	uint32_t ps = lr->image.header.page_size;
+	int n;
+
+	if (poll(&p, 1, timeout_ms) <= 0)
+		return 0;
+	while ((n = uffdwp_read_events(lr->ctx, ev, 16)) > 0) {
+		for (int k = 0; k < n; k++) {
+			uint64_t at = ev[k].pagefault.address - (uint64_t)(uintptr_t)lr->image.mapping;
+			int ret;
+
+			if (ev[k].type != UFFDWP_EVENT_PAGEFAULT || at >= lr->image.image_size)
+				continue;
+			ret = fill_page(lr, at / ps);
+			if (ret < 0)
+				return ret;
+			if (ret > 0) {
+				atomic_fetch_add(&lr->done, 1);
+				atomic_fetch_add(&lr->faulted, 1);
+			}
+		}
+	}
+	return n == -EAGAIN ? 0 : n;
+}
+
+static void *lazy_main(void *arg)
+{
+	struct uffdwp_lazy_restore *lr = arg;
+	uint64_t next = 0;
+	int ret = 0;
+
+	while (!ret && next < lr->total && !atomic_load(&lr->stop)) {
+		ret = serve_faults(lr, 0);
+		for (uint64_t end = next + LAZY_STEP; !ret && next < end && next < lr->total; next++) {
+			ret = fill_page(lr, next);
+			if (ret > 0) {
+				atomic_fetch_add(&lr->done, 1);
+				ret = 0;
+			}
+		}
+	}
+	if (ret < 0)
+		lazy_fail(lr, ret);
+	/* Every page is there (or the restore stopped): the mapping becomes
+	 * ordinary memory; a thread still waiting on a page is woken and
+	 * finds it (or, after a stop, a zero page). */
+	uffdwp_unregister(lr->ctx, lr->image.mapping, (size_t)lr->image.image_size);
+	pthread_mutex_lock(&lr->lock);
+	if (!lr->error && atomic_load(&lr->stop) && atomic_load(&lr->done) < lr->total)
+		lr->error = -ECANCELED;
+	lr->finished = true;
+	pthread_cond_broadcast(&lr->finished_cond);
+	pthread_mutex_unlock(&lr->lock);
+	return NULL;
+}
+
+static void lazy_free(struct uffdwp_lazy_restore *lr)
+{
+	for (size_t i = 0; i < lr->nfiles; i++) {
+		struct lazy_file *lf = &lr->files[i];
+
+		if (lf->fd >= 0)
+			close(lf->fd);
+		uffdwp__decoder_release(&lf->dec);
+		free(lf->entries);
+		free(lf->window);
+	}
+	free(lr->files);
+	if (lr->ctx)
+		uffdwp_close(lr->ctx);
+	free(lr->zeros);
+	free(lr->image.image_offset);
+	free((void *)lr->image.header.regions);
+	pthread_mutex_destroy(&lr->lock);
+	pthread_cond_destroy(&lr->finished_cond);
+	free(lr);
+}
+
+/* Open file i of the chain for a lazy restore: header, trailer, link, index. */
+static int lazy_open(struct uffdwp_lazy_restore *lr, const char *path, size_t i,
+		     uint64_t *prev_id, struct uffdwp_snapshot_error *err)
+{
+	struct lazy_file *lf = &lr->files[i];
+	struct snapshot_file f;
+	int ret = path ? open_file(&f, path, i, true, err) : report_file(err, i, -EINVAL);
+
+	if (ret == 0)
+		ret = read_trailer(&f, i, err);
+	if (ret == 0)
+		ret = check_link(&lr->image, i, &f.dec.header, *prev_id, err);
+	if (ret == 0) {
+		ret = read_index(&f, lf, i, err);
+		if (ret == -ENODATA)  /* none: scan (and check) the file instead */
+			ret = scan_index(&f, lf, i, err);
+	}
+	if (ret == 0) {
+		*prev_id = f.dec.header.snapshot_id;
+		lf->header = lr->image.header;  /* the same regions and page size */
+		lf->header.version = f.dec.header.version;
+		lf->header.snapshot_id = f.dec.header.snapshot_id;
+		lf->fd = f.fd;
+		f.fd = -1;  /* kept */
+	}
+	if (path)
+		close_file(&f);
+	return ret;
+}
+
+int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void **mapping,
+				 size_t *mapping_len, struct uffdwp_lazy_restore **lrp,
+				 struct uffdwp_snapshot_error *err)
+{
+	struct uffdwp_opts o = { .sz = sizeof(o), .backend = UFFDWP_BACKEND_KERNEL };
+	uint64_t t0 = monotonic_ns(), prev_id = 0;
+	struct uffdwp_lazy_restore *lr;
+	int ret = check_error_arg(err);
+
+	if (ret < 0 || !paths || npaths == 0 || !mapping || !mapping_len || !lrp)
+		return -EINVAL;
+	lr = calloc(1, sizeof(*lr));
+	if (!lr)
+		return -ENOMEM;
+	lr->image.kind = TARGET_MAPPING;
+	pthread_mutex_init(&lr->lock, NULL);
+	pthread_cond_init(&lr->finished_cond, NULL);
+	lr->files = calloc(npaths, sizeof(*lr->files));
+	if (!lr->files) {
+		lazy_free(lr);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < npaths; i++)
+		lr->files[i].fd = -1;
+	lr->nfiles = npaths;
+	for (size_t i = 0; i < npaths && ret == 0; i++)
+		ret = lazy_open(lr, paths[i], i, &prev_id, err);
+	if (ret == 0) {
+		lr->zeros = calloc(1, lr->image.header.page_size);
+		ret = lr->zeros ? prepare_mapping(&lr->image) : -ENOMEM;
+		if (ret < 0)
+			report_file(err, npaths, ret);
+	}
+	if (ret == 0) {
+		/* MISSING faults need the kernel's userfaultfd */
+		ret = uffdwp_open(&lr->ctx, &o);
+		if (ret < 0)
+			ret = report(err, npaths, 0, -EOPNOTSUPP, "a lazy restore needs the kernel's "
+				     "userfaultfd (%s)", strerror(-ret));
+		else if (lr->image.header.page_size != uffdwp__page_size())
+			ret = report(err, npaths, 0, -EINVAL, "a lazy restore needs the files' page "
+				     "size (%u) to be this machine's", lr->image.header.page_size);
+		else
+			ret = report_file(err, npaths,
+					  /* WP too: the library registers nothing without
+					   * it; nothing is protected, so it costs nothing */
+					  uffdwp_register(lr->ctx, lr->image.mapping,
+							  (size_t)lr->image.image_size,
+							  UFFDWP_REGISTER_MODE_MISSING |
+								  UFFDWP_REGISTER_MODE_WP));
+	}
+	if (ret == 0) {
+		lr->total = lr->image.image_size / lr->image.header.page_size;
+		ret = -pthread_create(&lr->thread, NULL, lazy_main, lr);
+		lr->thread_started = ret == 0;
+		if (ret < 0)
+			report_file(err, npaths, ret);
+	}
+	if (ret < 0) {
+		if (lr->image.mapping)
+			unmap(&lr->image);
+		lazy_free(lr);
+		return ret;
+	}
+	lr->begin_ns = monotonic_ns() - t0;
+	*mapping = lr->image.mapping;
+	*mapping_len = (size_t)lr->image.image_size;
+	*lrp = lr;
+	return 0;
+}
+
+int uffdwp_lazy_restore_wait(struct uffdwp_lazy_restore *lr, int timeout_ms)
+{
+	struct timespec until;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	if (timeout_ms > 0) {
+		until.tv_sec += timeout_ms / 1000;
+		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+	}
+	pthread_mutex_lock(&lr->lock);
+	while (!lr->finished && ret == 0) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&lr->finished_cond, &lr->lock);
+		else if (timeout_ms == 0 ||
+			 pthread_cond_timedwait(&lr->finished_cond, &lr->lock, &until) == ETIMEDOUT)
+			ret = lr->finished ? 0 : -ETIMEDOUT;
+	}
+	if (ret == 0)
+		ret = lr->error;
+	pthread_mutex_unlock(&lr->lock);
+	return ret;
+}
+
+int uffdwp_lazy_restore_progress(const struct uffdwp_lazy_restore *lr,
+				 struct uffdwp_snapshot_progress *p)
+{
+	struct uffdwp_lazy_restore *m = (struct uffdwp_lazy_restore *)lr;
+	size_t sz;
+
+	if (!p || p->sz < sizeof(*p))
+		return -EINVAL;
+	sz = p->sz;
+	memset(p, 0, sizeof(*p));
+	p->sz = sz;
+	p->pages_total = lr->total;
+	p->pages_done = atomic_load(&m->done);
+	p->pages_copied = atomic_load(&m->faulted);
+	p->begin_ns = lr->begin_ns;
+	pthread_mutex_lock(&m->lock);
+	p->finished = lr->finished;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+int uffdwp_lazy_restore_end(struct uffdwp_lazy_restore *lr, int cancel)
+{
+	int ret;
+
+	if (!lr)
+		return 0;
+	if (cancel)
+		atomic_store(&lr->stop, 1);
+	ret = uffdwp_lazy_restore_wait(lr, -1);
+	if (lr->thread_started)
+		pthread_join(lr->thread, NULL);
+	lazy_free(lr);
+	return ret;
 }

@@ -29,6 +29,7 @@ static char scratch[64];
 
 uint32_t fx_version = UFFDWP__FORMAT_VERSION;
 struct uffdwp__codec *fx_codec;
+bool fx_indexed;
 
 const struct uffdwp_snapshot_region *fx_regions(void)
 {
@@ -79,6 +80,8 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 	s->buf = malloc(cap);
 	CHECK(s->buf && page);
 	CHECK_OK(uffdwp__encoder_init(&enc, &h));
+	if (fx_indexed && fx_version >= 2)
+		CHECK_OK(uffdwp__encoder_keep_index(&enc));
 	got = uffdwp__encode_header(&enc, s->buf, cap);
 	CHECK_EQ(got, uffdwp__format_header_size(FX_REGIONS));
 	s->len = s->header_len = (size_t)got;
@@ -108,6 +111,12 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 				memset(dst, 0, r->npages * test_page());
 		}
 		s->len += (size_t)got;
+	}
+	if (fx_indexed && fx_version >= 2) {
+		got = uffdwp__encode_index(&enc, s->buf + s->len, cap - s->len);
+		CHECK(got > 0);
+		s->len += (size_t)got;
+		uffdwp__encoder_release(&enc);
 	}
 	s->record_at[s->nrecords] = s->len;
 	got = uffdwp__encode_trailer(&enc, s->buf + s->len, cap - s->len);

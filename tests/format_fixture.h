@@ -46,6 +46,8 @@ void fx_page_contents(unsigned char *page, unsigned char fill);
  * one-page BATCH record. */
 extern uint32_t fx_version;
 extern struct uffdwp__codec *fx_codec;
+/* From version 2: write an index before the trailer (as the saver does). */
+extern bool fx_indexed;
 
 /*
  * Encode a snapshot holding recs; when image is not NULL, apply them to it
