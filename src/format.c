@@ -736,7 +736,17 @@ void uffdwp__decoder_init_buffer(struct uffdwp__decoder *dec, const void *buf, s
 void uffdwp__decoder_init_record(struct uffdwp__decoder *dec, const struct uffdwp__format_header *h,
 				 const void *buf, size_t len, uint64_t offset)
 {
+	/* What it allocated for earlier records is kept for the next. */
+	unsigned char *stored = dec->stored, *batch = dec->batch;
+	size_t stored_cap = dec->stored_cap, batch_cap = dec->batch_cap;
+	void *zstd = dec->zstd;
+
 	uffdwp__decoder_init_buffer(dec, buf, len);
+	dec->stored = stored;
+	dec->batch = batch;
+	dec->stored_cap = stored_cap;
+	dec->batch_cap = batch_cap;
+	dec->zstd = zstd;
 	dec->header = *h;
 	dec->base = offset;
 	dec->state = UFFDWP__DEC_RECORDS;

@@ -425,7 +425,9 @@ int uffdwp__decode_index(const struct uffdwp__format_header *h, const void *buf,
  * A decoder of single records, for a reader that seeks (lazy restore): buf
  * holds len bytes of a stream of header h from stream offset `offset`; the
  * next uffdwp__decode_next() decodes the record there (checksums, fields,
- * decompression; not the stream checksum). h stays the caller's.
+ * decompression; not the stream checksum). h stays the caller's. The
+ * decoder must be zeroed or released before its first such init; buffers
+ * it allocated are kept from one record to the next (release at the end).
  */
 void uffdwp__decoder_init_record(struct uffdwp__decoder *dec, const struct uffdwp__format_header *h,
 				 const void *buf, size_t len, uint64_t offset) UFFDWP__FORMAT_HIDDEN;

@@ -857,8 +857,9 @@ int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t npaths,
  * the mapping: from then on it is ordinary memory.
  */
 
-/* Pages filled between two looks at the fault queue. */
-#define LAZY_STEP 64
+/* Pages filled between two looks at the fault queue: a fault waits for at
+ * most this many (one poll(2) per step costs ~1 % of their copying). */
+#define LAZY_STEP 16
 
 /* Bytes of PAGE records read at once for a run of them. */
 #define LAZY_WINDOW (256 * 1024)
@@ -883,6 +884,8 @@ struct uffdwp_lazy_restore {
 	size_t nfiles;
 	struct uffdwp *ctx;
 	unsigned char *zeros;  /* a page of them */
+	unsigned char *stage;  /* LAZY_STEP pages on their way in */
+	unsigned char *present;  /* per page: 1 once filled (by the thread, only) */
 	uint64_t total;        /* pages */
 	_Atomic uint64_t done, faulted;
 	_Atomic int stop;
@@ -1054,7 +1057,6 @@ static int page_source(struct uffdwp_lazy_restore *lr, uint64_t addr, const void
 				return ret;
 		}
 		if (lf->decoded_at != at) {
-			uffdwp__decoder_release(&lf->dec);
 			uffdwp__decoder_init_record(&lf->dec, &lf->header,
 						    lf->window + (at - lf->window_at), (size_t)bytes, at);
 			ret = uffdwp__decode_next(&lf->dec, &rec);
@@ -1099,36 +1101,88 @@ static void lazy_fail(struct uffdwp_lazy_restore *lr, int err)
 	pthread_mutex_unlock(&lr->lock);
 }
 
-/* Fill image page i (and wake whoever waits for it). Returns 1 if this
- * call filled it, 0 if it was there already, or a negative errno. */
-static int fill_page(struct uffdwp_lazy_restore *lr, uint64_t i)
+/* Copy image pages [i, i + n) from stage, none of them present yet. */
+static int copy_run(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+		    const unsigned char *stage)
 {
 	uint32_t ps = lr->image.header.page_size;
 	unsigned char *dst = lr->image.mapping + i * ps;
-	const void *data = lr->zeros;
-	int ret = 0;
+	int ret;
+
+	do
+		ret = uffdwp_copy(lr->ctx, dst, stage, n * ps, 0);
+	while (ret == -EAGAIN);
+	if (ret != -EEXIST)
+		return ret;
+	/*
+	 * Only this thread fills pages, and none of these was there: an
+	 * interrupted copy (-EAGAIN) placed the first ones. Page by page;
+	 * -EEXIST is then one of ours (its waiters were woken by that copy,
+	 * or are woken here).
+	 */
+	for (uint64_t k = 0; k < n; k++) {
+		do
+			ret = uffdwp_copy(lr->ctx, dst + k * ps, stage + k * ps, ps, 0);
+		while (ret == -EAGAIN);
+		if (ret == -EEXIST)
+			ret = uffdwp_wake(lr->ctx, dst + k * ps, ps);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* Put the pages of [i, i + n) that are not present yet into place from
+ * stage. Returns how many it placed, or a negative errno. */
+static int64_t place(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+		     const unsigned char *stage)
+{
+	uint32_t ps = lr->image.header.page_size;
+	int64_t placed = 0;
+
+	for (uint64_t k = 0, run; k < n; k += run) {
+		if (lr->present[i + k]) {
+			run = 1;
+			continue;
+		}
+		for (run = 1; k + run < n && !lr->present[i + k + run]; run++)
+			;
+		int ret = copy_run(lr, i + k, run, stage + k * ps);
+
+		if (ret < 0)
+			return ret;
+		memset(lr->present + i + k, 1, run);
+		placed += (int64_t)run;
+	}
+	return placed;
+}
+
+/* Fill image pages [i, i + n) (n at most LAZY_STEP). Returns how many this
+ * call filled, or a negative errno. */
+static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n)
+{
+	uint32_t ps = lr->image.header.page_size;
+	int ret;
 
 	/* Only this thread reads the files; the lock guards the error. */
 	pthread_mutex_lock(&lr->lock);
 	ret = lr->error;
 	pthread_mutex_unlock(&lr->lock);
-	if (ret == 0)
-		ret = page_source(lr, page_addr(lr, i), &data);
-	else
-		ret = 0;  /* after an error: zeros */
-	if (ret < 0) {
-		lazy_fail(lr, ret);
-		data = lr->zeros;
+	for (uint64_t k = 0; k < n; k++) {
+		const void *data = lr->zeros;
+
+		if (lr->present[i + k])
+			continue;
+		if (ret == 0) {  /* after an error: zeros */
+			ret = page_source(lr, page_addr(lr, i + k), &data);
+			if (ret < 0) {
+				lazy_fail(lr, ret);
+				data = lr->zeros;
+			}
+		}
+		memcpy(lr->stage + k * ps, data, ps);
 	}
-	do
-		ret = uffdwp_copy(lr->ctx, dst, data, ps, 0);
-	while (ret == -EAGAIN);
-	if (ret == -EEXIST) {
-		/* A fault may be queued for a page that is there: let it go. */
-		uffdwp_wake(lr->ctx, dst, ps);
-		return 0;
-	}
-	return ret < 0 ? ret : 1;
+	return place(lr, i, n, lr->stage);
 }
 
 /* Serve every queued MISSING fault. */
@@ -1144,17 +1198,20 @@ static int serve_faults(struct uffdwp_lazy_restore *lr, int timeout_ms)
 	while ((n = uffdwp_read_events(lr->ctx, ev, 16)) > 0) {
 		for (int k = 0; k < n; k++) {
 			uint64_t at = ev[k].pagefault.address - (uint64_t)(uintptr_t)lr->image.mapping;
-			int ret;
-
 			if (ev[k].type != UFFDWP_EVENT_PAGEFAULT || at >= lr->image.image_size)
 				continue;
-			ret = fill_page(lr, at / ps);
-			if (ret < 0)
-				return ret;
-			if (ret > 0) {
-				atomic_fetch_add(&lr->done, 1);
-				atomic_fetch_add(&lr->faulted, 1);
+			int64_t filled;
+
+			if (lr->present[at / ps]) {
+				/* filled since the fault was queued: let it go */
+				uffdwp_wake(lr->ctx, lr->image.mapping + at / ps * ps, ps);
+				continue;
 			}
+			filled = fill_pages(lr, at / ps, 1);
+			if (filled < 0)
+				return (int)filled;
+			atomic_fetch_add(&lr->done, (uint64_t)filled);
+			atomic_fetch_add(&lr->faulted, (uint64_t)filled);
 		}
 	}
 	return n == -EAGAIN ? 0 : n;
@@ -1167,14 +1224,18 @@ static void *lazy_main(void *arg)
 	int ret = 0;
 
 	while (!ret && next < lr->total && !atomic_load(&lr->stop)) {
+		uint64_t n = lr->total - next < LAZY_STEP ? lr->total - next : LAZY_STEP;
+		int64_t filled;
+
 		ret = serve_faults(lr, 0);
-		for (uint64_t end = next + LAZY_STEP; !ret && next < end && next < lr->total; next++) {
-			ret = fill_page(lr, next);
-			if (ret > 0) {
-				atomic_fetch_add(&lr->done, 1);
-				ret = 0;
-			}
-		}
+		if (ret)
+			break;
+		filled = fill_pages(lr, next, n);
+		if (filled < 0)
+			ret = (int)filled;
+		else
+			atomic_fetch_add(&lr->done, (uint64_t)filled);
+		next += n;
 	}
 	if (ret < 0)
 		lazy_fail(lr, ret);
@@ -1206,6 +1267,8 @@ static void lazy_free(struct uffdwp_lazy_restore *lr)
 	if (lr->ctx)
 		uffdwp_close(lr->ctx);
 	free(lr->zeros);
+	free(lr->stage);
+	free(lr->present);
 	free(lr->image.image_offset);
 	free((void *)lr->image.header.regions);
 	pthread_mutex_destroy(&lr->lock);
@@ -1272,7 +1335,8 @@ int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void *
 		ret = lazy_open(lr, paths[i], i, &prev_id, err);
 	if (ret == 0) {
 		lr->zeros = calloc(1, lr->image.header.page_size);
-		ret = lr->zeros ? prepare_mapping(&lr->image) : -ENOMEM;
+		lr->stage = malloc((size_t)LAZY_STEP * lr->image.header.page_size);
+		ret = lr->zeros && lr->stage ? prepare_mapping(&lr->image) : -ENOMEM;
 		if (ret < 0)
 			report_file(err, npaths, ret);
 	}
@@ -1296,7 +1360,8 @@ int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void *
 	}
 	if (ret == 0) {
 		lr->total = lr->image.image_size / lr->image.header.page_size;
-		ret = -pthread_create(&lr->thread, NULL, lazy_main, lr);
+		lr->present = lr->total <= SIZE_MAX ? calloc((size_t)lr->total, 1) : NULL;
+		ret = lr->present ? -pthread_create(&lr->thread, NULL, lazy_main, lr) : -ENOMEM;
 		lr->thread_started = ret == 0;
 		if (ret < 0)
 			report_file(err, npaths, ret);
