@@ -99,8 +99,10 @@ static inline void harness_fix_checksums(unsigned char *p, size_t len)
 			body = 32;
 		else if (tag == UFFDWP__FORMAT_TAG_INDEX && version >= 2 &&
 			 len - at >= UFFDWP__FORMAT_HEAD_SIZE + 8 &&
-			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE) <= len / 32)
-			body = 16 + 32 * (size_t)harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE);
+			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE) <=
+				 len / UFFDWP__FORMAT_INDEX_ENTRY)
+			body = 16 + UFFDWP__FORMAT_INDEX_ENTRY *
+					    (size_t)harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE);
 		else if (tag == UFFDWP__FORMAT_TAG_BATCH && version >= 2 &&
 			 len - at >= UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED &&
 			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE + 8) <= len)
@@ -177,6 +179,52 @@ static inline void harness_check_record(const struct uffdwp__decoder *dec,
 	harness_check(inside);
 }
 
+/*
+ * The index read from the end of a decoded stream (if it has one) agrees
+ * with the records: each entry's record decodes alone, at its address.
+ * Reading an index anywhere else is safe.
+ */
+static inline void harness_check_index(const struct uffdwp__format_header *h,
+				       const unsigned char *data, size_t len, uint64_t trailer,
+				       bool sound)
+{
+	struct uffdwp__index_entry *entries = NULL;
+	uint64_t count = 0, start;
+	int ret;
+
+	if (trailer < 16 || trailer > len)
+		return;
+	count = harness_load64(data + trailer - 16);
+	if (count > trailer / UFFDWP__FORMAT_INDEX_ENTRY)
+		return;
+	start = trailer - uffdwp__format_index_size(count);
+	if (start > trailer)
+		return;
+	ret = uffdwp__decode_index(h, data + start, (size_t)(trailer - start), start, &entries,
+				   &count);
+	harness_check(ret == 0 || ret == -ENODATA || ret == -EBADMSG || ret == -ENOMEM);
+	if (ret < 0)
+		return;
+	for (uint64_t i = 0; i < count; i++) {
+		struct uffdwp__decoder dec = { 0 };
+		struct uffdwp__record rec;
+		const struct uffdwp__index_entry *e = &entries[i];
+		uint64_t bytes = e->kind == UFFDWP__INDEX_PAGES
+			? uffdwp__format_page_record_size(h->page_size) : e->bytes;
+
+		harness_check(uffdwp__index_find(entries, count, e->addr, h->page_size) == e);
+		if (e->kind == UFFDWP__INDEX_ZERO)
+			continue;
+		uffdwp__decoder_init_record(&dec, h, data + e->offset, (size_t)bytes, e->offset);
+		ret = uffdwp__decode_next(&dec, &rec);
+		/* in a sound stream the index points at real records */
+		if (sound)
+			harness_check(ret == 1 && rec.addr == e->addr && rec.offset == e->offset);
+		uffdwp__decoder_release(&dec);
+	}
+	free(entries);
+}
+
 /* Decode data both ways and insist on the same outcome; returns it. */
 static inline int harness_decode(const unsigned char *data, size_t len)
 {
@@ -220,6 +268,9 @@ static inline int harness_decode(const unsigned char *data, size_t len)
 						     data + len - UFFDWP__FORMAT_TRAILER_SIZE,
 						     &alone) == 0);
 		harness_check(!memcmp(&alone, &from_buffer.totals, sizeof(alone)));
+		if (from_buffer.header.version >= 2)
+			harness_check_index(&from_buffer.header, data, len,
+					    from_buffer.totals.trailer_offset, true);
 	}
 	/* and a trailer read alone from the end of any stream is safe */
 	if (from_buffer.header.regions && len >= UFFDWP__FORMAT_TRAILER_SIZE) {
@@ -228,6 +279,9 @@ static inline int harness_decode(const unsigned char *data, size_t len)
 					       data + len - UFFDWP__FORMAT_TRAILER_SIZE, &alone);
 
 		harness_check(r == 0 || r == -ENODATA || r == -EBADMSG);
+		if (from_buffer.header.version >= 2)
+			harness_check_index(&from_buffer.header, data, len,
+					    len - UFFDWP__FORMAT_TRAILER_SIZE, false);
 	}
 	uffdwp__decoder_release(&from_buffer);
 	uffdwp__decoder_release(&from_reader);

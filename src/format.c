@@ -239,43 +239,56 @@ static uint64_t chain(const struct uffdwp__format_header *h, uint64_t stream_sum
 
 /* ---- encoder -------------------------------------------------------------- */
 
+/*
+ * The rule that turns records into index entries, for the encoder that
+ * writes the index and the decoder that checks it: a PAGE record right
+ * after the last entry's run of PAGE records, for the next page, extends
+ * it (true: *last extended); anything else starts an entry.
+ */
+static bool index_extend(struct uffdwp__index_entry *last, enum uffdwp__index_kind kind,
+			 uint64_t addr, uint64_t offset, uint64_t bytes, uint32_t page_size)
+{
+	if (kind != UFFDWP__INDEX_PAGES || !last || last->kind != UFFDWP__INDEX_PAGES ||
+	    last->offset + last->bytes != offset || last->addr + last->npages * page_size != addr)
+		return false;
+	last->npages++;
+	last->bytes += bytes;
+	return true;
+}
+
+/* An entry as it is on the wire. */
+static void put_entry(unsigned char *p, const struct uffdwp__index_entry *e)
+{
+	store64(p, e->addr);
+	store64(p + 8, e->npages);
+	store64(p + 16, e->offset);
+	store64(p + 24, e->bytes);
+	store32(p + 32, e->kind);
+	store32(p + 36, 0);
+}
+
 /* Note a record just encoded (at enc->offset) in the index being kept. */
 static void index_note(struct uffdwp__encoder *enc, enum uffdwp__index_kind kind, uint64_t addr,
 		       uint64_t npages, uint64_t bytes)
 {
 	struct uffdwp__index_entry *last = enc->index_n ? &enc->index[enc->index_n - 1] : NULL;
 
-	if (!enc->indexing || enc->index_error)
+	if (!enc->indexing || enc->index_error ||
+	    index_extend(last, kind, addr, enc->offset, bytes, enc->header.page_size))
 		return;
-	/* A PAGE record right after the last one, for the next page, extends it. */
-	if (kind == UFFDWP__INDEX_PAGES && last && last->kind == UFFDWP__INDEX_PAGES &&
-	    last->offset + last->bytes == enc->offset &&
-	    last->addr + (uint64_t)last->npages * enc->header.page_size == addr &&
-	    last->npages < UINT32_MAX) {
-		last->npages++;
-		last->bytes += bytes;
-		return;
-	}
-	/* A ZERO run longer than an entry holds (u32 npages) takes several. */
-	while (npages) {
-		uint32_t n = npages > UINT32_MAX ? UINT32_MAX : (uint32_t)npages;
+	if (enc->index_n == enc->index_cap) {
+		size_t cap = enc->index_cap ? enc->index_cap * 2 : 64;
+		struct uffdwp__index_entry *grown = realloc(enc->index, cap * sizeof(*grown));
 
-		if (enc->index_n == enc->index_cap) {
-			size_t cap = enc->index_cap ? enc->index_cap * 2 : 64;
-			struct uffdwp__index_entry *grown = realloc(enc->index, cap * sizeof(*grown));
-
-			if (!grown) {
-				enc->index_error = -ENOMEM;
-				return;
-			}
-			enc->index = grown;
-			enc->index_cap = cap;
+		if (!grown) {
+			enc->index_error = -ENOMEM;
+			return;
 		}
-		enc->index[enc->index_n++] = (struct uffdwp__index_entry){
-			addr, n, kind, enc->offset, bytes };
-		addr += (uint64_t)n * enc->header.page_size;
-		npages -= n;
+		enc->index = grown;
+		enc->index_cap = cap;
 	}
+	enc->index[enc->index_n++] = (struct uffdwp__index_entry){
+		addr, npages, enc->offset, bytes, kind };
 }
 
 int uffdwp__encoder_keep_index(struct uffdwp__encoder *enc)
@@ -320,7 +333,7 @@ const struct uffdwp__index_entry *uffdwp__index_find(const struct uffdwp__index_
 
 		if (addr < e[mid].addr)
 			hi = mid;
-		else if (addr - e[mid].addr >= (uint64_t)e[mid].npages * page_size)
+		else if (addr - e[mid].addr >= e[mid].npages * page_size)
 			lo = mid + 1;
 		else
 			return &e[mid];
@@ -344,13 +357,8 @@ ssize_t uffdwp__encode_index(struct uffdwp__encoder *enc, void *buf, size_t cap)
 	put_head(p, UFFDWP__FORMAT_TAG_INDEX, 0);
 	store64(p + UFFDWP__FORMAT_HEAD_SIZE, enc->index_n);
 	e = p + UFFDWP__FORMAT_HEAD_SIZE + 8;
-	for (size_t i = 0; i < enc->index_n; i++, e += UFFDWP__FORMAT_INDEX_ENTRY) {
-		store64(e, enc->index[i].addr);
-		store32(e + 8, enc->index[i].npages);
-		store32(e + 12, enc->index[i].kind);
-		store64(e + 16, enc->index[i].offset);
-		store64(e + 24, enc->index[i].bytes);
-	}
+	for (size_t i = 0; i < enc->index_n; i++, e += UFFDWP__FORMAT_INDEX_ENTRY)
+		put_entry(e, &enc->index[i]);
 	store64(e, enc->index_n);
 	sum = record_sum(&enc->header, p, p + UFFDWP__FORMAT_HEAD_SIZE,
 			 size - UFFDWP__FORMAT_HEAD_SIZE - UFFDWP__FORMAT_SUM_SIZE);
@@ -1051,10 +1059,10 @@ static const char *check_index(const struct uffdwp__format_header *h, const unsi
 
 	for (uint64_t i = 0; i < count; i++, p += UFFDWP__FORMAT_INDEX_ENTRY) {
 		struct uffdwp__index_entry e = {
-			load64(p), load32(p + 8), load32(p + 12), load64(p + 16), load64(p + 24),
+			load64(p), load64(p + 8), load64(p + 16), load64(p + 24), load32(p + 32),
 		};
 
-		if (e.kind < UFFDWP__INDEX_PAGES || e.kind > UFFDWP__INDEX_ZERO)
+		if (e.kind < UFFDWP__INDEX_PAGES || e.kind > UFFDWP__INDEX_ZERO || load32(p + 36))
 			return "has an entry of unknown kind";
 		if (!run_inside(h, e.addr, e.npages))
 			return "has an entry outside the regions";
@@ -1066,7 +1074,7 @@ static const char *check_index(const struct uffdwp__format_header *h, const unsi
 		if (e.kind == UFFDWP__INDEX_PAGES &&
 		    e.bytes != e.npages * (uint64_t)uffdwp__format_page_record_size(h->page_size))
 			return "has a page run of the wrong size";
-		end = e.addr + (uint64_t)e.npages * h->page_size;
+		end = e.addr + e.npages * h->page_size;
 		if (out)
 			out[i] = e;
 	}
@@ -1104,6 +1112,35 @@ int uffdwp__decode_index(const struct uffdwp__format_header *h, const void *buf,
 	return 0;
 }
 
+/* Add an entry the records call for to the decoder's digest of them. */
+static void digest_entry(struct uffdwp__decoder *dec, const struct uffdwp__index_entry *e)
+{
+	unsigned char wire[UFFDWP__FORMAT_INDEX_ENTRY];
+
+	put_entry(wire, e);
+	dec->index_digest += XXH3_64bits(wire, sizeof(wire));
+	dec->index_count++;
+}
+
+/*
+ * The entries the records decoded so far call for, by the encoder's rule,
+ * summed as an order-free digest (the index is sorted, the records are
+ * not): constant memory, and the index must match it exactly.
+ */
+static void expect_entry(struct uffdwp__decoder *dec, enum uffdwp__index_kind kind,
+			 uint64_t addr, uint64_t npages, uint64_t offset, uint64_t bytes)
+{
+	uint32_t ps = dec->header.page_size;
+
+	if (index_extend(dec->index_have_last ? &dec->index_last : NULL, kind, addr, offset,
+			 bytes, ps))
+		return;
+	if (dec->index_have_last)
+		digest_entry(dec, &dec->index_last);
+	dec->index_last = (struct uffdwp__index_entry){ addr, npages, offset, bytes, kind };
+	dec->index_have_last = true;
+}
+
 /* The rest of an INDEX record met in the stream: checked, then chained. */
 static int skip_index(struct uffdwp__decoder *dec, const unsigned char *head, uint64_t start)
 {
@@ -1111,16 +1148,15 @@ static int skip_index(struct uffdwp__decoder *dec, const unsigned char *head, ui
 	struct uffdwp__format_totals *seen = &dec->totals;
 	unsigned char count[8], tail[16];
 	const char *problem;
-	uint64_t n, bytes;
+	uint64_t n, bytes, digest = 0;
 	int ret = read_exact(dec, count, sizeof(count), start, "the index");
 
 	if (ret < 0)
 		return ret;
 	n = load64(count);
-	/* Each entry stands for a record (or 2^32 zero pages of one): a count
-	 * beyond that is a lie, and allocation stays bounded by the stream. */
-	if (dec->index_seen || load32(head + 4) || load64(head + 8) ||
-	    n > seen->record_count + seen->zero_count / UINT32_MAX + 1)
+	/* Each entry stands for one record or more: a count beyond that is a
+	 * lie, and allocation stays bounded by the stream. */
+	if (dec->index_seen || load32(head + 4) || load64(head + 8) || n > seen->record_count)
 		return fail(dec, -EBADMSG, start, "bad index record (%llu entries)",
 			    (unsigned long long)n);
 	bytes = n * UFFDWP__FORMAT_INDEX_ENTRY;
@@ -1140,6 +1176,16 @@ static int skip_index(struct uffdwp__decoder *dec, const unsigned char *head, ui
 	problem = check_index(h, dec->stored + 8, n, start, NULL);
 	if (problem)
 		return fail(dec, -EBADMSG, start, "the index %s", problem);
+	if (dec->index_have_last)
+		digest_entry(dec, &dec->index_last);
+	dec->index_have_last = false;
+	for (uint64_t i = 0; i < n; i++)
+		digest += XXH3_64bits(dec->stored + 8 + i * UFFDWP__FORMAT_INDEX_ENTRY,
+				      UFFDWP__FORMAT_INDEX_ENTRY);
+	if (n != dec->index_count || digest != dec->index_digest)
+		return fail(dec, -EBADMSG, start, "the index does not match the records "
+			    "(%llu entries, the records call for %llu)", (unsigned long long)n,
+			    (unsigned long long)dec->index_count);
 	seen->stream_sum = chain(h, seen->stream_sum, load64(tail + 8));
 	dec->index_seen = true;
 	return 0;
@@ -1147,9 +1193,12 @@ static int skip_index(struct uffdwp__decoder *dec, const unsigned char *head, ui
 
 /* Hand out a checked record: its run must lie in a region; count it. */
 static int accept_record(struct uffdwp__decoder *dec, struct uffdwp__record *rec,
-			 enum uffdwp__record_type type, uint64_t start, uint64_t addr,
-			 uint64_t npages, const void *data, uint64_t sum, const char *what)
+			 enum uffdwp__index_kind kind, uint64_t start, uint64_t addr,
+			 uint64_t npages, const void *data, uint64_t sum)
 {
+	static const char *const what[] = { "", "page", "batch", "zero" };
+	enum uffdwp__record_type type = kind == UFFDWP__INDEX_ZERO ? UFFDWP__RECORD_ZERO
+								    : UFFDWP__RECORD_PAGE;
 	const struct uffdwp__format_header *h = &dec->header;
 	struct uffdwp__format_totals *seen = &dec->totals;
 	uint64_t *count = type == UFFDWP__RECORD_PAGE ? &seen->page_count : &seen->zero_count;
@@ -1159,12 +1208,14 @@ static int accept_record(struct uffdwp__decoder *dec, struct uffdwp__record *rec
 	if (!run_inside(h, addr, npages))
 		return fail(dec, -EBADMSG, start,
 			    "%s record for 0x%llx (%llu pages) is unaligned or outside the regions",
-			    what, (unsigned long long)addr, (unsigned long long)npages);
+			    what[kind], (unsigned long long)addr, (unsigned long long)npages);
 	/* Only a stream naming pages over and over could wrap a count. */
 	if (*count + npages < *count)
 		return fail(dec, -EBADMSG, start, "the %s page count overflows",
 			    type == UFFDWP__RECORD_PAGE ? "stored" : "zero");
 	*rec = (struct uffdwp__record){ type, dec->base + start, addr, npages, data };
+	if (h->version >= 2)
+		expect_entry(dec, kind, addr, npages, start, dec->offset - start);
 	seen->record_count++;
 	*count += npages;
 	seen->stream_sum = chain(h, seen->stream_sum, sum);
@@ -1307,8 +1358,8 @@ next:
 			n = decode_batch(dec, head, start, &data);
 			if (n < 0)
 				return (int)n;
-			return accept_record(dec, rec, UFFDWP__RECORD_PAGE, start, addr, (uint64_t)n,
-					     data, dec->batch_sum, "batch");
+			return accept_record(dec, rec, UFFDWP__INDEX_BATCH, start, addr, (uint64_t)n,
+					     data, dec->batch_sum);
 		}
 		return fail(dec, -EBADMSG, start, "unknown record tag 0x%08x (a batch needs "
 			    "version 2)", tag);
@@ -1344,10 +1395,8 @@ next:
 	}
 
 	if (tag == UFFDWP__FORMAT_TAG_PAGE)
-		return accept_record(dec, rec, UFFDWP__RECORD_PAGE, start, addr, 1, data, record,
-				     "page");
-	return accept_record(dec, rec, UFFDWP__RECORD_ZERO, start, addr, load64(body), NULL, record,
-			     "zero");
+		return accept_record(dec, rec, UFFDWP__INDEX_PAGES, start, addr, 1, data, record);
+	return accept_record(dec, rec, UFFDWP__INDEX_ZERO, start, addr, load64(body), NULL, record);
 }
 
 int uffdwp__decode_trailer(const struct uffdwp__format_header *h, const void *buf,

@@ -86,7 +86,7 @@
  * at `offset`: one BATCH or ZERO record, or a run of consecutive PAGE
  * records (each page_size + 24 bytes).
  */
-#define UFFDWP__FORMAT_INDEX_ENTRY 32
+#define UFFDWP__FORMAT_INDEX_ENTRY 40
 enum uffdwp__index_kind {
 	UFFDWP__INDEX_PAGES = 1,
 	UFFDWP__INDEX_BATCH = 2,
@@ -94,10 +94,10 @@ enum uffdwp__index_kind {
 };
 struct uffdwp__index_entry {
 	uint64_t addr;
-	uint32_t npages;
-	uint32_t kind;    /* enum uffdwp__index_kind */
+	uint64_t npages;
 	uint64_t offset;  /* of the (first) record */
 	uint64_t bytes;   /* of the record(s) */
+	uint32_t kind;    /* enum uffdwp__index_kind; then 4 bytes of 0 on the wire */
 };
 
 /* Sort entries by address; find the one whose run holds addr (NULL: none). */
@@ -109,7 +109,8 @@ const struct uffdwp__index_entry *uffdwp__index_find(const struct uffdwp__index_
 /* The index record's size for count entries. */
 static inline size_t uffdwp__format_index_size(uint64_t count)
 {
-	return 16 + 8 + (size_t)count * UFFDWP__FORMAT_INDEX_ENTRY + 8 + 8;
+	return UFFDWP__FORMAT_HEAD_SIZE + 8 + (size_t)count * UFFDWP__FORMAT_INDEX_ENTRY + 8 +
+	       UFFDWP__FORMAT_SUM_SIZE;
 }
 
 /*
@@ -407,6 +408,11 @@ struct uffdwp__decoder {
 	void *zstd;                /* a ZSTD_DCtx, once needed */
 	uint64_t batch_sum;        /* the checksum of the BATCH just read */
 	bool index_seen;           /* only the trailer may follow */
+	/* the index the records call for (version 2): an order-free digest of
+	 * its finished entries, and the entry still growing */
+	uint64_t index_digest, index_count;
+	struct uffdwp__index_entry index_last;
+	bool index_have_last;
 	enum { UFFDWP__DEC_HEADER, UFFDWP__DEC_RECORDS, UFFDWP__DEC_DONE } state;
 };
 

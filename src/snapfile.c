@@ -885,7 +885,7 @@ struct uffdwp_lazy_restore {
 	struct uffdwp *ctx;
 	unsigned char *zeros;  /* a page of them */
 	unsigned char *stage;  /* LAZY_STEP pages on their way in */
-	unsigned char *present;  /* per page: 1 once filled (by the thread, only) */
+	unsigned char *state;  /* per page: PAGE_* (this restore's thread only) */
 	uint64_t total;        /* pages */
 	_Atomic uint64_t done, faulted;
 	_Atomic int stop;
@@ -925,15 +925,10 @@ static int scan_index(struct snapshot_file *f, struct lazy_file *lf, size_t inde
 			lf->entries = grown;
 			cap = grown_cap;
 		}
-		if (rec.npages > UINT32_MAX)
-			return report(err, index, rec.offset, -EFBIG,
-				      "a zero run of %llu pages is too long for a lazy restore",
-				      (unsigned long long)rec.npages);
 		/* a record at a time: uffdwp__decoder_init_record() reads either kind */
 		lf->entries[lf->count++] = (struct uffdwp__index_entry){
-			rec.addr, (uint32_t)rec.npages,
+			rec.addr, rec.npages, rec.offset, f->dec.offset - rec.offset,
 			rec.type == UFFDWP__RECORD_ZERO ? UFFDWP__INDEX_ZERO : UFFDWP__INDEX_BATCH,
-			rec.offset, f->dec.offset - rec.offset,
 		};
 	}
 	if (ret < 0)
@@ -941,7 +936,7 @@ static int scan_index(struct snapshot_file *f, struct lazy_file *lf, size_t inde
 	uffdwp__index_sort(lf->entries, lf->count);
 	for (uint64_t i = 1; i < lf->count; i++)
 		if (lf->entries[i].addr < lf->entries[i - 1].addr +
-		    (uint64_t)lf->entries[i - 1].npages * f->dec.header.page_size)
+		    lf->entries[i - 1].npages * f->dec.header.page_size)
 			return report(err, index, lf->entries[i].offset, -EBADMSG,
 				      "page 0x%llx is recorded twice (again in the record here)",
 				      (unsigned long long)lf->entries[i].addr);
@@ -963,7 +958,8 @@ static int read_index(struct snapshot_file *f, struct lazy_file *lf, size_t inde
 		return -ENODATA;
 	memcpy(&count, tail, 8);
 	count = le64toh(count);
-	if (count > (trailer - uffdwp__format_header_size(h->region_count)) / 32)
+	if (count > (trailer - uffdwp__format_header_size(h->region_count)) /
+		    UFFDWP__FORMAT_INDEX_ENTRY)
 		return -ENODATA;
 	size = uffdwp__format_index_size(count);
 	start = trailer - size;
@@ -1132,36 +1128,48 @@ static int copy_run(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
 	return 0;
 }
 
-/* Put the pages of [i, i + n) that are not present yet into place from
- * stage. Returns how many it placed, or a negative errno. */
-static int64_t place(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
-		     const unsigned char *stage)
+/*
+ * The state of each image page (lr->state): not filled yet; copied in; or
+ * left out because it is zero. A page left out is not populated: a touch
+ * while the mapping is registered still faults and gets a zero page then,
+ * and after the fill (unregistered) it is ordinary never-touched memory.
+ */
+enum { PAGE_EMPTY, PAGE_FILLED, PAGE_ZERO_LEFT };
+
+/* Copy in the pages of [i, i + n) that are EMPTY and marked in want[]
+ * (their contents at stage + k * page size). */
+static int place(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+		 const unsigned char *stage, const bool *want)
 {
 	uint32_t ps = lr->image.header.page_size;
-	int64_t placed = 0;
 
 	for (uint64_t k = 0, run; k < n; k += run) {
-		if (lr->present[i + k]) {
+		if (!want[k]) {
 			run = 1;
 			continue;
 		}
-		for (run = 1; k + run < n && !lr->present[i + k + run]; run++)
+		for (run = 1; k + run < n && want[k + run]; run++)
 			;
 		int ret = copy_run(lr, i + k, run, stage + k * ps);
 
 		if (ret < 0)
 			return ret;
-		memset(lr->present + i + k, 1, run);
-		placed += (int64_t)run;
+		memset(lr->state + i + k, PAGE_FILLED, run);
 	}
-	return placed;
+	return 0;
 }
 
-/* Fill image pages [i, i + n) (n at most LAZY_STEP). Returns how many this
- * call filled, or a negative errno. */
-static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n)
+/*
+ * Fill image pages [i, i + n) (n at most LAZY_STEP) that are not filled
+ * yet; on_fault: they are wanted now, zero ones too. Returns how many
+ * pages became filled or left out (not counting a left-out page that a
+ * fault now fills), or a negative errno.
+ */
+static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n, bool on_fault)
 {
 	uint32_t ps = lr->image.header.page_size;
+	bool want[LAZY_STEP] = { false };
+	int64_t newly = 0;
 	int ret;
 
 	/* Only this thread reads the files; the lock guards the error. */
@@ -1171,18 +1179,26 @@ static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n
 	for (uint64_t k = 0; k < n; k++) {
 		const void *data = lr->zeros;
 
-		if (lr->present[i + k])
+		if (lr->state[i + k] == PAGE_FILLED ||
+		    (lr->state[i + k] == PAGE_ZERO_LEFT && !on_fault))
 			continue;
-		if (ret == 0) {  /* after an error: zeros */
+		if (ret == 0 && lr->state[i + k] == PAGE_EMPTY) {  /* after an error: zeros */
 			ret = page_source(lr, page_addr(lr, i + k), &data);
 			if (ret < 0) {
 				lazy_fail(lr, ret);
 				data = lr->zeros;
 			}
 		}
+		newly += lr->state[i + k] == PAGE_EMPTY;
+		if (data == lr->zeros && !on_fault) {
+			lr->state[i + k] = PAGE_ZERO_LEFT;
+			continue;
+		}
 		memcpy(lr->stage + k * ps, data, ps);
+		want[k] = true;
 	}
-	return place(lr, i, n, lr->stage);
+	ret = place(lr, i, n, lr->stage, want);
+	return ret < 0 ? ret : newly;
 }
 
 /* Serve every queued MISSING fault. */
@@ -1202,12 +1218,12 @@ static int serve_faults(struct uffdwp_lazy_restore *lr, int timeout_ms)
 				continue;
 			int64_t filled;
 
-			if (lr->present[at / ps]) {
+			if (lr->state[at / ps] == PAGE_FILLED) {
 				/* filled since the fault was queued: let it go */
 				uffdwp_wake(lr->ctx, lr->image.mapping + at / ps * ps, ps);
 				continue;
 			}
-			filled = fill_pages(lr, at / ps, 1);
+			filled = fill_pages(lr, at / ps, 1, true);
 			if (filled < 0)
 				return (int)filled;
 			atomic_fetch_add(&lr->done, (uint64_t)filled);
@@ -1230,7 +1246,7 @@ static void *lazy_main(void *arg)
 		ret = serve_faults(lr, 0);
 		if (ret)
 			break;
-		filled = fill_pages(lr, next, n);
+		filled = fill_pages(lr, next, n, false);
 		if (filled < 0)
 			ret = (int)filled;
 		else
@@ -1268,7 +1284,7 @@ static void lazy_free(struct uffdwp_lazy_restore *lr)
 		uffdwp_close(lr->ctx);
 	free(lr->zeros);
 	free(lr->stage);
-	free(lr->present);
+	free(lr->state);
 	free(lr->image.image_offset);
 	free((void *)lr->image.header.regions);
 	pthread_mutex_destroy(&lr->lock);
@@ -1360,8 +1376,8 @@ int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void *
 	}
 	if (ret == 0) {
 		lr->total = lr->image.image_size / lr->image.header.page_size;
-		lr->present = lr->total <= SIZE_MAX ? calloc((size_t)lr->total, 1) : NULL;
-		ret = lr->present ? -pthread_create(&lr->thread, NULL, lazy_main, lr) : -ENOMEM;
+		lr->state = lr->total <= SIZE_MAX ? calloc((size_t)lr->total, 1) : NULL;
+		ret = lr->state ? -pthread_create(&lr->thread, NULL, lazy_main, lr) : -ENOMEM;
 		lr->thread_started = ret == 0;
 		if (ret < 0)
 			report_file(err, npaths, ret);

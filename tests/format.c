@@ -742,15 +742,16 @@ TEST(format_index, ON_NONE)
 	/* damage in the index, checksums fixed: refused both ways */
 	{
 		static const struct { size_t at; uint64_t v; } bad[] = {
-			{ 24 + 32 * 1, 0 },           /* entry 1's address: unsorted, overlaps */
-			{ 24 + 32 * 0 + 12, 9 },      /* entry 0's kind */
-			{ 24 + 32 * 3 + 16, 1 << 30 },/* entry 3's offset: past the index */
+			{ 24 + 40 * 1, 0 },           /* entry 1's address: unsorted, overlaps */
+			{ 24 + 40 * 0 + 32, 9 },      /* entry 0's kind */
+			{ 24 + 40 * 3 + 16, 1 << 30 },/* entry 3's offset: past the index */
 			{ 16, 5 },                    /* the leading count */
+			{ 24 + 40 * 2 + 8, 2 },       /* entry 2's pages: not what the records say */
 		};
 
 		for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
 			memcpy(copy, buf, len);
-			if (bad[k].at % 8 == 4) {
+			if (bad[k].at % 8 == 0 && bad[k].at >= 24 && (bad[k].at - 24) % 40 == 32) {
 				uint32_t v32 = htole32((uint32_t)bad[k].v);
 
 				memcpy(copy + index_at + bad[k].at, &v32, 4);

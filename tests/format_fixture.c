@@ -192,3 +192,14 @@ unsigned char *fx_read_file(const char *path, size_t *len)
 	*len = (size_t)st.st_size;
 	return buf;
 }
+
+uint64_t fx_rss_bytes(void)
+{
+	unsigned long long size, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	CHECK(f);
+	CHECK_EQ(fscanf(f, "%llu %llu", &size, &resident), 2);
+	fclose(f);
+	return resident * test_page();
+}

@@ -229,3 +229,53 @@ TEST(format_lazy_restore_cancel, ON_NONE)
 	free(path);
 	fx_cleanup();
 }
+
+/* Zero pages are left out of the fill (not populated), and one touched
+ * while loading still reads as zero. */
+TEST(format_lazy_restore_leaves_zero_pages_unpopulated, ON_NONE)
+{
+	const size_t ps = test_page(), npages = 16384, stored = 64;
+	struct uffdwp_snapshot_region region = { 1u << 30, npages * ps };
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 5,
+		.region_count = 1, .regions = &region,
+	};
+	size_t cap = stored * (ps + 64) + 8192, len = 0, image_len;
+	unsigned char *buf = malloc(cap), *page = malloc(ps), *image;
+	struct uffdwp_snapshot_error err = ERR_INIT;
+	struct uffdwp_lazy_restore *lr;
+	struct uffdwp__encoder enc;
+	uint64_t rss;
+	char *path;
+
+	CHECK(buf && page);
+	memset(page, 9, ps);
+	CHECK_OK(uffdwp__encoder_init(&enc, &h));
+	CHECK_OK(uffdwp__encoder_keep_index(&enc));
+	len += (size_t)uffdwp__encode_header(&enc, buf, cap);
+	for (size_t i = 0; i < stored; i++)
+		len += (size_t)uffdwp__encode_page(&enc, region.addr + i * 2 * ps, page, buf + len,
+						   cap - len);
+	len += (size_t)uffdwp__encode_zero(&enc, region.addr + 2 * stored * ps, npages - 2 * stored,
+					   buf + len, cap - len);
+	len += (size_t)uffdwp__encode_index(&enc, buf + len, cap - len);
+	len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
+	uffdwp__encoder_release(&enc);
+	path = fx_write_file("sparse.snap", buf, len);
+	rss = fx_rss_bytes();
+	lazy_or_skip(uffdwp_snapshot_restore_lazy((const char *const[]){ path }, 1,
+						  (void **)&image, &image_len, &lr, &err));
+	CHECK_EQ(image[image_len - 1], 0);   /* a zero page touched while loading */
+	CHECK_EQ(image[2 * ps], 9);
+	CHECK_OK(uffdwp_lazy_restore_end(lr, 0));
+	if (fx_rss_bytes() - rss > npages / 4 * ps)
+		FAIL("RSS grew by %llu KiB for %zu stored pages of %zu",
+		     (unsigned long long)((fx_rss_bytes() - rss) >> 10), stored, npages);
+	for (size_t i = 0; i < npages; i += 37)
+		CHECK_EQ(image[i * ps], i < 2 * stored && i % 2 == 0 ? 9 : 0);
+	munmap(image, image_len);
+	free(buf);
+	free(page);
+	free(path);
+	fx_cleanup();
+}

@@ -93,18 +93,6 @@ static char *b_file(struct builder *b, const char *name)
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* Resident memory of this process, bytes (/proc/self/statm). */
-static uint64_t rss_bytes(void)
-{
-	unsigned long long size, resident = 0;
-	FILE *f = fopen("/proc/self/statm", "r");
-
-	CHECK(f);
-	CHECK_EQ(fscanf(f, "%llu %llu", &size, &resident), 2);
-	fclose(f);
-	return resident * test_page();
-}
-
 static bool file_is(const char *path, const void *want, size_t len)
 {
 	size_t got_len;
@@ -290,12 +278,12 @@ TEST(format_restore_in_place_keeps_zero_pages_unpopulated, ON_NONE)
 	b_zero(&b, region.addr + npages / 2 * ps, npages / 2);
 	incr = b_file(&b, "incr.snap");
 
-	rss = rss_bytes();
+	rss = fx_rss_bytes();
 	CHECK_OK(uffdwp_snapshot_restore_in_place((const char *const[]){ full, incr }, 2, &err));
 	/* a quarter of the region: sanitizer shadow memory included */
-	if (rss_bytes() - rss > npages / 4 * ps)
+	if (fx_rss_bytes() - rss > npages / 4 * ps)
 		FAIL("RSS grew by %llu KiB restoring %zu stored pages of %zu",
-		     (unsigned long long)((rss_bytes() - rss) >> 10), stored, npages);
+		     (unsigned long long)((fx_rss_bytes() - rss) >> 10), stored, npages);
 	for (size_t i = 0; i < npages; i += 97)
 		CHECK_EQ(mem[i * ps + 5], i < stored ? (unsigned char)(i | 1) : 0);
 	munmap(mem, npages * ps);
@@ -395,13 +383,13 @@ TEST(format_restore_mapping_huge_zero_run, ON_NONE)
 	b_begin(&b, 0x20, 0x10, (uint32_t)ps, &region, 1);
 	b_zero(&b, region.addr, gib / ps);
 	incr = b_file(&b, "incr.snap");
-	rss = rss_bytes();
+	rss = fx_rss_bytes();
 	CHECK_OK(uffdwp_snapshot_restore_mapping((const char *const[]){ full, incr }, 2,
 						 (void **)&image, &len, &err));
 	CHECK_EQ(len, gib);
-	if (rss_bytes() - rss > 64u << 20)
+	if (fx_rss_bytes() - rss > 64u << 20)
 		FAIL("RSS grew by %llu MiB for an image of zeros",
-		     (unsigned long long)((rss_bytes() - rss) >> 20));
+		     (unsigned long long)((fx_rss_bytes() - rss) >> 20));
 	CHECK(image[0] == 0 && image[len / 2] == 0 && image[len - 1] == 0);
 	munmap(image, len);
 	free(full);
