@@ -1168,6 +1168,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 {
 	uint64_t t0 = now_ns(CLOCK_MONOTONIC);
 	struct uffdwp_snapshot_opts o = { 0 };
+	enum uffdwp__codec_id codec;
 	struct uffdwp_snapshot *s;
 	int ret;
 
@@ -1180,7 +1181,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 		o.codec = o.codec_level = 0;
 	if ((!o.fn && o.fd < 0) || (o.parent_id && !o.tracker))
 		return -EINVAL;
-	if (uffdwp__codec_choose(o.codec, o.codec_level, &(enum uffdwp__codec_id){ 0 }) < 0)
+	if (uffdwp__codec_choose(o.codec, o.codec_level, &codec) < 0)
 		return -EINVAL;
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -1194,7 +1195,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	s->id = new_id();
 	s->owner = getpid();
 	s->parent_id = o.parent_id;
-	uffdwp__codec_choose(o.codec, o.codec_level, &s->codec);
+	s->codec = codec;
 	s->codec_level = o.codec_level;
 	ret = take_regions(s, regions, nregions);
 	if (!ret) {
