@@ -861,14 +861,17 @@ int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t npaths,
  * most this many (one poll(2) per step costs ~1 % of their copying). */
 #define LAZY_STEP 16
 
+/* Pages filled around a faulted one (aligned), when they are not yet. */
+#define LAZY_AROUND 64
+
+/* fill_pages() serves both with one stage. */
+_Static_assert(LAZY_STEP <= LAZY_AROUND, "the stage holds LAZY_AROUND pages");
+
 /* Bytes of PAGE records read at once for a run of them. */
 #define LAZY_WINDOW (256 * 1024)
 
-struct lazy_file {
-	int fd;
-	struct uffdwp__format_header header;  /* regions: the chain's (the head's copy) */
-	struct uffdwp__index_entry *entries;
-	uint64_t count;
+/* What a file was last read and decoded for. */
+struct lazy_cursor {
 	/* the bytes last read: [window_at, window_at + window_len) */
 	unsigned char *window;
 	uint64_t window_at;
@@ -877,6 +880,17 @@ struct lazy_file {
 	uint64_t decoded_at;         /* its offset, or UINT64_MAX */
 	const void *dec_data;        /* its pages */
 };
+enum { CURSOR_FILL, CURSOR_FAULT };
+
+struct lazy_file {
+	int fd;
+	struct uffdwp__format_header header;  /* regions: the chain's (the head's copy) */
+	struct uffdwp__index_entry *entries;
+	uint64_t count;
+	/* One for the fill in address order, one for faults, so that a fault
+	 * elsewhere does not make the fill read and decode its batch again. */
+	struct lazy_cursor cursor[2];
+};
 
 struct uffdwp_lazy_restore {
 	struct target image;  /* TARGET_MAPPING: the layout and the mapping */
@@ -884,7 +898,7 @@ struct uffdwp_lazy_restore {
 	size_t nfiles;
 	struct uffdwp *ctx;
 	unsigned char *zeros;  /* a page of them */
-	unsigned char *stage;  /* LAZY_STEP pages on their way in */
+	unsigned char *stage;  /* LAZY_AROUND pages on their way in */
 	unsigned char *state;  /* per page: PAGE_* (this restore's thread only) */
 	uint64_t total;        /* pages */
 	_Atomic uint64_t done, faulted;
@@ -977,8 +991,8 @@ static int read_index(struct snapshot_file *f, struct lazy_file *lf, size_t inde
 	return ret;
 }
 
-/* Make [at, at + len) of the file readable in its window. */
-static int load_window(struct lazy_file *lf, uint64_t at, size_t len)
+/* Make [at, at + len) of the file readable in the cursor's window. */
+static int load_window(struct lazy_file *file, struct lazy_cursor *lf, uint64_t at, size_t len)
 {
 	ssize_t n;
 
@@ -995,7 +1009,7 @@ static int load_window(struct lazy_file *lf, uint64_t at, size_t len)
 	lf->window_len = 0;
 	lf->decoded_at = UINT64_MAX;
 	do
-		n = pread(lf->fd, lf->window, len, (off_t)at);
+		n = pread(file->fd, lf->window, len, (off_t)at);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
@@ -1010,13 +1024,15 @@ static int load_window(struct lazy_file *lf, uint64_t at, size_t len)
  * The contents of the page at addr (an address of the regions) as the chain
  * says: *data points at page_size bytes valid until the next call.
  */
-static int page_source(struct uffdwp_lazy_restore *lr, uint64_t addr, const void **data)
+static int page_source(struct uffdwp_lazy_restore *lr, uint64_t addr, int which,
+		       const void **data)
 {
 	uint32_t ps = lr->image.header.page_size;
 
 	for (size_t i = lr->nfiles; i-- > 0;) {
-		struct lazy_file *lf = &lr->files[i];
-		const struct uffdwp__index_entry *e = uffdwp__index_find(lf->entries, lf->count,
+		struct lazy_file *file = &lr->files[i];
+		struct lazy_cursor *lf = &file->cursor[which];
+		const struct uffdwp__index_entry *e = uffdwp__index_find(file->entries, file->count,
 									 addr, ps);
 		uint64_t page = e ? (addr - e->addr) / ps : 0, at, bytes, first;
 		struct uffdwp__record rec;
@@ -1041,19 +1057,20 @@ static int page_source(struct uffdwp_lazy_restore *lr, uint64_t addr, const void
 			if (at < lf->window_at || at + size > lf->window_at + lf->window_len) {
 				uint64_t left = e->npages - page;
 
-				ret = load_window(lf, at, (size_t)((left < window ? left : window) * size));
+				ret = load_window(file, lf, at,
+						  (size_t)((left < window ? left : window) * size));
 				if (ret < 0)
 					return ret;
 			}
 			bytes = size;
 			page = 0;
 		} else {
-			ret = load_window(lf, at, (size_t)bytes);
+			ret = load_window(file, lf, at, (size_t)bytes);
 			if (ret < 0)
 				return ret;
 		}
 		if (lf->decoded_at != at) {
-			uffdwp__decoder_init_record(&lf->dec, &lf->header,
+			uffdwp__decoder_init_record(&lf->dec, &file->header,
 						    lf->window + (at - lf->window_at), (size_t)bytes, at);
 			ret = uffdwp__decode_next(&lf->dec, &rec);
 			if (ret != 1 || rec.addr != first || rec.type != UFFDWP__RECORD_PAGE)
@@ -1160,15 +1177,16 @@ static int place(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
 }
 
 /*
- * Fill image pages [i, i + n) (n at most LAZY_STEP) that are not filled
- * yet; on_fault: they are wanted now, zero ones too. Returns how many
- * pages became filled or left out (not counting a left-out page that a
- * fault now fills), or a negative errno.
+ * Fill image pages [i, i + n) (n at most LAZY_AROUND) that are not filled
+ * yet, leaving zero pages out, except page `faulted` (UINT64_MAX: none),
+ * which a thread waits for: it is filled even when zero. Returns how many
+ * pages became filled or left out, or a negative errno.
  */
-static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n, bool on_fault)
+static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+			  uint64_t faulted)
 {
 	uint32_t ps = lr->image.header.page_size;
-	bool want[LAZY_STEP] = { false };
+	bool on_fault = faulted != UINT64_MAX, want[LAZY_AROUND] = { false };
 	int64_t newly = 0;
 	int ret;
 
@@ -1180,17 +1198,18 @@ static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n
 		const void *data = lr->zeros;
 
 		if (lr->state[i + k] == PAGE_FILLED ||
-		    (lr->state[i + k] == PAGE_ZERO_LEFT && !on_fault))
+		    (lr->state[i + k] == PAGE_ZERO_LEFT && i + k != faulted))
 			continue;
 		if (ret == 0 && lr->state[i + k] == PAGE_EMPTY) {  /* after an error: zeros */
-			ret = page_source(lr, page_addr(lr, i + k), &data);
+			ret = page_source(lr, page_addr(lr, i + k),
+					  on_fault ? CURSOR_FAULT : CURSOR_FILL, &data);
 			if (ret < 0) {
 				lazy_fail(lr, ret);
 				data = lr->zeros;
 			}
 		}
 		newly += lr->state[i + k] == PAGE_EMPTY;
-		if (data == lr->zeros && !on_fault) {
+		if (data == lr->zeros && i + k != faulted) {
 			lr->state[i + k] = PAGE_ZERO_LEFT;
 			continue;
 		}
@@ -1216,6 +1235,7 @@ static int serve_faults(struct uffdwp_lazy_restore *lr, int timeout_ms)
 			uint64_t at = ev[k].pagefault.address - (uint64_t)(uintptr_t)lr->image.mapping;
 			if (ev[k].type != UFFDWP_EVENT_PAGEFAULT || at >= lr->image.image_size)
 				continue;
+			uint64_t first;
 			int64_t filled;
 
 			if (lr->state[at / ps] == PAGE_FILLED) {
@@ -1223,7 +1243,11 @@ static int serve_faults(struct uffdwp_lazy_restore *lr, int timeout_ms)
 				uffdwp_wake(lr->ctx, lr->image.mapping + at / ps * ps, ps);
 				continue;
 			}
-			filled = fill_pages(lr, at / ps, 1, true);
+			/* With the pages around it: decoding a batch for one
+			 * page would be repeated by the next fault nearby. */
+			first = at / ps / LAZY_AROUND * LAZY_AROUND;
+			filled = fill_pages(lr, first, lr->total - first < LAZY_AROUND
+						       ? lr->total - first : LAZY_AROUND, at / ps);
 			if (filled < 0)
 				return (int)filled;
 			atomic_fetch_add(&lr->done, (uint64_t)filled);
@@ -1246,7 +1270,7 @@ static void *lazy_main(void *arg)
 		ret = serve_faults(lr, 0);
 		if (ret)
 			break;
-		filled = fill_pages(lr, next, n, false);
+		filled = fill_pages(lr, next, n, UINT64_MAX);
 		if (filled < 0)
 			ret = (int)filled;
 		else
@@ -1275,9 +1299,11 @@ static void lazy_free(struct uffdwp_lazy_restore *lr)
 
 		if (lf->fd >= 0)
 			close(lf->fd);
-		uffdwp__decoder_release(&lf->dec);
+		for (int c = 0; c < 2; c++) {
+			uffdwp__decoder_release(&lf->cursor[c].dec);
+			free(lf->cursor[c].window);
+		}
 		free(lf->entries);
-		free(lf->window);
 	}
 	free(lr->files);
 	if (lr->ctx)
@@ -1351,7 +1377,7 @@ int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void *
 		ret = lazy_open(lr, paths[i], i, &prev_id, err);
 	if (ret == 0) {
 		lr->zeros = calloc(1, lr->image.header.page_size);
-		lr->stage = malloc((size_t)LAZY_STEP * lr->image.header.page_size);
+		lr->stage = malloc((size_t)LAZY_AROUND * lr->image.header.page_size);
 		ret = lr->zeros && lr->stage ? prepare_mapping(&lr->image) : -ENOMEM;
 		if (ret < 0)
 			report_file(err, npaths, ret);
