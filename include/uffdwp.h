@@ -874,8 +874,9 @@ UFFDWP_API int uffdwp_snapshot_end(struct uffdwp_snapshot *snap);
  * image (as uffdwp_snapshot_restore_mapping() lays it out) and return at
  * once: the mapping is registered for MISSING faults with the kernel's
  * userfaultfd, and a thread of the restore fills a page from the files on
- * its first touch (the touching thread waits for that page only) while it
- * fills the rest in address order. The files keep one descriptor each
+ * its first touch (the touching thread waits for that page and the 64
+ * around it, which share its decoding) while it fills the rest in address
+ * order; zero pages are left unpopulated. The files keep one descriptor each
  * until uffdwp_lazy_restore_end(); a file's index (uffdwp-snapshot(5))
  * finds its pages without reading it (a file without one, e.g. version 1,
  * is scanned, and so checked whole, by this call). Headers, trailers,

@@ -184,37 +184,58 @@ TEST(format_lazy_restore_checks_headers_and_index, ON_NONE)
 	fx_cleanup();
 }
 
-/* Cancel while loading: end returns, the memory reads (zero where not
- * loaded), nothing hangs. A large region so that the fill is under way. */
-TEST(format_lazy_restore_cancel, ON_NONE)
+/*
+ * A full snapshot of one region of npages pages, with an index, in file
+ * `name`: `stored` pages of bytes `fill`, one every `step` pages from the
+ * start, then a ZERO record over the rest (if any). Returns its path.
+ */
+static char *region_file(const char *name, size_t npages, size_t stored, size_t step,
+			 unsigned char fill)
 {
-	const size_t ps = test_page(), npages = 16384;
+	const size_t ps = test_page();
 	struct uffdwp_snapshot_region region = { 1u << 30, npages * ps };
 	struct uffdwp__format_header h = {
 		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 5,
 		.region_count = 1, .regions = &region,
 	};
-	size_t cap = npages * (ps + 64) + 4096, len = 0, image_len;
-	unsigned char *buf = malloc(cap), *page = malloc(ps), *image;
-	struct uffdwp_snapshot_error err = ERR_INIT;
-	struct uffdwp_lazy_restore *lr;
+	size_t cap = stored * (ps + 64) + 8192, len = 0;
+	unsigned char *buf = malloc(cap), *page = malloc(ps);
 	struct uffdwp__encoder enc;
-	volatile unsigned sum = 0;
 	char *path;
-	int ret;
 
 	CHECK(buf && page);
-	memset(page, 7, ps);
+	memset(page, fill, ps);
 	CHECK_OK(uffdwp__encoder_init(&enc, &h));
 	CHECK_OK(uffdwp__encoder_keep_index(&enc));
 	len += (size_t)uffdwp__encode_header(&enc, buf, cap);
-	for (size_t i = 0; i < npages; i++)
-		len += (size_t)uffdwp__encode_page(&enc, region.addr + i * ps, page, buf + len,
-						   cap - len);
+	for (size_t i = 0; i < stored; i++)
+		len += (size_t)uffdwp__encode_page(&enc, region.addr + i * step * ps, page,
+						   buf + len, cap - len);
+	if (stored * step < npages)
+		len += (size_t)uffdwp__encode_zero(&enc, region.addr + stored * step * ps,
+						   npages - stored * step, buf + len, cap - len);
 	len += (size_t)uffdwp__encode_index(&enc, buf + len, cap - len);
 	len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
 	uffdwp__encoder_release(&enc);
-	path = fx_write_file("big.snap", buf, len);
+	path = fx_write_file(name, buf, len);
+	free(buf);
+	free(page);
+	return path;
+}
+
+/* Cancel while loading: end returns, the memory reads (zero where not
+ * loaded), nothing hangs. A large region so that the fill is under way. */
+TEST(format_lazy_restore_cancel, ON_NONE)
+{
+	const size_t ps = test_page(), npages = 16384;
+	struct uffdwp_snapshot_error err = ERR_INIT;
+	struct uffdwp_lazy_restore *lr;
+	char *path = region_file("big.snap", npages, npages, 1, 7);
+	volatile unsigned sum = 0;
+	unsigned char *image;
+	size_t image_len;
+	int ret;
+
 	lazy_or_skip(uffdwp_snapshot_restore_lazy((const char *const[]){ path }, 1,
 						  (void **)&image, &image_len, &lr, &err));
 	CHECK_EQ(image[image_len - 1], 7);  /* the last page, on demand */
@@ -225,8 +246,6 @@ TEST(format_lazy_restore_cancel, ON_NONE)
 	(void)sum;
 	CHECK_EQ(image[image_len - 1], 7);
 	munmap(image, image_len);
-	free(buf);
-	free(page);
 	free(path);
 	fx_cleanup();
 }
@@ -236,34 +255,13 @@ TEST(format_lazy_restore_cancel, ON_NONE)
 TEST(format_lazy_restore_leaves_zero_pages_unpopulated, ON_NONE)
 {
 	const size_t ps = test_page(), npages = 16384, stored = 64;
-	struct uffdwp_snapshot_region region = { 1u << 30, npages * ps };
-	struct uffdwp__format_header h = {
-		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 5,
-		.region_count = 1, .regions = &region,
-	};
-	size_t cap = stored * (ps + 64) + 8192, len = 0, image_len;
-	unsigned char *buf = malloc(cap), *page = malloc(ps), *image;
 	struct uffdwp_snapshot_error err = ERR_INIT;
 	struct uffdwp_lazy_restore *lr;
-	struct uffdwp__encoder enc;
-	uint64_t rss;
-	char *path;
+	char *path = region_file("sparse.snap", npages, stored, 2, 9);
+	uint64_t rss = fx_rss_bytes();
+	unsigned char *image;
+	size_t image_len;
 
-	CHECK(buf && page);
-	memset(page, 9, ps);
-	CHECK_OK(uffdwp__encoder_init(&enc, &h));
-	CHECK_OK(uffdwp__encoder_keep_index(&enc));
-	len += (size_t)uffdwp__encode_header(&enc, buf, cap);
-	for (size_t i = 0; i < stored; i++)
-		len += (size_t)uffdwp__encode_page(&enc, region.addr + i * 2 * ps, page, buf + len,
-						   cap - len);
-	len += (size_t)uffdwp__encode_zero(&enc, region.addr + 2 * stored * ps, npages - 2 * stored,
-					   buf + len, cap - len);
-	len += (size_t)uffdwp__encode_index(&enc, buf + len, cap - len);
-	len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
-	uffdwp__encoder_release(&enc);
-	path = fx_write_file("sparse.snap", buf, len);
-	rss = fx_rss_bytes();
 	lazy_or_skip(uffdwp_snapshot_restore_lazy((const char *const[]){ path }, 1,
 						  (void **)&image, &image_len, &lr, &err));
 	CHECK_EQ(image[image_len - 1], 0);   /* a zero page touched while loading */
@@ -275,8 +273,6 @@ TEST(format_lazy_restore_leaves_zero_pages_unpopulated, ON_NONE)
 	for (size_t i = 0; i < npages; i += 37)
 		CHECK_EQ(image[i * ps], i < 2 * stored && i % 2 == 0 ? 9 : 0);
 	munmap(image, image_len);
-	free(buf);
-	free(page);
 	free(path);
 	fx_cleanup();
 }
