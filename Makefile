@@ -18,7 +18,12 @@ SANFLAGS_tsan := -fsanitize=thread
 SANFLAGS := $(SANFLAGS_$(SAN))
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread -Iinclude -Isrc $(WARN) $(SANFLAGS) $(CFLAGS)
-LDLIBS   := -pthread -lm
+# The codecs and the checksum of snapshot files (uffdwp-snapshot(5)).
+DEP_LIBS     := -lzstd -llz4 -lxxhash
+DEP_PACKAGES := libzstd-dev liblz4-dev libxxhash-dev libsqlite3-dev
+# The command's own: `uffdwp bench files` snapshots an SQLite database.
+TOOL_LIBS    := -lsqlite3
+LDLIBS   := $(DEP_LIBS) -pthread -lm
 
 LIB_SRCS   := $(wildcard src/*.c)
 TOOL_SRCS  := $(wildcard tools/*.c bench/*.c)
@@ -36,14 +41,35 @@ SHARED  := $(BUILD)/libuffdwp.so.$(VERSION)
 TOOL    := $(BUILD)/uffdwp
 TESTRUN := $(BUILD)/tests/run
 
+.DEFAULT_GOAL := all
+
+# The libraries above, installed on first use: as root with apt-get, else
+# a clear stop naming the packages.
+DEPS_STAMP := $(BUILD)/.deps-ok
+$(DEPS_STAMP):
+	@mkdir -p $(dir $@)
+	@if ! printf '#include <zstd.h>\n#include <lz4.h>\n#include <xxhash.h>\n#include <sqlite3.h>\n' | \
+	    $(CC) -E -x c - >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing $(DEP_PACKAGES)"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get install -y -q $(DEP_PACKAGES) >/dev/null 2>&1 || \
+	        { apt-get update -q >/dev/null && apt-get install -y -q $(DEP_PACKAGES) >/dev/null; } || exit 1; \
+	    else \
+	        echo "uffdwp needs $(DEP_PACKAGES): apt-get install $(DEP_PACKAGES) (as root)" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+	@touch $@
+
 .PHONY: all check run install clean soak
 all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES)
 
-$(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*.h tests/*.h bench/*.h tools/*.h) Makefile
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*.h tests/*.h bench/*.h tools/*.h) Makefile | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -c $< -o $@
 
-$(BUILD)/pic/%.o: %.c $(wildcard include/*.h src/*.h) Makefile
+$(BUILD)/pic/%.o: %.c $(wildcard include/*.h src/*.h) Makefile | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -c $< -o $@
 
@@ -60,7 +86,7 @@ $(BUILD)/libuffdwp.so: $(SHARED)
 	ln -sf libuffdwp.so.$(VERSION) $@
 
 $(TOOL): $(TOOL_OBJS) $(STATIC)
-	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJS) $(STATIC) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJS) $(STATIC) $(TOOL_LIBS) $(LDLIBS)
 
 $(TESTRUN): $(TEST_OBJS) $(STATIC)
 	@mkdir -p $(dir $@)
@@ -110,16 +136,16 @@ FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 .PHONY: fuzz fuzz-seeds
-build/fuzz/fuzz_decode: fuzz/fuzz_decode.c fuzz/harness.h src/format.c src/format.h include/uffdwp.h
+build/fuzz/fuzz_decode: fuzz/fuzz_decode.c fuzz/harness.h src/format.c src/format.h include/uffdwp.h | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_decode.c src/format.c
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_decode.c src/format.c $(DEP_LIBS)
 
 fuzz: build/fuzz/fuzz_decode
 	@mkdir -p build/fuzz/corpus
 	build/fuzz/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
 	    -dict=fuzz/snapshot.dict build/fuzz/corpus fuzz/corpus
 
-fuzz-seeds: fuzz/make_seeds.c src/format.c src/format.h
+fuzz-seeds: fuzz/make_seeds.c src/format.c src/format.h | $(DEPS_STAMP)
 	@mkdir -p build/fuzz fuzz/corpus
-	$(CC) -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -O2 -o build/fuzz/make_seeds fuzz/make_seeds.c src/format.c
+	$(CC) -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -O2 -o build/fuzz/make_seeds fuzz/make_seeds.c src/format.c $(DEP_LIBS)
 	build/fuzz/make_seeds fuzz/corpus

@@ -43,20 +43,22 @@ static inline void harness_store64(unsigned char *p, uint64_t v)
 }
 
 /* The checksums as uffdwp-snapshot(5) defines them, written from the page. */
-static inline uint64_t harness_record_sum(uint64_t id, const unsigned char *record, size_t body)
+static inline uint64_t harness_record_sum(uint32_t version, uint64_t id,
+					  const unsigned char *record, size_t body)
 {
-	uint64_t seed = uffdwp__sum64(record, UFFDWP__FORMAT_HEAD_SIZE, id);
+	uint64_t seed = uffdwp__format_sum(version, record, UFFDWP__FORMAT_HEAD_SIZE, id);
 
-	return uffdwp__sum64(record + UFFDWP__FORMAT_HEAD_SIZE, body, seed);
+	return uffdwp__format_sum(version, record + UFFDWP__FORMAT_HEAD_SIZE, body, seed);
 }
 
-static inline uint64_t harness_chain(uint64_t id, uint64_t stream_sum, uint64_t record_sum)
+static inline uint64_t harness_chain(uint32_t version, uint64_t id, uint64_t stream_sum,
+				     uint64_t record_sum)
 {
 	unsigned char pair[16];
 
 	harness_store64(pair, stream_sum);
 	harness_store64(pair + 8, record_sum);
-	return uffdwp__sum64(pair, sizeof(pair), id);
+	return uffdwp__format_sum(version, pair, sizeof(pair), id);
 }
 
 /*
@@ -66,12 +68,13 @@ static inline uint64_t harness_chain(uint64_t id, uint64_t stream_sum, uint64_t 
  */
 static inline void harness_fix_checksums(unsigned char *p, size_t len)
 {
-	uint32_t page_size, regions;
+	uint32_t version, page_size, regions;
 	uint64_t id, stream;
 	size_t at;
 
 	if (len < UFFDWP__FORMAT_HEADER_FIXED)
 		return;
+	version = harness_load32(p + 8);
 	page_size = harness_load32(p + 16);
 	regions = harness_load32(p + 20);
 	id = harness_load64(p + 24);
@@ -80,7 +83,7 @@ static inline void harness_fix_checksums(unsigned char *p, size_t len)
 	at = uffdwp__format_header_size(regions) - UFFDWP__FORMAT_SUM_SIZE;
 	if (at + UFFDWP__FORMAT_SUM_SIZE > len)
 		return;
-	stream = uffdwp__sum64(p, at, 0);
+	stream = uffdwp__format_sum(version, p, at, 0);
 	harness_store64(p + at, stream);
 	at += UFFDWP__FORMAT_SUM_SIZE;
 	while (len - at >= UFFDWP__FORMAT_HEAD_SIZE) {
@@ -94,17 +97,35 @@ static inline void harness_fix_checksums(unsigned char *p, size_t len)
 			body = 8;
 		else if (tag == UFFDWP__FORMAT_TAG_TRAILER)
 			body = 32;
+		else if (tag == UFFDWP__FORMAT_TAG_INDEX && version >= 2 &&
+			 len - at >= UFFDWP__FORMAT_HEAD_SIZE + 8 &&
+			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE) <=
+				 len / UFFDWP__FORMAT_INDEX_ENTRY)
+			body = 16 + UFFDWP__FORMAT_INDEX_ENTRY *
+					    (size_t)harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE);
+		else if (tag == UFFDWP__FORMAT_TAG_BATCH && version >= 2 &&
+			 len - at >= UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED &&
+			 harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE + 8) <= len)
+			body = UFFDWP__FORMAT_BATCH_FIXED +
+			       (size_t)harness_load64(p + at + UFFDWP__FORMAT_HEAD_SIZE + 8);
 		else
 			return;
 		if (len - at < UFFDWP__FORMAT_HEAD_SIZE + body + UFFDWP__FORMAT_SUM_SIZE)
 			return;
 		if (tag == UFFDWP__FORMAT_TAG_TRAILER)
 			harness_store64(p + at + UFFDWP__FORMAT_HEAD_SIZE + 24, stream);
-		sum = harness_record_sum(id, p + at, body);
+		if (tag == UFFDWP__FORMAT_TAG_BATCH)  /* stored bytes seeded by head + fields */
+			sum = uffdwp__format_sum(version, p + at + UFFDWP__FORMAT_HEAD_SIZE +
+						 UFFDWP__FORMAT_BATCH_FIXED,
+						 body - UFFDWP__FORMAT_BATCH_FIXED,
+						 harness_record_sum(version, id, p + at,
+								    UFFDWP__FORMAT_BATCH_FIXED));
+		else
+			sum = harness_record_sum(version, id, p + at, body);
 		harness_store64(p + at + UFFDWP__FORMAT_HEAD_SIZE + body, sum);
 		if (tag == UFFDWP__FORMAT_TAG_TRAILER)
 			return;
-		stream = harness_chain(id, stream, sum);
+		stream = harness_chain(version, id, stream, sum);
 		at += UFFDWP__FORMAT_HEAD_SIZE + body + UFFDWP__FORMAT_SUM_SIZE;
 	}
 }
@@ -147,7 +168,8 @@ static inline void harness_check_record(const struct uffdwp__decoder *dec,
 
 	harness_check(rec->offset >= prev_offset && rec->offset < len && dec->offset <= len);
 	harness_check(rec->addr % h->page_size == 0 && rec->npages >= 1);
-	harness_check((rec->type == UFFDWP__RECORD_PAGE) == (rec->npages == 1 && rec->data));
+	harness_check((rec->type == UFFDWP__RECORD_PAGE) == (rec->data != NULL));
+	harness_check(rec->type == UFFDWP__RECORD_ZERO || h->version >= 2 || rec->npages == 1);
 	for (uint32_t i = 0; i < h->region_count && !inside; i++) {
 		const struct uffdwp_snapshot_region *r = &h->regions[i];
 
@@ -155,6 +177,52 @@ static inline void harness_check_record(const struct uffdwp__decoder *dec,
 			 rec->npages <= (r->len - (rec->addr - r->addr)) / h->page_size;
 	}
 	harness_check(inside);
+}
+
+/*
+ * The index read from the end of a decoded stream (if it has one) agrees
+ * with the records: each entry's record decodes alone, at its address.
+ * Reading an index anywhere else is safe.
+ */
+static inline void harness_check_index(const struct uffdwp__format_header *h,
+				       const unsigned char *data, size_t len, uint64_t trailer,
+				       bool sound)
+{
+	struct uffdwp__index_entry *entries = NULL;
+	uint64_t count = 0, start;
+	int ret;
+
+	if (trailer < 16 || trailer > len)
+		return;
+	count = harness_load64(data + trailer - 16);
+	if (count > trailer / UFFDWP__FORMAT_INDEX_ENTRY)
+		return;
+	start = trailer - uffdwp__format_index_size(count);
+	if (start > trailer)
+		return;
+	ret = uffdwp__decode_index(h, data + start, (size_t)(trailer - start), start, &entries,
+				   &count);
+	harness_check(ret == 0 || ret == -ENODATA || ret == -EBADMSG || ret == -ENOMEM);
+	if (ret < 0)
+		return;
+	for (uint64_t i = 0; i < count; i++) {
+		struct uffdwp__decoder dec = { 0 };
+		struct uffdwp__record rec;
+		const struct uffdwp__index_entry *e = &entries[i];
+		uint64_t bytes = e->kind == UFFDWP__INDEX_PAGES
+			? uffdwp__format_page_record_size(h->page_size) : e->bytes;
+
+		harness_check(uffdwp__index_find(entries, count, e->addr, h->page_size) == e);
+		if (e->kind == UFFDWP__INDEX_ZERO)
+			continue;
+		uffdwp__decoder_init_record(&dec, h, data + e->offset, (size_t)bytes, e->offset);
+		ret = uffdwp__decode_next(&dec, &rec);
+		/* in a sound stream the index points at real records */
+		if (sound)
+			harness_check(ret == 1 && rec.addr == e->addr && rec.offset == e->offset);
+		uffdwp__decoder_release(&dec);
+	}
+	free(entries);
 }
 
 /* Decode data both ways and insist on the same outcome; returns it. */
@@ -178,7 +246,8 @@ static inline int harness_decode(const unsigned char *data, size_t len)
 		harness_check(a.type == b.type && a.offset == b.offset && a.addr == b.addr &&
 			      a.npages == b.npages);
 		if (a.type == UFFDWP__RECORD_PAGE)
-			harness_check(!memcmp(a.data, b.data, from_buffer.header.page_size));
+			harness_check(!memcmp(a.data, b.data,
+					      a.npages * from_buffer.header.page_size));
 		prev_offset = a.offset;
 	} while (1);
 	if (ra < 0) {
@@ -199,6 +268,9 @@ static inline int harness_decode(const unsigned char *data, size_t len)
 						     data + len - UFFDWP__FORMAT_TRAILER_SIZE,
 						     &alone) == 0);
 		harness_check(!memcmp(&alone, &from_buffer.totals, sizeof(alone)));
+		if (from_buffer.header.version >= 2)
+			harness_check_index(&from_buffer.header, data, len,
+					    from_buffer.totals.trailer_offset, true);
 	}
 	/* and a trailer read alone from the end of any stream is safe */
 	if (from_buffer.header.regions && len >= UFFDWP__FORMAT_TRAILER_SIZE) {
@@ -207,6 +279,9 @@ static inline int harness_decode(const unsigned char *data, size_t len)
 					       data + len - UFFDWP__FORMAT_TRAILER_SIZE, &alone);
 
 		harness_check(r == 0 || r == -ENODATA || r == -EBADMSG);
+		if (from_buffer.header.version >= 2)
+			harness_check_index(&from_buffer.header, data, len,
+					    len - UFFDWP__FORMAT_TRAILER_SIZE, false);
 	}
 	uffdwp__decoder_release(&from_buffer);
 	uffdwp__decoder_release(&from_reader);

@@ -745,6 +745,19 @@ struct uffdwp_snapshot;
 typedef int (*uffdwp_snapshot_sink_fn)(void *arg, uint64_t addr, const void *data,
 				       size_t len);
 
+/*
+ * How the pages of an fd sink's file are stored (uffdwp-snapshot(5)):
+ * batches of up to 128 consecutive pages compressed in the snapshot's own
+ * thread, never in a writer's fault path; a batch a codec does not shrink
+ * is stored raw.
+ */
+enum uffdwp_codec {
+	UFFDWP_CODEC_DEFAULT = 0,  /* UFFDWP_CODEC_NONE */
+	UFFDWP_CODEC_NONE,         /* raw pages, written without a copy */
+	UFFDWP_CODEC_LZ4,          /* LZ4: fast, about 2x on text-like data */
+	UFFDWP_CODEC_ZSTD,         /* zstd at codec_level (0: zstd's default, 3) */
+};
+
 /* The side buffer's size when uffdwp_snapshot_opts.side_buffer is 0. */
 #define UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT ((size_t)64 << 20)
 
@@ -800,6 +813,13 @@ struct uffdwp_snapshot_opts {
 	 */
 	struct uffdwp_tracker *tracker;
 	uint64_t parent_id;
+	/*
+	 * The fd sink's codec (ignored with fn): 0 is UFFDWP_CODEC_DEFAULT,
+	 * raw pages. codec_level: for UFFDWP_CODEC_ZSTD 0 (the default) or
+	 * 1 .. 19 and more (ZSTD_maxCLevel()); else 0. Anything else: -EINVAL.
+	 */
+	enum uffdwp_codec codec;
+	int codec_level;
 };
 
 /*
@@ -809,7 +829,8 @@ struct uffdwp_snapshot_opts {
  * under way in a thread of the snapshot's own.
  * Errors: -EINVAL bad arguments (no sink: fn NULL and fd <= 0; unaligned
  * or overlapping regions, nregions 0, sz too small, engine mode CALLER,
- * parent_id without tracker or not the tracker's last saved snapshot, a
+ * parent_id without tracker or not the tracker's last saved snapshot, an
+ * unknown codec or level, a
  * tracker whose ranges are not exactly the regions: checked before
  * anything changes, the tracker keeps its answer); -E2BIG non-zero bytes
  * in opts past the fields this library knows;
@@ -903,6 +924,64 @@ UFFDWP_API void uffdwp_snapshot_cancel(struct uffdwp_snapshot *snap);
  * uffdwp_snapshot_wait(snap, -1) would. NULL is fine (returns 0).
  */
 UFFDWP_API int uffdwp_snapshot_end(struct uffdwp_snapshot *snap);
+
+/* ------------------------------------------------------------------------
+ * Lazy restore of snapshot files (src/snapfile.c)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * Restore the chain lazily into a fresh private anonymous mapping of its
+ * image (as uffdwp_snapshot_restore_mapping() lays it out) and return at
+ * once: the mapping is registered for MISSING faults with the kernel's
+ * userfaultfd, and a thread of the restore fills a page from the files on
+ * its first touch (the touching thread waits for that page and the 64
+ * around it, which share its decoding) while it fills the rest in address
+ * order; zero pages are left unpopulated. The files keep one descriptor each
+ * until uffdwp_lazy_restore_end(); a file's index (uffdwp-snapshot(5))
+ * finds its pages without reading it (a file without one, e.g. version 1,
+ * is scanned, and so checked whole, by this call). Headers, trailers,
+ * indexes and the links are checked before this returns; a record's
+ * checksum when it is read: a damaged record found later fails the
+ * restore (uffdwp_lazy_restore_wait() says why), and its page and every
+ * page not yet filled then read as zero, so no thread stays blocked.
+ * Once every page is there the mapping is ordinary memory. Do not
+ * discard (MADV_DONTNEED) or unmap it before the restore has finished.
+ * On success *mapping, *mapping_len (yours to munmap(2) after
+ * uffdwp_lazy_restore_end()) and *lr are set. Returns 0 or a negative
+ * errno: as uffdwp_snapshot_restore_mapping(), and -EOPNOTSUPP where the
+ * kernel's userfaultfd cannot be opened (the emulated backend has no
+ * MISSING faults); -EINVAL the files' page size is not this machine's;
+ * -EMFILE a chain longer than the descriptors this process may open.
+ */
+struct uffdwp_lazy_restore;
+
+UFFDWP_API int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths,
+					    void **mapping, size_t *mapping_len,
+					    struct uffdwp_lazy_restore **lr,
+					    struct uffdwp_snapshot_error *err);
+
+/*
+ * Wait up to timeout_ms (-1: without limit) for every page to be filled.
+ * Returns 0 when they are, -ETIMEDOUT when still loading, or the error
+ * that stopped the restore (-EBADMSG a damaged record, the errno of
+ * pread(2), -ECANCELED after uffdwp_lazy_restore_end() with cancel).
+ */
+UFFDWP_API int uffdwp_lazy_restore_wait(struct uffdwp_lazy_restore *lr, int timeout_ms);
+
+/* Progress as for a live snapshot (p->sz set by the caller): pages_total,
+ * pages_done (filled), pages_copied (of them, filled on a fault), begin_ns
+ * (how long uffdwp_snapshot_restore_lazy() took), finished. Returns 0 or
+ * -EINVAL (sz too small). */
+UFFDWP_API int uffdwp_lazy_restore_progress(const struct uffdwp_lazy_restore *lr,
+					    struct uffdwp_snapshot_progress *p);
+
+/*
+ * Wait for the restore to finish (cancel non-zero: stop filling at once; pages not
+ * filled then read as zero), close the files and free lr; the mapping
+ * stays. Returns what uffdwp_lazy_restore_wait(lr, -1) would. NULL is
+ * fine (returns 0).
+ */
+UFFDWP_API int uffdwp_lazy_restore_end(struct uffdwp_lazy_restore *lr, int cancel);
 
 #ifdef __cplusplus
 }

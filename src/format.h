@@ -8,8 +8,14 @@
  *            snapshot_id parent_id time_ns {addr len}[region_count] sum
  *   records  in any order, each: tag flags addr body sum
  *              PAGE  body = the page's contents (page_size bytes)
+ *              BTCH  body = codec npages stored_len stored (version 2): a
+ *                    run of pages, raw or compressed (LZ4, zstd)
  *              ZERO  body = npages: a run of pages that read as zero
- *   trailer  tag "TRLR": record_count page_count zero_count stream_sum, sum
+ *   trailer  tag "TRLR" (addr: its own offset in version 2):
+ *            record_count page_count zero_count stream_sum, sum
+ *
+ * Version 2 checksums with XXH3, version 1 with uffdwp__sum64(); readers
+ * take both, the encoder writes either (UFFDWP__FORMAT_VERSION by default).
  *
  * Every record carries a checksum of its own bytes, seeded with the snapshot
  * id (a record spliced in from another snapshot fails); the trailer's
@@ -48,7 +54,8 @@
 
 #define UFFDWP__FORMAT_MAGIC     "UFFDWPSN"  /* 8 bytes, no terminator on the wire */
 #define UFFDWP__FORMAT_MAGIC_LEN 8
-#define UFFDWP__FORMAT_VERSION   1
+#define UFFDWP__FORMAT_VERSION   2  /* what the encoder writes by default */
+#define UFFDWP__FORMAT_VERSION_MIN 1 /* the oldest a reader accepts */
 
 /* Limits a reader enforces before trusting a size read from the stream. */
 #define UFFDWP__FORMAT_MIN_PAGE_SIZE 512u
@@ -67,6 +74,61 @@
 #define UFFDWP__FORMAT_TAG_PAGE    0x45474150u  /* "PAGE" */
 #define UFFDWP__FORMAT_TAG_ZERO    0x4f52455au  /* "ZERO" */
 #define UFFDWP__FORMAT_TAG_TRAILER 0x524c5254u  /* "TRLR" */
+#define UFFDWP__FORMAT_TAG_BATCH   0x48435442u  /* "BTCH", version 2 */
+#define UFFDWP__FORMAT_TAG_INDEX   0x58444e49u  /* "INDX", version 2 */
+
+/*
+ * The INDEX record (version 2, optional, right before the trailer): where
+ * each page's record lies, sorted by address, so that a reader can fetch
+ * one page without scanning. Body: count (u64), count entries, count again
+ * (u64: a reader of the end finds the record's start from it). An entry
+ * says that the npages pages from addr are in the `bytes` bytes of records
+ * at `offset`: one BATCH or ZERO record, or a run of consecutive PAGE
+ * records (each page_size + 24 bytes).
+ */
+#define UFFDWP__FORMAT_INDEX_ENTRY 40
+enum uffdwp__index_kind {
+	UFFDWP__INDEX_PAGES = 1,
+	UFFDWP__INDEX_BATCH = 2,
+	UFFDWP__INDEX_ZERO = 3,
+};
+struct uffdwp__index_entry {
+	uint64_t addr;
+	uint64_t npages;
+	uint64_t offset;  /* of the (first) record */
+	uint64_t bytes;   /* of the record(s) */
+	uint32_t kind;    /* enum uffdwp__index_kind; then 4 bytes of 0 on the wire */
+};
+
+/* Sort entries by address; find the one whose run holds addr (NULL: none). */
+void uffdwp__index_sort(struct uffdwp__index_entry *e, size_t n) UFFDWP__FORMAT_HIDDEN;
+const struct uffdwp__index_entry *uffdwp__index_find(const struct uffdwp__index_entry *e,
+						     size_t n, uint64_t addr,
+						     uint32_t page_size) UFFDWP__FORMAT_HIDDEN;
+
+/* The index record's size for count entries. */
+static inline size_t uffdwp__format_index_size(uint64_t count)
+{
+	return UFFDWP__FORMAT_HEAD_SIZE + 8 + (size_t)count * UFFDWP__FORMAT_INDEX_ENTRY + 8 +
+	       UFFDWP__FORMAT_SUM_SIZE;
+}
+
+/*
+ * A BATCH record (version 2): npages consecutive pages from addr, in one
+ * region, stored with a codec: head, then codec (u32), npages (u32),
+ * stored_len (u64), the stored_len stored bytes, and the record's checksum.
+ * A batch that a codec does not make smaller is stored raw (codec NONE,
+ * stored_len = npages * page_size). Its pages decode to one PAGE record
+ * of npages pages.
+ */
+#define UFFDWP__FORMAT_BATCH_FIXED     16
+#define UFFDWP__FORMAT_MAX_BATCH_BYTES (4u << 20)  /* npages * page_size */
+
+enum uffdwp__codec_id {
+	UFFDWP__CODEC_NONE = 0,
+	UFFDWP__CODEC_LZ4 = 1,
+	UFFDWP__CODEC_ZSTD = 2,
+};
 
 static inline size_t uffdwp__format_header_size(uint32_t region_count)
 {
@@ -80,7 +142,14 @@ static inline size_t uffdwp__format_page_record_size(uint32_t page_size)
 }
 
 /*
- * The format's 64-bit checksum of len bytes (any alignment) with a seed.
+ * The checksum of format version `version`: version 1 uffdwp__sum64()
+ * below, version 2 XXH3 (64 bits, seeded), which other tools can compute.
+ */
+uint64_t uffdwp__format_sum(uint32_t version, const void *data, size_t len,
+			    uint64_t seed) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * Version 1's 64-bit checksum of len bytes (any alignment) with a seed.
  * Four independent multiply-rotate lanes over little-endian 8-byte words,
  * several GB/s; it detects every change confined to one 8-byte word and
  * others with high probability. Not cryptographic: it finds corruption, it
@@ -90,7 +159,7 @@ uint64_t uffdwp__sum64(const void *data, size_t len, uint64_t seed) UFFDWP__FORM
 
 /* What a header says. regions: sorted by address, non-overlapping. */
 struct uffdwp__format_header {
-	uint32_t version;      /* UFFDWP__FORMAT_VERSION when encoding */
+	uint32_t version;      /* encoding: UFFDWP__FORMAT_VERSION_MIN .. _VERSION */
 	uint32_t page_size;    /* a power of two within the limits above */
 	uint64_t snapshot_id;  /* non-zero */
 	uint64_t parent_id;    /* 0: a full snapshot; else the snapshot this one increments */
@@ -102,9 +171,12 @@ struct uffdwp__format_header {
 /* What a trailer says (and what an encoder or decoder has counted so far). */
 struct uffdwp__format_totals {
 	uint64_t record_count;  /* PAGE and ZERO records, the trailer not counted */
-	uint64_t page_count;    /* PAGE records */
+	uint64_t page_count;    /* pages stored (PAGE records and BATCH pages) */
 	uint64_t zero_count;    /* pages covered by ZERO records */
 	uint64_t stream_sum;    /* the chain of the header's and records' checksums */
+	uint64_t trailer_offset; /* version 2: where the trailer starts (its addr
+				    field), so a reader of the end finds a cut
+				    file; version 1: 0 (the sizes tell) */
 };
 
 /*
@@ -132,7 +204,31 @@ struct uffdwp__encoder {
 	struct uffdwp__format_totals totals;
 	uint64_t offset;  /* bytes encoded so far */
 	enum { UFFDWP__ENC_HEADER, UFFDWP__ENC_RECORDS, UFFDWP__ENC_DONE } state;
+	/* the index being gathered, after uffdwp__encoder_keep_index() */
+	struct uffdwp__index_entry *index;
+	size_t index_n, index_cap;
+	bool indexing;
+	int index_error;  /* -ENOMEM once the index could not grow */
 };
+
+/*
+ * Gather an index of the records encoded from now on (version 2; call it
+ * right after init), for uffdwp__encode_index(). Free it with
+ * uffdwp__encoder_release(). Returns 0 or -EINVAL (version 1).
+ */
+int uffdwp__encoder_keep_index(struct uffdwp__encoder *enc) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__encoder_release(struct uffdwp__encoder *enc) UFFDWP__FORMAT_HIDDEN;
+
+/* The size uffdwp__encode_index() needs. */
+size_t uffdwp__encoder_index_size(const struct uffdwp__encoder *enc) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * Encode the INDEX record (sorted by address) into buf, right before the
+ * trailer: returns its size, -ENOSPC, -EINVAL (no index kept, or out of
+ * order) or -ENOMEM (the index could not grow while records were encoded).
+ */
+ssize_t uffdwp__encode_index(struct uffdwp__encoder *enc, void *buf,
+			     size_t cap) UFFDWP__FORMAT_HIDDEN;
 
 /*
  * Start encoding a snapshot described by h. h->regions must stay valid and
@@ -188,6 +284,70 @@ int uffdwp__encode_page_frame_summed(struct uffdwp__encoder *enc, uint64_t addr,
 ssize_t uffdwp__encode_zero(struct uffdwp__encoder *enc, uint64_t addr, uint64_t npages,
 			    void *buf, size_t cap) UFFDWP__FORMAT_HIDDEN;
 
+/* A codec and its state, for uffdwp__encode_batch(); one per thread. */
+struct uffdwp__codec {
+	enum uffdwp__codec_id id;
+	int level;   /* zstd: 1 .. ZSTD_maxCLevel(), 0: zstd's default; else 0 */
+	void *zstd;  /* a ZSTD_CCtx, reused across batches */
+};
+
+/* Returns 0, -EINVAL (unknown codec or level) or -ENOMEM. */
+int uffdwp__codec_init(struct uffdwp__codec *c, enum uffdwp__codec_id id,
+		       int level) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__codec_release(struct uffdwp__codec *c) UFFDWP__FORMAT_HIDDEN;
+
+/* The wire codec and level for a public codec choice: 0 or -EINVAL. */
+int uffdwp__codec_choose(enum uffdwp_codec codec, int level,
+			 enum uffdwp__codec_id *id) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * A batcher gathers the pages an encoder is given one at a time into BATCH
+ * records of consecutive pages (at most max_pages each), encoded into a
+ * buffer of its own that holds everything encoded since the last reset:
+ *   add()    stages a page (finishing the staged run first when the page
+ *            does not continue it in the same region, or it is full);
+ *   finish() encodes the staged run (before any other record is encoded,
+ *            so that the stream stays in encoding order);
+ *   take()   hands out the bytes encoded since the last take (they stay
+ *            valid until reset());
+ *   reset()  after those bytes are written.
+ * Between two resets at most max_pages pages may be added (-ENOSPC).
+ */
+struct uffdwp__batcher {
+	/* private */
+	struct uffdwp__encoder *enc;
+	struct uffdwp__codec codec;
+	unsigned char *stage, *out;
+	uint64_t first;      /* address of the staged run */
+	uint32_t staged, max_pages, added;
+	size_t out_len, out_taken, out_cap;
+};
+
+int uffdwp__batcher_init(struct uffdwp__batcher *b, struct uffdwp__encoder *enc,
+			 enum uffdwp__codec_id id, int level,
+			 uint32_t max_pages) UFFDWP__FORMAT_HIDDEN;
+int uffdwp__batcher_add(struct uffdwp__batcher *b, uint64_t addr,
+			const void *page) UFFDWP__FORMAT_HIDDEN;
+int uffdwp__batcher_finish(struct uffdwp__batcher *b) UFFDWP__FORMAT_HIDDEN;
+size_t uffdwp__batcher_take(struct uffdwp__batcher *b, const void **data) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__batcher_reset(struct uffdwp__batcher *b) UFFDWP__FORMAT_HIDDEN;
+void uffdwp__batcher_release(struct uffdwp__batcher *b) UFFDWP__FORMAT_HIDDEN;
+
+/* The largest BATCH record of npages pages (the buffer uffdwp__encode_batch()
+ * needs). */
+size_t uffdwp__format_batch_bound(uint32_t page_size, uint64_t npages) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * Encode a BATCH record of the npages consecutive pages at `pages`, for
+ * addresses from addr (inside one region; npages * page_size at most
+ * UFFDWP__FORMAT_MAX_BATCH_BYTES), compressed with codec c, or raw when
+ * that is not smaller. Needs version 2. Returns the record's size, -ENOSPC
+ * (cap below uffdwp__format_batch_bound()) or -EINVAL.
+ */
+ssize_t uffdwp__encode_batch(struct uffdwp__encoder *enc, uint64_t addr, uint64_t npages,
+			     const void *pages, struct uffdwp__codec *c, void *buf,
+			     size_t cap) UFFDWP__FORMAT_HIDDEN;
+
 /*
  * Encode the trailer, which ends the stream: returns
  * UFFDWP__FORMAT_TRAILER_SIZE, -ENOSPC or -EINVAL (header not encoded, or
@@ -218,8 +378,9 @@ struct uffdwp__record {
 	enum uffdwp__record_type type;
 	uint64_t offset;   /* where the record starts in the stream */
 	uint64_t addr;     /* page-aligned, inside a region */
-	uint64_t npages;   /* PAGE: 1; ZERO: the run's length, inside one region */
-	const void *data;  /* PAGE: page_size bytes, valid until the next call */
+	uint64_t npages;   /* PAGE: 1 (a BATCH: its pages); ZERO: the run's length;
+			      inside one region */
+	const void *data;  /* PAGE: npages * page_size bytes, valid until the next call */
 };
 
 struct uffdwp__decoder {
@@ -236,12 +397,46 @@ struct uffdwp__decoder {
 	/* private */
 	const unsigned char *buf;  /* buffer source */
 	size_t len;
+	uint64_t base;             /* the stream offset of buf[0] */
 	uffdwp__read_fn read;      /* read-function source */
 	void *read_arg;
 	struct uffdwp_snapshot_region *owned_regions;
 	unsigned char *page;       /* page_size bytes, for PAGE records */
+	unsigned char *stored;     /* a BATCH's stored bytes (read-function source) */
+	unsigned char *batch;      /* a compressed BATCH's pages */
+	size_t stored_cap, batch_cap;
+	void *zstd;                /* a ZSTD_DCtx, once needed */
+	uint64_t batch_sum;        /* the checksum of the BATCH just read */
+	bool index_seen;           /* only the trailer may follow */
+	/* the index the records call for (version 2): an order-free digest of
+	 * its finished entries, and the entry still growing */
+	uint64_t index_digest, index_count;
+	struct uffdwp__index_entry index_last;
+	bool index_have_last;
 	enum { UFFDWP__DEC_HEADER, UFFDWP__DEC_RECORDS, UFFDWP__DEC_DONE } state;
 };
+
+/*
+ * Parse and check an INDEX record read from the end of a stream of header
+ * h, starting at `offset` (the bytes up to the trailer in buf, len of them):
+ * tag, counts, checksum, entries sorted, disjoint, inside the regions and
+ * before the index. On success *entries (malloc'd, the caller frees) and
+ * *count. Returns 0, -ENODATA (no index there), -EBADMSG or -ENOMEM.
+ */
+int uffdwp__decode_index(const struct uffdwp__format_header *h, const void *buf, size_t len,
+			 uint64_t offset, struct uffdwp__index_entry **entries,
+			 uint64_t *count) UFFDWP__FORMAT_HIDDEN;
+
+/*
+ * A decoder of single records, for a reader that seeks (lazy restore): buf
+ * holds len bytes of a stream of header h from stream offset `offset`; the
+ * next uffdwp__decode_next() decodes the record there (checksums, fields,
+ * decompression; not the stream checksum). h stays the caller's. The
+ * decoder must be zeroed or released before its first such init; buffers
+ * it allocated are kept from one record to the next (release at the end).
+ */
+void uffdwp__decoder_init_record(struct uffdwp__decoder *dec, const struct uffdwp__format_header *h,
+				 const void *buf, size_t len, uint64_t offset) UFFDWP__FORMAT_HIDDEN;
 
 /* Decode the stream held in buf[0..len) (the decoder keeps the pointer). */
 void uffdwp__decoder_init_buffer(struct uffdwp__decoder *dec, const void *buf,
@@ -272,7 +467,9 @@ void uffdwp__decoder_release(struct uffdwp__decoder *dec) UFFDWP__FORMAT_HIDDEN;
 /*
  * Check a trailer on its own (its tag, flags and checksum), e.g. one read
  * from the end of a file: buf holds UFFDWP__FORMAT_TRAILER_SIZE bytes.
- * Returns 0 and fills *t, -ENODATA when buf does not hold a trailer tag (the
+ * Returns 0 and fills *t (with trailer_offset the addr field: version 2's
+ * own offset, to be checked against where it was read), -ENODATA when buf
+ * does not hold a trailer tag (the
  * stream is truncated or unfinished), -EBADMSG when it is damaged. The stream
  * checksum it carries can only be checked by decoding the whole stream.
  */

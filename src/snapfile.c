@@ -5,8 +5,12 @@
  * does the I/O around it and turns a decoder's findings into a
  * struct uffdwp_snapshot_error.
  */
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,6 +18,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "backend.h"
 #include "format.h"
@@ -185,6 +190,14 @@ static int read_trailer(struct snapshot_file *f, size_t index, struct uffdwp_sna
 			      "the trailer counts %llu records, %llu pages and %llu zero pages: "
 			      "more than the regions hold", (unsigned long long)t->record_count,
 			      (unsigned long long)t->page_count, (unsigned long long)t->zero_count);
+	/* Version 2 records its offset (compressed records have no fixed size). */
+	if (h->version >= 2) {
+		if (t->trailer_offset != at)
+			return report(err, index, at, -EBADMSG,
+				      "the trailer says it starts at byte %llu: bytes were lost or "
+				      "added before it", (unsigned long long)t->trailer_offset);
+		return 0;
+	}
 	if (__builtin_mul_overflow(t->page_count, uffdwp__format_page_record_size(h->page_size),
 				   &pages) ||
 	    __builtin_mul_overflow(t->record_count - t->page_count, UFFDWP__FORMAT_ZERO_SIZE,
@@ -831,4 +844,643 @@ int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t npaths,
 	int ret = check_error_arg(err);
 
 	return ret < 0 ? ret : restore(paths, npaths, &t, prepare_in_place, NULL, err);
+}
+
+/* ---- lazy restore -------------------------------------------------------------- */
+
+/*
+ * The chain's files stay open, each with its index (read from the file's
+ * end, or built by scanning a file that has none). A page's contents come
+ * from the last file whose index names it, else are zero (the head is a
+ * full snapshot). One thread serves MISSING faults first and fills the
+ * rest in address order, a window of pages at a time, then unregisters
+ * the mapping: from then on it is ordinary memory.
+ */
+
+/* Pages filled between two looks at the fault queue: a fault waits for at
+ * most this many (one poll(2) per step costs ~1 % of their copying). */
+#define LAZY_STEP 16
+
+/* Pages filled around a faulted one (aligned), when they are not yet. */
+#define LAZY_AROUND 64
+
+/* fill_pages() serves both with one stage. */
+_Static_assert(LAZY_STEP <= LAZY_AROUND, "the stage holds LAZY_AROUND pages");
+
+/* Bytes of PAGE records read at once for a run of them. */
+#define LAZY_WINDOW (256 * 1024)
+
+/* What a file was last read and decoded for. */
+struct lazy_cursor {
+	/* the bytes last read: [window_at, window_at + window_len) */
+	unsigned char *window;
+	uint64_t window_at;
+	size_t window_len, window_cap;
+	struct uffdwp__decoder dec;  /* of the record last decoded from the window */
+	uint64_t decoded_at;         /* its offset, or UINT64_MAX */
+	const void *dec_data;        /* its pages */
+};
+enum { CURSOR_FILL, CURSOR_FAULT };
+
+struct lazy_file {
+	int fd;
+	struct uffdwp__format_header header;  /* regions: the chain's (the head's copy) */
+	struct uffdwp__index_entry *entries;
+	uint64_t count;
+	/* One for the fill in address order, one for faults, so that a fault
+	 * elsewhere does not make the fill read and decode its batch again. */
+	struct lazy_cursor cursor[2];
+};
+
+struct uffdwp_lazy_restore {
+	struct target image;  /* TARGET_MAPPING: the layout and the mapping */
+	struct lazy_file *files;
+	size_t nfiles;
+	struct uffdwp *ctx;
+	unsigned char *zeros;  /* a page of them */
+	unsigned char *stage;  /* LAZY_AROUND pages on their way in */
+	unsigned char *state;  /* per page: PAGE_* (this restore's thread only) */
+	uint64_t total;        /* pages */
+	_Atomic uint64_t done, faulted;
+	_Atomic int stop;
+	uint64_t begin_ns;
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t lock;
+	pthread_cond_t finished_cond;
+	bool finished;
+	int error;
+};
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The index of a file without one: scan it (which also checks it whole). */
+static int scan_index(struct snapshot_file *f, struct lazy_file *lf, size_t index,
+		      struct uffdwp_snapshot_error *err)
+{
+	struct uffdwp__record rec;
+	size_t cap = 0;
+	int ret;
+
+	while ((ret = uffdwp__decode_next(&f->dec, &rec)) == 1) {
+		if (lf->count == cap) {
+			size_t grown_cap = cap ? cap * 2 : 64;
+			struct uffdwp__index_entry *grown = realloc(lf->entries,
+								    grown_cap * sizeof(*grown));
+
+			if (!grown)
+				return report_file(err, index, -ENOMEM);
+			lf->entries = grown;
+			cap = grown_cap;
+		}
+		/* a record at a time: uffdwp__decoder_init_record() reads either kind */
+		lf->entries[lf->count++] = (struct uffdwp__index_entry){
+			rec.addr, rec.npages, rec.offset, f->dec.offset - rec.offset,
+			rec.type == UFFDWP__RECORD_ZERO ? UFFDWP__INDEX_ZERO : UFFDWP__INDEX_BATCH,
+		};
+	}
+	if (ret < 0)
+		return report_decoder(err, index, &f->dec);
+	uffdwp__index_sort(lf->entries, lf->count);
+	for (uint64_t i = 1; i < lf->count; i++)
+		if (lf->entries[i].addr < lf->entries[i - 1].addr +
+		    lf->entries[i - 1].npages * f->dec.header.page_size)
+			return report(err, index, lf->entries[i].offset, -EBADMSG,
+				      "page 0x%llx is recorded twice (again in the record here)",
+				      (unsigned long long)lf->entries[i].addr);
+	return 0;
+}
+
+/* Read the index that ends right before the trailer, if there is one. */
+static int read_index(struct snapshot_file *f, struct lazy_file *lf, size_t index,
+		      struct uffdwp_snapshot_error *err)
+{
+	const struct uffdwp__format_header *h = &f->dec.header;
+	uint64_t trailer = f->totals.trailer_offset, count, start;
+	unsigned char tail[16], *buf;
+	size_t size;
+	int ret;
+
+	if (h->version < 2 || trailer < uffdwp__format_header_size(h->region_count) + 16 ||
+	    pread(f->fd, tail, sizeof(tail), (off_t)(trailer - 16)) != (ssize_t)sizeof(tail))
+		return -ENODATA;
+	memcpy(&count, tail, 8);
+	count = le64toh(count);
+	if (count > (trailer - uffdwp__format_header_size(h->region_count)) /
+		    UFFDWP__FORMAT_INDEX_ENTRY)
+		return -ENODATA;
+	size = uffdwp__format_index_size(count);
+	start = trailer - size;
+	buf = malloc(size);
+	if (!buf)
+		return report_file(err, index, -ENOMEM);
+	ret = pread(f->fd, buf, size, (off_t)start) == (ssize_t)size
+		? uffdwp__decode_index(h, buf, size, start, &lf->entries, &lf->count)
+		: -ENODATA;
+	free(buf);
+	if (ret == -EBADMSG)
+		return report(err, index, start, ret, "the index is damaged");
+	if (ret == -ENOMEM)
+		return report_file(err, index, ret);
+	return ret;
+}
+
+/* Make [at, at + len) of the file readable in the cursor's window. */
+static int load_window(struct lazy_file *file, struct lazy_cursor *lf, uint64_t at, size_t len)
+{
+	ssize_t n;
+
+	if (at >= lf->window_at && at - lf->window_at + len <= lf->window_len)
+		return 0;
+	if (len > lf->window_cap) {
+		unsigned char *grown = realloc(lf->window, len);
+
+		if (!grown)
+			return -ENOMEM;
+		lf->window = grown;
+		lf->window_cap = len;
+	}
+	lf->window_len = 0;
+	lf->decoded_at = UINT64_MAX;
+	do
+		n = pread(file->fd, lf->window, len, (off_t)at);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n < len)
+		return -ENODATA;  /* the file shrank under us */
+	lf->window_at = at;
+	lf->window_len = len;
+	return 0;
+}
+
+/*
+ * The contents of the page at addr (an address of the regions) as the chain
+ * says: *data points at page_size bytes valid until the next call.
+ */
+static int page_source(struct uffdwp_lazy_restore *lr, uint64_t addr, int which,
+		       const void **data)
+{
+	uint32_t ps = lr->image.header.page_size;
+
+	for (size_t i = lr->nfiles; i-- > 0;) {
+		struct lazy_file *file = &lr->files[i];
+		struct lazy_cursor *lf = &file->cursor[which];
+		const struct uffdwp__index_entry *e = uffdwp__index_find(file->entries, file->count,
+									 addr, ps);
+		uint64_t page = e ? (addr - e->addr) / ps : 0, at, bytes, first;
+		struct uffdwp__record rec;
+		int ret;
+
+		if (!e)
+			continue;
+		if (e->kind == UFFDWP__INDEX_ZERO) {
+			*data = lr->zeros;
+			return 0;
+		}
+		/* a run of PAGE records: the page's own, read a window ahead */
+		at = e->offset;
+		bytes = e->bytes;
+		first = e->addr;
+		if (e->kind == UFFDWP__INDEX_PAGES) {
+			uint64_t size = uffdwp__format_page_record_size(ps);
+			uint64_t window = LAZY_WINDOW / size ? LAZY_WINDOW / size : 1;
+
+			at += page * size;
+			first = addr;
+			if (at < lf->window_at || at + size > lf->window_at + lf->window_len) {
+				uint64_t left = e->npages - page;
+
+				ret = load_window(file, lf, at,
+						  (size_t)((left < window ? left : window) * size));
+				if (ret < 0)
+					return ret;
+			}
+			bytes = size;
+			page = 0;
+		} else {
+			ret = load_window(file, lf, at, (size_t)bytes);
+			if (ret < 0)
+				return ret;
+		}
+		if (lf->decoded_at != at) {
+			uffdwp__decoder_init_record(&lf->dec, &file->header,
+						    lf->window + (at - lf->window_at), (size_t)bytes, at);
+			ret = uffdwp__decode_next(&lf->dec, &rec);
+			if (ret != 1 || rec.addr != first || rec.type != UFFDWP__RECORD_PAGE)
+				return ret < 0 ? ret : -EBADMSG;
+			lf->decoded_at = at;
+			lf->dec_data = rec.data;
+		}
+		*data = (const unsigned char *)lf->dec_data + page * ps;
+		return 0;
+	}
+	*data = lr->zeros;  /* no record names it: zero in the full snapshot */
+	return 0;
+}
+
+/* The address of the regions that image page i holds. */
+static uint64_t page_addr(const struct uffdwp_lazy_restore *lr, uint64_t i)
+{
+	const struct uffdwp__format_header *h = &lr->image.header;
+	uint64_t off = i * h->page_size;
+	uint32_t lo = 0, hi = h->region_count;
+
+	/* the last region whose image offset is at or before off */
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (lr->image.image_offset[mid] <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return h->regions[lo].addr + (off - lr->image.image_offset[lo]);
+}
+
+/* Record the first error; later pages are filled with zeros so that no
+ * thread of the program stays blocked on them. */
+static void lazy_fail(struct uffdwp_lazy_restore *lr, int err)
+{
+	pthread_mutex_lock(&lr->lock);
+	if (!lr->error)
+		lr->error = err;
+	pthread_mutex_unlock(&lr->lock);
+}
+
+/* Copy image pages [i, i + n) from stage, none of them present yet. */
+static int copy_run(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+		    const unsigned char *stage)
+{
+	uint32_t ps = lr->image.header.page_size;
+	unsigned char *dst = lr->image.mapping + i * ps;
+	int ret;
+
+	do
+		ret = uffdwp_copy(lr->ctx, dst, stage, n * ps, 0);
+	while (ret == -EAGAIN);
+	if (ret != -EEXIST)
+		return ret;
+	/*
+	 * Only this thread fills pages, and none of these was there: an
+	 * interrupted copy (-EAGAIN) placed the first ones. Page by page;
+	 * -EEXIST is then one of ours (its waiters were woken by that copy,
+	 * or are woken here).
+	 */
+	for (uint64_t k = 0; k < n; k++) {
+		do
+			ret = uffdwp_copy(lr->ctx, dst + k * ps, stage + k * ps, ps, 0);
+		while (ret == -EAGAIN);
+		if (ret == -EEXIST)
+			ret = uffdwp_wake(lr->ctx, dst + k * ps, ps);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * The state of each image page (lr->state): not filled yet; copied in; or
+ * left out because it is zero. A page left out is not populated: a touch
+ * while the mapping is registered still faults and gets a zero page then,
+ * and after the fill (unregistered) it is ordinary never-touched memory.
+ */
+enum { PAGE_EMPTY, PAGE_FILLED, PAGE_ZERO_LEFT };
+
+/* Copy in the pages of [i, i + n) that are EMPTY and marked in want[]
+ * (their contents at stage + k * page size). */
+static int place(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+		 const unsigned char *stage, const bool *want)
+{
+	uint32_t ps = lr->image.header.page_size;
+
+	for (uint64_t k = 0, run; k < n; k += run) {
+		if (!want[k]) {
+			run = 1;
+			continue;
+		}
+		for (run = 1; k + run < n && want[k + run]; run++)
+			;
+		int ret = copy_run(lr, i + k, run, stage + k * ps);
+
+		if (ret < 0)
+			return ret;
+		memset(lr->state + i + k, PAGE_FILLED, run);
+	}
+	return 0;
+}
+
+/*
+ * Fill image pages [i, i + n) (n at most LAZY_AROUND) that are not filled
+ * yet, leaving zero pages out, except page `faulted` (UINT64_MAX: none),
+ * which a thread waits for: it is filled even when zero. Returns how many
+ * pages became filled or left out, or a negative errno.
+ */
+static int64_t fill_pages(struct uffdwp_lazy_restore *lr, uint64_t i, uint64_t n,
+			  uint64_t faulted)
+{
+	uint32_t ps = lr->image.header.page_size;
+	bool on_fault = faulted != UINT64_MAX, want[LAZY_AROUND] = { false };
+	int64_t newly = 0;
+	int ret;
+
+	/* Only this thread reads the files; the lock guards the error. */
+	pthread_mutex_lock(&lr->lock);
+	ret = lr->error;
+	pthread_mutex_unlock(&lr->lock);
+	for (uint64_t k = 0; k < n; k++) {
+		const void *data = lr->zeros;
+
+		if (lr->state[i + k] == PAGE_FILLED ||
+		    (lr->state[i + k] == PAGE_ZERO_LEFT && i + k != faulted))
+			continue;
+		if (ret == 0 && lr->state[i + k] == PAGE_EMPTY) {  /* after an error: zeros */
+			ret = page_source(lr, page_addr(lr, i + k),
+					  on_fault ? CURSOR_FAULT : CURSOR_FILL, &data);
+			if (ret < 0) {
+				lazy_fail(lr, ret);
+				data = lr->zeros;
+			}
+		}
+		newly += lr->state[i + k] == PAGE_EMPTY;
+		if (data == lr->zeros && i + k != faulted) {
+			lr->state[i + k] = PAGE_ZERO_LEFT;
+			continue;
+		}
+		memcpy(lr->stage + k * ps, data, ps);
+		want[k] = true;
+	}
+	ret = place(lr, i, n, lr->stage, want);
+	return ret < 0 ? ret : newly;
+}
+
+/* Serve every queued MISSING fault. */
+static int serve_faults(struct uffdwp_lazy_restore *lr, int timeout_ms)
+{
+	struct pollfd p = { .fd = uffdwp_fd(lr->ctx), .events = POLLIN };
+	struct uffdwp_event ev[16];
+	uint32_t ps = lr->image.header.page_size;
+	int n;
+
+	if (poll(&p, 1, timeout_ms) <= 0)
+		return 0;
+	while ((n = uffdwp_read_events(lr->ctx, ev, 16)) > 0) {
+		for (int k = 0; k < n; k++) {
+			uint64_t at = ev[k].pagefault.address - (uint64_t)(uintptr_t)lr->image.mapping;
+			if (ev[k].type != UFFDWP_EVENT_PAGEFAULT || at >= lr->image.image_size)
+				continue;
+			uint64_t first;
+			int64_t filled;
+
+			if (lr->state[at / ps] == PAGE_FILLED) {
+				/* filled since the fault was queued: let it go */
+				uffdwp_wake(lr->ctx, lr->image.mapping + at / ps * ps, ps);
+				continue;
+			}
+			/* With the pages around it: decoding a batch for one
+			 * page would be repeated by the next fault nearby. */
+			first = at / ps / LAZY_AROUND * LAZY_AROUND;
+			filled = fill_pages(lr, first, lr->total - first < LAZY_AROUND
+						       ? lr->total - first : LAZY_AROUND, at / ps);
+			if (filled < 0)
+				return (int)filled;
+			atomic_fetch_add(&lr->done, (uint64_t)filled);
+			atomic_fetch_add(&lr->faulted, (uint64_t)filled);
+		}
+	}
+	return n == -EAGAIN ? 0 : n;
+}
+
+static void *lazy_main(void *arg)
+{
+	struct uffdwp_lazy_restore *lr = arg;
+	uint64_t next = 0;
+	int ret = 0;
+
+	while (!ret && next < lr->total && !atomic_load(&lr->stop)) {
+		uint64_t n = lr->total - next < LAZY_STEP ? lr->total - next : LAZY_STEP;
+		int64_t filled;
+
+		ret = serve_faults(lr, 0);
+		if (ret)
+			break;
+		filled = fill_pages(lr, next, n, UINT64_MAX);
+		if (filled < 0)
+			ret = (int)filled;
+		else
+			atomic_fetch_add(&lr->done, (uint64_t)filled);
+		next += n;
+	}
+	if (ret < 0)
+		lazy_fail(lr, ret);
+	/* Every page is there (or the restore stopped): the mapping becomes
+	 * ordinary memory; a thread still waiting on a page is woken and
+	 * finds it (or, after a stop, a zero page). */
+	uffdwp_unregister(lr->ctx, lr->image.mapping, (size_t)lr->image.image_size);
+	pthread_mutex_lock(&lr->lock);
+	if (!lr->error && atomic_load(&lr->stop) && atomic_load(&lr->done) < lr->total)
+		lr->error = -ECANCELED;
+	lr->finished = true;
+	pthread_cond_broadcast(&lr->finished_cond);
+	pthread_mutex_unlock(&lr->lock);
+	return NULL;
+}
+
+static void lazy_free(struct uffdwp_lazy_restore *lr)
+{
+	for (size_t i = 0; i < lr->nfiles; i++) {
+		struct lazy_file *lf = &lr->files[i];
+
+		if (lf->fd >= 0)
+			close(lf->fd);
+		for (int c = 0; c < 2; c++) {
+			uffdwp__decoder_release(&lf->cursor[c].dec);
+			free(lf->cursor[c].window);
+		}
+		free(lf->entries);
+	}
+	free(lr->files);
+	if (lr->ctx)
+		uffdwp_close(lr->ctx);
+	free(lr->zeros);
+	free(lr->stage);
+	free(lr->state);
+	free(lr->image.image_offset);
+	free((void *)lr->image.header.regions);
+	pthread_mutex_destroy(&lr->lock);
+	pthread_cond_destroy(&lr->finished_cond);
+	free(lr);
+}
+
+/* Open file i of the chain for a lazy restore: header, trailer, link, index. */
+static int lazy_open(struct uffdwp_lazy_restore *lr, const char *path, size_t i,
+		     uint64_t *prev_id, struct uffdwp_snapshot_error *err)
+{
+	struct lazy_file *lf = &lr->files[i];
+	struct snapshot_file f;
+	int ret = path ? open_file(&f, path, i, true, err) : report_file(err, i, -EINVAL);
+
+	if (ret == 0)
+		ret = read_trailer(&f, i, err);
+	if (ret == 0)
+		ret = check_link(&lr->image, i, &f.dec.header, *prev_id, err);
+	if (ret == 0) {
+		ret = read_index(&f, lf, i, err);
+		if (ret == -ENODATA)  /* none: scan (and check) the file instead */
+			ret = scan_index(&f, lf, i, err);
+	}
+	if (ret == 0) {
+		*prev_id = f.dec.header.snapshot_id;
+		lf->header = lr->image.header;  /* the same regions and page size */
+		lf->header.version = f.dec.header.version;
+		lf->header.snapshot_id = f.dec.header.snapshot_id;
+		lf->fd = f.fd;
+		f.fd = -1;  /* kept */
+	}
+	if (path)
+		close_file(&f);
+	return ret;
+}
+
+int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void **mapping,
+				 size_t *mapping_len, struct uffdwp_lazy_restore **lrp,
+				 struct uffdwp_snapshot_error *err)
+{
+	struct uffdwp_opts o = { .sz = sizeof(o), .backend = UFFDWP_BACKEND_KERNEL };
+	uint64_t t0 = monotonic_ns(), prev_id = 0;
+	struct uffdwp_lazy_restore *lr;
+	int ret = check_error_arg(err);
+
+	if (ret < 0 || !paths || npaths == 0 || !mapping || !mapping_len || !lrp)
+		return -EINVAL;
+	lr = calloc(1, sizeof(*lr));
+	if (!lr)
+		return -ENOMEM;
+	lr->image.kind = TARGET_MAPPING;
+	pthread_mutex_init(&lr->lock, NULL);
+	pthread_cond_init(&lr->finished_cond, NULL);
+	lr->files = calloc(npaths, sizeof(*lr->files));
+	if (!lr->files) {
+		lazy_free(lr);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < npaths; i++)
+		lr->files[i].fd = -1;
+	lr->nfiles = npaths;
+	for (size_t i = 0; i < npaths && ret == 0; i++)
+		ret = lazy_open(lr, paths[i], i, &prev_id, err);
+	if (ret == 0) {
+		lr->zeros = calloc(1, lr->image.header.page_size);
+		lr->stage = malloc((size_t)LAZY_AROUND * lr->image.header.page_size);
+		ret = lr->zeros && lr->stage ? prepare_mapping(&lr->image) : -ENOMEM;
+		if (ret < 0)
+			report_file(err, npaths, ret);
+	}
+	if (ret == 0) {
+		/* MISSING faults need the kernel's userfaultfd */
+		ret = uffdwp_open(&lr->ctx, &o);
+		if (ret < 0)
+			ret = report(err, npaths, 0, -EOPNOTSUPP, "a lazy restore needs the kernel's "
+				     "userfaultfd (%s)", strerror(-ret));
+		else if (lr->image.header.page_size != uffdwp__page_size())
+			ret = report(err, npaths, 0, -EINVAL, "a lazy restore needs the files' page "
+				     "size (%u) to be this machine's", lr->image.header.page_size);
+		else
+			ret = report_file(err, npaths,
+					  /* WP too: the library registers nothing without
+					   * it; nothing is protected, so it costs nothing */
+					  uffdwp_register(lr->ctx, lr->image.mapping,
+							  (size_t)lr->image.image_size,
+							  UFFDWP_REGISTER_MODE_MISSING |
+								  UFFDWP_REGISTER_MODE_WP));
+	}
+	if (ret == 0) {
+		lr->total = lr->image.image_size / lr->image.header.page_size;
+		lr->state = lr->total <= SIZE_MAX ? calloc((size_t)lr->total, 1) : NULL;
+		ret = lr->state ? -pthread_create(&lr->thread, NULL, lazy_main, lr) : -ENOMEM;
+		lr->thread_started = ret == 0;
+		if (ret < 0)
+			report_file(err, npaths, ret);
+	}
+	if (ret < 0) {
+		if (lr->image.mapping)
+			unmap(&lr->image);
+		lazy_free(lr);
+		return ret;
+	}
+	lr->begin_ns = monotonic_ns() - t0;
+	*mapping = lr->image.mapping;
+	*mapping_len = (size_t)lr->image.image_size;
+	*lrp = lr;
+	return 0;
+}
+
+int uffdwp_lazy_restore_wait(struct uffdwp_lazy_restore *lr, int timeout_ms)
+{
+	struct timespec until;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	if (timeout_ms > 0) {
+		until.tv_sec += timeout_ms / 1000;
+		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+	}
+	pthread_mutex_lock(&lr->lock);
+	while (!lr->finished && ret == 0) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&lr->finished_cond, &lr->lock);
+		else if (timeout_ms == 0 ||
+			 pthread_cond_timedwait(&lr->finished_cond, &lr->lock, &until) == ETIMEDOUT)
+			ret = lr->finished ? 0 : -ETIMEDOUT;
+	}
+	if (ret == 0)
+		ret = lr->error;
+	pthread_mutex_unlock(&lr->lock);
+	return ret;
+}
+
+int uffdwp_lazy_restore_progress(const struct uffdwp_lazy_restore *lr,
+				 struct uffdwp_snapshot_progress *p)
+{
+	struct uffdwp_lazy_restore *m = (struct uffdwp_lazy_restore *)lr;
+	size_t sz;
+
+	if (!p || p->sz < sizeof(*p))
+		return -EINVAL;
+	sz = p->sz;
+	memset(p, 0, sizeof(*p));
+	p->sz = sz;
+	p->pages_total = lr->total;
+	p->pages_done = atomic_load(&m->done);
+	p->pages_copied = atomic_load(&m->faulted);
+	p->begin_ns = lr->begin_ns;
+	pthread_mutex_lock(&m->lock);
+	p->finished = lr->finished;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+int uffdwp_lazy_restore_end(struct uffdwp_lazy_restore *lr, int cancel)
+{
+	int ret;
+
+	if (!lr)
+		return 0;
+	if (cancel)
+		atomic_store(&lr->stop, 1);
+	ret = uffdwp_lazy_restore_wait(lr, -1);
+	if (lr->thread_started)
+		pthread_join(lr->thread, NULL);
+	lazy_free(lr);
+	return ret;
 }

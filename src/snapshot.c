@@ -150,6 +150,9 @@ struct uffdwp_snapshot {
 	uffdwp_snapshot_sink_fn fn;
 	void *arg;
 	struct uffdwp__encoder enc;
+	enum uffdwp__codec_id codec;  /* NONE: zero-copy PAGE records */
+	int codec_level;
+	struct uffdwp__batcher batcher;  /* else pages go through it */
 	uint64_t id, parent_id, time_ns;
 
 	/* Where the faults come from. */
@@ -625,12 +628,32 @@ struct emitter {
 	const struct run *zrun;
 };
 
+/* Queue what the batcher encoded (finishing its staged run first, so that
+ * the stream stays in encoding order). */
+static int flush_batched(struct uffdwp_snapshot *s, struct emitter *e)
+{
+	const void *data;
+	size_t len;
+	int ret;
+
+	if (s->codec == UFFDWP__CODEC_NONE)
+		return 0;
+	ret = uffdwp__batcher_finish(&s->batcher);
+	len = uffdwp__batcher_take(&s->batcher, &data);
+	if (!ret && len)
+		s->iov[e->niov++] = (struct iovec){ (void *)data, len };
+	return ret;
+}
+
 static int flush_zero(struct uffdwp_snapshot *s, struct emitter *e)
 {
 	ssize_t n;
 
 	if (!e->zpages)
 		return 0;
+	n = flush_batched(s, e);
+	if (n)
+		return (int)n;
 	n = uffdwp__encode_zero(&s->enc, e->zaddr, e->zpages, s->zeros[e->nzero],
 				UFFDWP__FORMAT_ZERO_SIZE);
 	if (n < 0)
@@ -660,6 +683,8 @@ static int emit_page(struct uffdwp_snapshot *s, struct emitter *e, const struct 
 	ret = flush_zero(s, e);
 	if (ret)
 		return ret;
+	if (s->codec != UFFDWP__CODEC_NONE)
+		return uffdwp__batcher_add(&s->batcher, addr, data);
 	sum = uffdwp__format_page_sum(&s->enc, addr, data);
 	ret = uffdwp__encode_page_frame_summed(&s->enc, addr, sum, s->heads[e->nhead],
 					       s->tails[e->nhead]);
@@ -675,8 +700,12 @@ static int emit_flush(struct uffdwp_snapshot *s, struct emitter *e)
 {
 	int ret = flush_zero(s, e);
 
+	if (!ret)
+		ret = flush_batched(s, e);
 	if (!ret && e->niov)
 		ret = write_all(s, s->iov, e->niov);
+	if (s->codec != UFFDWP__CODEC_NONE)
+		uffdwp__batcher_reset(&s->batcher);
 	*e = (struct emitter){ 0 };
 	return ret;
 }
@@ -893,6 +922,11 @@ static int save_all(struct uffdwp_snapshot *s)
 		if (!buf)
 			return -ENOMEM;
 		ret = uffdwp__encoder_init(&s->enc, &h);
+		if (!ret)
+			ret = uffdwp__encoder_keep_index(&s->enc);
+		if (!ret && s->codec != UFFDWP__CODEC_NONE)
+			ret = uffdwp__batcher_init(&s->batcher, &s->enc, s->codec, s->codec_level,
+						   BATCH);
 		if (!ret) {
 			ssize_t n = uffdwp__encode_header(&s->enc, buf, hlen);
 
@@ -955,10 +989,14 @@ static int save_all(struct uffdwp_snapshot *s)
 	if (ret)
 		return ret;
 	if (!s->fn) {
-		unsigned char buf[UFFDWP__FORMAT_TRAILER_SIZE];
-		ssize_t n = uffdwp__encode_trailer(&s->enc, buf, sizeof(buf));
+		size_t cap = uffdwp__encoder_index_size(&s->enc) + UFFDWP__FORMAT_TRAILER_SIZE;
+		unsigned char *buf = malloc(cap);
+		ssize_t n = buf ? uffdwp__encode_index(&s->enc, buf, cap) : -ENOMEM, m = 0;
 
-		ret = n < 0 ? (int)n : write_buf(s, buf, (size_t)n);
+		if (n >= 0)
+			m = uffdwp__encode_trailer(&s->enc, buf + n, cap - (size_t)n);
+		ret = n < 0 ? (int)n : m < 0 ? (int)m : write_buf(s, buf, (size_t)(n + m));
+		free(buf);
 	}
 	return ret;
 }
@@ -1730,6 +1768,8 @@ static void destroy(struct uffdwp_snapshot *s)
 	free(s->slot_addr);
 	free(s->slot_seq);
 	free(s->bounce);
+	uffdwp__batcher_release(&s->batcher);
+	uffdwp__encoder_release(&s->enc);
 	free(s->runs);
 	free(s->regions);
 	free(s);
@@ -1907,6 +1947,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 {
 	uint64_t t0 = now_ns(CLOCK_MONOTONIC);
 	struct uffdwp_snapshot_opts o = { 0 };
+	enum uffdwp__codec_id codec;
 	struct uffdwp_snapshot *s;
 	uint64_t bytes = 0;
 	size_t side;
@@ -1922,6 +1963,8 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	/* fd 0 means "unset" (a zeroed struct names no sink, never stdin). */
 	if ((!o.fn && o.fd <= 0) || (o.parent_id && !o.tracker))
 		return -EINVAL;
+	if (uffdwp__codec_choose(o.codec, o.codec_level, &codec) < 0)
+		return -EINVAL;
 	s = create();
 	if (!s)
 		return -ENOMEM;
@@ -1929,6 +1972,8 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	s->fn = o.fn;
 	s->arg = o.arg;
 	s->parent_id = o.parent_id;
+	s->codec = codec;
+	s->codec_level = o.codec_level;
 	ret = take_regions(s, regions, nregions);
 	if (!ret) {
 		struct uffdwp__format_header h = {

@@ -150,7 +150,8 @@ TEST(format_encoder_rejects_bad_input, ON_NONE)
 	CHECK(buf && page);
 #define REJECT(field, value) do { h = good; h.field = value; \
 		CHECK_RET(uffdwp__encoder_init(&enc, &h), -EINVAL); } while (0)
-	REJECT(version, 2);
+	REJECT(version, 0);
+	REJECT(version, UFFDWP__FORMAT_VERSION + 1);
 	REJECT(page_size, (uint32_t)ps + 8);
 	REJECT(page_size, 256);
 	REJECT(page_size, UFFDWP__FORMAT_MAX_PAGE_SIZE * 2);
@@ -294,12 +295,15 @@ TEST(format_bad_magic_version_flags, ON_NONE)
 	CHECK_RET(fx_decode(s.buf, s.len, &dec), -EBADMSG);
 	CHECK(strstr(dec.error_msg, "magic"));
 	s.buf[0] = 'U';
-	s.buf[8] = 2;  /* version 2, checksum fixed: still refused as unknown */
+	s.buf[8] = 3;  /* version 3, checksum fixed: still refused as unknown */
 	harness_fix_checksums(s.buf, s.len);
 	CHECK_RET(fx_decode(s.buf, s.len, &dec), -ENOTSUP);
-	CHECK(strstr(dec.error_msg, "version 2"));
+	CHECK(strstr(dec.error_msg, "version 3"));
 	CHECK_EQ(dec.error_offset, 8);
-	s.buf[8] = 1;
+	s.buf[8] = 0;
+	harness_fix_checksums(s.buf, s.len);
+	CHECK_RET(fx_decode(s.buf, s.len, &dec), -ENOTSUP);
+	s.buf[8] = UFFDWP__FORMAT_VERSION;
 	s.buf[12] = 1;  /* header flags */
 	harness_fix_checksums(s.buf, s.len);
 	CHECK_RET(fx_decode(s.buf, s.len, &dec), -ENOTSUP);
@@ -514,4 +518,254 @@ TEST(format_decode_trailer_alone, ON_NONE)
 	CHECK_RET(uffdwp__decode_trailer(&dec.header, trailer, &t), -EBADMSG);
 	uffdwp__decoder_release(&dec);
 	free(s.buf);
+}
+
+/* Batches: every codec round-trips, incompressible pages are stored raw,
+ * and a damaged compressed batch is reported with its offset. */
+TEST(format_batch_codecs, ON_NONE)
+{
+	static const struct { enum uffdwp__codec_id id; int level; } codecs[] = {
+		{ UFFDWP__CODEC_NONE, 0 }, { UFFDWP__CODEC_LZ4, 0 },
+		{ UFFDWP__CODEC_ZSTD, 0 }, { UFFDWP__CODEC_ZSTD, 19 },
+	};
+	const size_t ps = test_page(), n = 8;
+	struct uffdwp_snapshot_region region = { 64 * ps, 16 * ps };
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 9,
+		.region_count = 1, .regions = &region,
+	};
+	size_t cap = 2 * uffdwp__format_batch_bound((uint32_t)ps, n) + 4096;
+	unsigned char *text = malloc(n * ps), *noise = malloc(n * ps), *buf = malloc(cap);
+	uint64_t x = 88172645463325252ull;
+
+	CHECK(text && noise && buf);
+	for (size_t i = 0; i < n * ps; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		noise[i] = (unsigned char)x;
+		text[i] = "key=value; "[i % 11];
+	}
+	for (size_t k = 0; k < sizeof(codecs) / sizeof(codecs[0]); k++) {
+		struct uffdwp__encoder enc;
+		struct uffdwp__decoder dec;
+		struct uffdwp__record rec;
+		struct uffdwp__codec c;
+		size_t len, second;
+		ssize_t got;
+
+		CHECK_OK(uffdwp__codec_init(&c, codecs[k].id, codecs[k].level));
+		CHECK_OK(uffdwp__encoder_init(&enc, &h));
+		len = (size_t)uffdwp__encode_header(&enc, buf, cap);
+		got = uffdwp__encode_batch(&enc, region.addr, n, text, &c, buf + len, cap - len);
+		CHECK(got > 0);
+		if (codecs[k].id != UFFDWP__CODEC_NONE)
+			CHECK((size_t)got < n * ps / 4);  /* text compresses */
+		len += (size_t)got;
+		second = len;
+		got = uffdwp__encode_batch(&enc, region.addr + n * ps, n, noise, &c, buf + len,
+					   cap - len);
+		/* noise is stored raw, whatever the codec */
+		CHECK_EQ(got, UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED + n * ps +
+			      UFFDWP__FORMAT_SUM_SIZE);
+		CHECK_EQ(harness_load32(buf + second + UFFDWP__FORMAT_HEAD_SIZE), UFFDWP__CODEC_NONE);
+		len += (size_t)got;
+		len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
+		CHECK_EQ(enc.totals.page_count, 2 * n);
+
+		uffdwp__decoder_init_buffer(&dec, buf, len);
+		CHECK_EQ(uffdwp__decode_next(&dec, &rec), 1);
+		CHECK(rec.type == UFFDWP__RECORD_PAGE && rec.npages == n && rec.addr == region.addr);
+		CHECK(!memcmp(rec.data, text, n * ps));
+		CHECK_EQ(uffdwp__decode_next(&dec, &rec), 1);
+		CHECK(!memcmp(rec.data, noise, n * ps));
+		CHECK_EQ(uffdwp__decode_next(&dec, &rec), 0);
+		uffdwp__decoder_release(&dec);
+
+		/* damage inside the compressed bytes, checksums fixed: decoding fails */
+		if (codecs[k].id != UFFDWP__CODEC_NONE) {
+			size_t at = UFFDWP__FORMAT_HEAD_SIZE + UFFDWP__FORMAT_BATCH_FIXED +
+				    uffdwp__format_header_size(1);
+
+			for (size_t i = 0; i < 16; i++)
+				buf[at + i] ^= 0xa5;
+			harness_fix_checksums(buf, len);
+			CHECK_RET(fx_decode(buf, len, &dec), -EBADMSG);
+			CHECK_EQ(dec.error_offset, uffdwp__format_header_size(1));
+			if (!strstr(dec.error_msg, "compressed batch") && !strstr(dec.error_msg, "batch"))
+				FAIL("%s", dec.error_msg);
+		}
+		uffdwp__codec_release(&c);
+	}
+	/* batches need version 2; bad codecs and levels are refused */
+	{
+		struct uffdwp__encoder enc;
+		struct uffdwp__codec c;
+
+		h.version = 1;
+		CHECK_OK(uffdwp__codec_init(&c, UFFDWP__CODEC_LZ4, 0));
+		CHECK_OK(uffdwp__encoder_init(&enc, &h));
+		uffdwp__encode_header(&enc, buf, cap);
+		CHECK_RET(uffdwp__encode_batch(&enc, region.addr, 1, text, &c, buf, cap), -EINVAL);
+		CHECK_RET(uffdwp__codec_init(&c, 7, 0), -EINVAL);
+		CHECK_RET(uffdwp__codec_init(&c, UFFDWP__CODEC_ZSTD, 99), -EINVAL);
+		CHECK_RET(uffdwp__codec_init(&c, UFFDWP__CODEC_LZ4, 3), -EINVAL);
+	}
+	free(text);
+	free(noise);
+	free(buf);
+}
+
+/* A BATCH's fields out of range behind valid checksums. */
+TEST(format_batch_absurd_fields, ON_NONE)
+{
+	const size_t ps = test_page();
+	struct uffdwp_snapshot_region region = { 64 * ps, 4 * ps };
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 9,
+		.region_count = 1, .regions = &region,
+	};
+	size_t cap = uffdwp__format_batch_bound((uint32_t)ps, 2) + 4096, len, at;
+	unsigned char *buf = malloc(cap), *copy = malloc(cap), *pages = calloc(2, ps);
+	struct uffdwp__encoder enc;
+	struct uffdwp__decoder dec;
+	struct uffdwp__codec c;
+	struct { size_t off; uint32_t v; } bad[] = {
+		{ 0, 3 },                 /* codec */
+		{ 4, 0 },                 /* no pages */
+		{ 4, 3 },                 /* more pages than stored: does not decode */
+		{ 4, 100000 },            /* over the batch limit */
+	};
+
+	CHECK(buf && copy && pages);
+	memset(pages, 'a', 2 * ps);
+	CHECK_OK(uffdwp__codec_init(&c, UFFDWP__CODEC_LZ4, 0));
+	CHECK_OK(uffdwp__encoder_init(&enc, &h));
+	len = (size_t)uffdwp__encode_header(&enc, buf, cap);
+	at = len + UFFDWP__FORMAT_HEAD_SIZE;
+	len += (size_t)uffdwp__encode_batch(&enc, region.addr + ps, 2, pages, &c, buf + len,
+					    cap - len);
+	len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
+	CHECK_OK(fx_decode(buf, len, &dec));
+	for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		uint32_t v = htole32(bad[k].v);
+
+		memcpy(copy, buf, len);
+		memcpy(copy + at + bad[k].off, &v, 4);
+		harness_fix_checksums(copy, len);
+		CHECK_RET(fx_decode(copy, len, &dec), -EBADMSG);
+		CHECK_EQ(dec.error_offset, at - UFFDWP__FORMAT_HEAD_SIZE);
+	}
+	/* a run past the region's end */
+	memcpy(copy, buf, len);
+	harness_store64(copy + at - 8, region.addr + 3 * ps);
+	harness_fix_checksums(copy, len);
+	CHECK_RET(fx_decode(copy, len, &dec), -EBADMSG);
+	CHECK(strstr(dec.error_msg, "outside"));
+	/* a stored length past the end of the stream */
+	memcpy(copy, buf, len);
+	harness_store64(copy + at + 8, UINT64_MAX);
+	CHECK(fx_decode(copy, len, &dec) < 0);
+	uffdwp__codec_release(&c);
+	free(buf);
+	free(copy);
+	free(pages);
+}
+
+/* The index: one entry per batch, zero run, or run of consecutive PAGE
+ * records; sorted; read alone from the end of the stream; checked when the
+ * stream is decoded front to back; damage is refused. */
+TEST(format_index, ON_NONE)
+{
+	const size_t ps = test_page();
+	struct uffdwp_snapshot_region regions[2] = { { 64 * ps, 8 * ps }, { 128 * ps, 8 * ps } };
+	struct uffdwp__format_header h = {
+		.version = UFFDWP__FORMAT_VERSION, .page_size = (uint32_t)ps, .snapshot_id = 9,
+		.region_count = 2, .regions = regions,
+	};
+	size_t cap = 64 * ps, len, index_at, trailer_at;
+	unsigned char *buf = malloc(cap), *copy = malloc(cap), *page = malloc(4 * ps);
+	struct uffdwp__index_entry *entries;
+	struct uffdwp__encoder enc;
+	struct uffdwp__decoder dec;
+	struct uffdwp__codec c;
+	uint64_t count;
+
+	CHECK(buf && copy && page);
+	memset(page, 'p', 4 * ps);
+	CHECK_OK(uffdwp__codec_init(&c, UFFDWP__CODEC_LZ4, 0));
+	CHECK_OK(uffdwp__encoder_init(&enc, &h));
+	CHECK_OK(uffdwp__encoder_keep_index(&enc));
+	len = (size_t)uffdwp__encode_header(&enc, buf, cap);
+	/* second region first: the index is sorted anyway */
+	len += (size_t)uffdwp__encode_batch(&enc, regions[1].addr, 4, page, &c, buf + len, cap - len);
+	for (size_t i = 0; i < 3; i++)  /* three PAGE records: one entry */
+		len += (size_t)uffdwp__encode_page(&enc, regions[0].addr + (2 + i) * ps, page,
+						   buf + len, cap - len);
+	len += (size_t)uffdwp__encode_zero(&enc, regions[0].addr, 2, buf + len, cap - len);
+	len += (size_t)uffdwp__encode_page(&enc, regions[0].addr + 7 * ps, page, buf + len,
+					   cap - len);
+	index_at = len;
+	CHECK_EQ(uffdwp__encoder_index_size(&enc), uffdwp__format_index_size(4));
+	len += (size_t)uffdwp__encode_index(&enc, buf + len, cap - len);
+	trailer_at = len;
+	len += (size_t)uffdwp__encode_trailer(&enc, buf + len, cap - len);
+	uffdwp__encoder_release(&enc);
+	uffdwp__codec_release(&c);
+
+	CHECK_OK(fx_decode(buf, len, &dec));
+	CHECK_OK(uffdwp__decode_index(&h, buf + index_at, trailer_at - index_at, index_at,
+				      &entries, &count));
+	CHECK_EQ(count, 4);
+	CHECK(entries[0].addr == regions[0].addr && entries[0].kind == UFFDWP__INDEX_ZERO &&
+	      entries[0].npages == 2);
+	CHECK(entries[1].addr == regions[0].addr + 2 * ps &&
+	      entries[1].kind == UFFDWP__INDEX_PAGES && entries[1].npages == 3 &&
+	      entries[1].bytes == 3 * uffdwp__format_page_record_size((uint32_t)ps));
+	CHECK(entries[2].kind == UFFDWP__INDEX_PAGES && entries[2].npages == 1);
+	CHECK(entries[3].addr == regions[1].addr && entries[3].kind == UFFDWP__INDEX_BATCH &&
+	      entries[3].offset == uffdwp__format_header_size(2));
+	/* a record found through the index decodes alone */
+	{
+		struct uffdwp__record rec;
+
+		uffdwp__decoder_init_record(&dec, &h, buf + entries[3].offset, entries[3].bytes,
+					    entries[3].offset);
+		CHECK_EQ(uffdwp__decode_next(&dec, &rec), 1);
+		CHECK(rec.npages == 4 && rec.offset == entries[3].offset && !memcmp(rec.data, page, ps));
+		uffdwp__decoder_release(&dec);
+	}
+	free(entries);
+	/* no index where the trailer follows a record */
+	CHECK_RET(uffdwp__decode_index(&h, buf + index_at - 32, 32, index_at - 32, &entries,
+				       &count), -ENODATA);
+	/* damage in the index, checksums fixed: refused both ways */
+	{
+		static const struct { size_t at; uint64_t v; } bad[] = {
+			{ 24 + 40 * 1, 0 },           /* entry 1's address: unsorted, overlaps */
+			{ 24 + 40 * 0 + 32, 9 },      /* entry 0's kind */
+			{ 24 + 40 * 3 + 16, 1 << 30 },/* entry 3's offset: past the index */
+			{ 16, 5 },                    /* the leading count */
+			{ 24 + 40 * 2 + 8, 2 },       /* entry 2's pages: not what the records say */
+		};
+
+		for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+			memcpy(copy, buf, len);
+			if (bad[k].at % 8 == 0 && bad[k].at >= 24 && (bad[k].at - 24) % 40 == 32) {
+				uint32_t v32 = htole32((uint32_t)bad[k].v);
+
+				memcpy(copy + index_at + bad[k].at, &v32, 4);
+			} else {
+				harness_store64(copy + index_at + bad[k].at, bad[k].v);
+			}
+			harness_fix_checksums(copy, len);
+			CHECK_RET(fx_decode(copy, len, &dec), -EBADMSG);
+			CHECK_EQ(dec.error_offset, index_at);
+			CHECK(uffdwp__decode_index(&h, copy + index_at, trailer_at - index_at, index_at,
+						   &entries, &count) < 0);
+		}
+	}
+	free(buf);
+	free(copy);
+	free(page);
 }

@@ -27,7 +27,7 @@ static DIR *open_corpus(char *dir, size_t cap)
 TEST(format_corpus_replay, ON_NONE)
 {
 	char dir[600], path[900];
-	size_t files = 0, good = 0;
+	size_t files = 0, good = 0, versions[2] = { 0 };
 	struct dirent *e;
 	DIR *d = open_corpus(dir, sizeof(dir));
 
@@ -47,6 +47,8 @@ TEST(format_corpus_replay, ON_NONE)
 			if (ret != 0)
 				FAIL("%s: %s", e->d_name, strerror(-ret));
 			good++;
+			/* the committed files of each version, kept as they were written */
+			versions[harness_load32(data + 8) == 1 ? 0 : 1]++;
 		}
 		free(data);
 		files++;
@@ -54,5 +56,7 @@ TEST(format_corpus_replay, ON_NONE)
 	closedir(d);
 	CHECK(files >= 9);
 	CHECK(good >= 3);
+	CHECK(versions[0] >= 3);  /* version 1 files still read */
+	CHECK(versions[1] >= 3);
 	printf("%zu corpus files, %zu of them good\n", files, good);
 }

@@ -27,6 +27,10 @@ const size_t fx_incr_count = sizeof(fx_incr_records) / sizeof(fx_incr_records[0]
 
 static char scratch[64];
 
+uint32_t fx_version = UFFDWP__FORMAT_VERSION;
+struct uffdwp__codec *fx_codec;
+bool fx_indexed;
+
 const struct uffdwp_snapshot_region *fx_regions(void)
 {
 	static struct uffdwp_snapshot_region r[FX_REGIONS];
@@ -58,7 +62,7 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 	      size_t n, unsigned char *image)
 {
 	struct uffdwp__format_header h = {
-		.version = UFFDWP__FORMAT_VERSION,
+		.version = fx_version,
 		.page_size = (uint32_t)test_page(),
 		.snapshot_id = id,
 		.parent_id = parent,
@@ -66,7 +70,7 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 		.region_count = FX_REGIONS,
 		.regions = fx_regions(),
 	};
-	size_t cap = FX_CAPACITY(test_page());
+	size_t cap = FX_CAPACITY(test_page()) + FX_MAX_RECORDS * 64;
 	unsigned char *page = malloc(test_page());
 	struct uffdwp__encoder enc;
 	ssize_t got;
@@ -76,6 +80,8 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 	s->buf = malloc(cap);
 	CHECK(s->buf && page);
 	CHECK_OK(uffdwp__encoder_init(&enc, &h));
+	if (fx_indexed && fx_version >= 2)
+		CHECK_OK(uffdwp__encoder_keep_index(&enc));
 	got = uffdwp__encode_header(&enc, s->buf, cap);
 	CHECK_EQ(got, uffdwp__format_header_size(FX_REGIONS));
 	s->len = s->header_len = (size_t)got;
@@ -86,9 +92,15 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 		s->record_at[s->nrecords++] = s->len;
 		if (r->type == UFFDWP__RECORD_PAGE) {
 			fx_page_contents(page, r->fill);
-			got = uffdwp__encode_page(&enc, fx_addr(r->page), page, s->buf + s->len,
-						  cap - s->len);
-			CHECK_EQ(got, uffdwp__format_page_record_size((uint32_t)test_page()));
+			if (fx_codec) {
+				got = uffdwp__encode_batch(&enc, fx_addr(r->page), 1, page, fx_codec,
+							   s->buf + s->len, cap - s->len);
+				CHECK(got > 0);
+			} else {
+				got = uffdwp__encode_page(&enc, fx_addr(r->page), page,
+							  s->buf + s->len, cap - s->len);
+				CHECK_EQ(got, uffdwp__format_page_record_size((uint32_t)test_page()));
+			}
 			if (dst)
 				memcpy(dst, page, test_page());
 		} else {
@@ -99,6 +111,12 @@ void fx_build(struct fx_stream *s, uint64_t id, uint64_t parent, const struct fx
 				memset(dst, 0, r->npages * test_page());
 		}
 		s->len += (size_t)got;
+	}
+	if (fx_indexed && fx_version >= 2) {
+		got = uffdwp__encode_index(&enc, s->buf + s->len, cap - s->len);
+		CHECK(got > 0);
+		s->len += (size_t)got;
+		uffdwp__encoder_release(&enc);
 	}
 	s->record_at[s->nrecords] = s->len;
 	got = uffdwp__encode_trailer(&enc, s->buf + s->len, cap - s->len);
@@ -173,4 +191,15 @@ unsigned char *fx_read_file(const char *path, size_t *len)
 	close(fd);
 	*len = (size_t)st.st_size;
 	return buf;
+}
+
+uint64_t fx_rss_bytes(void)
+{
+	unsigned long long size, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	CHECK(f);
+	CHECK_EQ(fscanf(f, "%llu %llu", &size, &resident), 2);
+	fclose(f);
+	return resident * test_page();
 }

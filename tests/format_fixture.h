@@ -40,6 +40,15 @@ size_t fx_image_size(void);
 /* The contents fx_build() gives a PAGE record with this fill. */
 void fx_page_contents(unsigned char *page, unsigned char fill);
 
+/* The format version fx_build() writes (UFFDWP__FORMAT_VERSION unless a
+ * test of older files sets it) and, from version 2, the codec its PAGE
+ * records go through: NULL writes plain PAGE records, else each is a
+ * one-page BATCH record. */
+extern uint32_t fx_version;
+extern struct uffdwp__codec *fx_codec;
+/* From version 2: write an index before the trailer (as the saver does). */
+extern bool fx_indexed;
+
 /*
  * Encode a snapshot holding recs; when image is not NULL, apply them to it
  * (the caller zeroes it first for a full snapshot). Fails the test on any
@@ -61,6 +70,9 @@ int fx_decode(const void *buf, size_t len, struct uffdwp__decoder *dec);
  * with its files by fx_cleanup()); returns its path, for the caller to free. */
 char *fx_write_file(const char *name, const void *buf, size_t len);
 void fx_cleanup(void);
+
+/* Resident memory of this process, bytes (/proc/self/statm). */
+uint64_t fx_rss_bytes(void);
 
 /* The whole contents of the file at path (malloc'd, for the caller to free). */
 unsigned char *fx_read_file(const char *path, size_t *len);
