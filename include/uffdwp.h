@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -233,6 +234,78 @@ struct uffdwp_event {
  */
 UFFDWP_API int uffdwp_read_events(struct uffdwp *ctx, struct uffdwp_event *ev, size_t max);
 
+
+/* ------------------------------------------------------------------------
+ * Another process (src/remote.c; x86_64 Linux)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * A running, unmodified process whose memory a context can write-protect:
+ * uffdwp_remote_attach() stops all its threads for a moment (ptrace: no
+ * signal is sent), uffdwp_remote_open() creates a userfaultfd inside it (a
+ * system call made by one of its stopped threads, whose registers, signal
+ * mask and FPU state are restored exactly) and hands it to us, and
+ * uffdwp_remote_resume() lets every thread run on from where it stopped. The
+ * context then acts on the target's address space: register, protect and
+ * read faults with the usual calls, addresses being the target's; a
+ * uffdwp_snapshot_begin() given it (opts.context) saves the target's memory.
+ * The target keeps no descriptor of ours: if we die, the kernel un-protects
+ * everything and wakes its writers; if it dies, calls on the context fail
+ * with -ESRCH.
+ */
+struct uffdwp_remote;
+
+/*
+ * Attach to every thread of process pid and stop them all; *r is set.
+ * Keep the stop short: call uffdwp_remote_resume() as soon as possible.
+ * If we are killed while it is stopped, the kernel lets it run on.
+ * Errors: -EINVAL r NULL, pid <= 0 or our own process; -ESRCH no such
+ * process (or it exited meanwhile); -EPERM we may not trace it (another
+ * user, not dumpable, Yama ptrace_scope, traced by someone else: nothing
+ * was changed); -EOPNOTSUPP not x86_64; -ENOMEM.
+ */
+UFFDWP_API int uffdwp_remote_attach(struct uffdwp_remote **r, pid_t pid);
+
+/*
+ * Open a context on the stopped target's address space (kernel backend
+ * only, faults read by a handler thread: UFFDWP_FEATURE_SIGBUS and
+ * UFFDWP_BACKEND_EMULATED are refused with -EOPNOTSUPP). opts as for
+ * uffdwp_open(); features 0 asks UFFDWP_FEATURES_DEFAULT where available.
+ * The context outlives the stop and r; close it with uffdwp_close().
+ * Errors: -EINVAL bad arguments or the target is not stopped; -EOPNOTSUPP
+ * as above or a requested feature is missing; -EPERM / -EACCES / -ENOSYS
+ * the target may not create a userfaultfd (what its userfaultfd(2)
+ * returned: vm.unprivileged_userfaultfd, seccomp, no such syscall);
+ * -ENOEXEC no rt_sigreturn trampoline found in the target (needed to undo
+ * the call should we die meanwhile); -EBUSY every thread is stopped by job
+ * control (SIGSTOP); -ESRCH the target exited; -ENOMEM.
+ */
+UFFDWP_API int uffdwp_remote_open(struct uffdwp_remote *r, struct uffdwp **ctx,
+				  const struct uffdwp_opts *opts);
+
+/*
+ * Let every thread run on from where it stopped (a system call it was in is
+ * restarted as after any stop) and detach. Calling it again does nothing.
+ * Returns 0, or -ESRCH when the target died meanwhile.
+ */
+UFFDWP_API int uffdwp_remote_resume(struct uffdwp_remote *r);
+
+/* The target's pid. */
+UFFDWP_API pid_t uffdwp_remote_pid(const struct uffdwp_remote *r);
+
+/* How many threads were stopped. */
+UFFDWP_API size_t uffdwp_remote_threads(const struct uffdwp_remote *r);
+
+/* How long the target was stopped, first thread stopped to last resumed
+ * (ns); 0 while it is still stopped. */
+UFFDWP_API uint64_t uffdwp_remote_pause_ns(const struct uffdwp_remote *r);
+
+/* A pidfd of the target: poll(2) reports it readable once the target has
+ * exited. Valid until uffdwp_remote_free(); do not close it. */
+UFFDWP_API int uffdwp_remote_pidfd(const struct uffdwp_remote *r);
+
+/* Resume the target if still stopped and free r. NULL is fine. */
+UFFDWP_API void uffdwp_remote_free(struct uffdwp_remote *r);
 
 /* ------------------------------------------------------------------------
  * Probe: what this machine supports, and why

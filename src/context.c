@@ -93,6 +93,27 @@ int uffdwp_open(struct uffdwp **ctx, const struct uffdwp_opts *opts)
 	return -EINVAL;
 }
 
+int uffdwp__open_fd(struct uffdwp **out, int fd, pid_t pid, uint64_t features)
+{
+	struct uffdwp *ctx = calloc(1, sizeof(*ctx));
+	int ret;
+
+	if (!ctx) {
+		close(fd);
+		return -ENOMEM;
+	}
+	ctx->ops = &uffdwp__kernel_ops;
+	ctx->backend = UFFDWP_BACKEND_KERNEL;
+	ctx->pid = pid;
+	ret = uffdwp__kernel_adopt(ctx, fd, features ? features | UFFDWP_FEATURE_PAGEFAULT_FLAG_WP : 0);
+	if (ret < 0) {
+		free(ctx);
+		return ret;
+	}
+	*out = ctx;
+	return 0;
+}
+
 void uffdwp_close(struct uffdwp *ctx)
 {
 	if (!ctx)
