@@ -13,12 +13,18 @@
  * it blocked. A negative result has no event to wait for; this bounds it. */
 #define STILL_BLOCKED_MS 200
 
+/* npages pages of this run's memory type (test_mem_page() each), all 1s. */
+static char *map_pages(size_t npages)
+{
+	return test_mem_map(npages * test_mem_page(), true);
+}
+
 static struct uffdwp *open_registered(enum uffdwp_backend backend, uint64_t features,
 				      char *mem, size_t npages)
 {
 	struct uffdwp *ctx = test_open(backend, features);
 
-	CHECK_OK(uffdwp_register(ctx, mem, npages * test_page(), UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_register(ctx, mem, npages * test_mem_page(), UFFDWP_REGISTER_MODE_WP));
 	return ctx;
 }
 
@@ -113,11 +119,11 @@ TEST(register_bad_arguments, ON_BOTH)
 
 /* The seed: MODE_WP protects; a write then raises a fault (WP flag) and
  * does not complete until the range is un-protected, which wakes it. */
-TEST(wp_fault_and_unprotect_wakes, ON_BOTH)
+TEST_MEM(wp_fault_and_unprotect_wakes, ON_BOTH, ON_ALLMEM)
 {
-	char *mem = test_map(2, true);
+	char *mem = map_pages(2);
 	struct uffdwp *ctx = open_registered(backend, 0, mem, 2);
-	size_t page = test_page();
+	size_t page = test_mem_page();
 	struct test_writer *w;
 	struct uffdwp_event ev;
 
@@ -146,18 +152,18 @@ TEST(wp_fault_and_unprotect_wakes, ON_BOTH)
 }
 
 /* The seed: DONTWAKE un-protects without waking; uffdwp_wake() wakes. */
-TEST(wp_dontwake_then_wake, ON_BOTH)
+TEST_MEM(wp_dontwake_then_wake, ON_BOTH, ON_ALLMEM)
 {
-	char *mem = test_map(1, true);
+	char *mem = map_pages(1);
 	struct uffdwp *ctx = open_registered(backend, 0, mem, 1);
 	struct test_writer *w;
 
-	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP));
 	w = test_writer_start(mem, 5);
 	(void)test_read_event(ctx);
-	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_DONTWAKE));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), UFFDWP_WRITEPROTECT_MODE_DONTWAKE));
 	CHECK(!test_writer_done(w, STILL_BLOCKED_MS));
-	CHECK_OK(uffdwp_wake(ctx, mem, test_page()));
+	CHECK_OK(uffdwp_wake(ctx, mem, test_mem_page()));
 	test_writer_join(w);
 	CHECK_EQ(mem[0], 5);
 	uffdwp_close(ctx);
@@ -276,16 +282,16 @@ TEST(wp_unpopulated_off_skips_untouched, ON_KERNEL)
 }
 
 /* Many threads on one page: all block, one un-protect wakes them all. */
-TEST(many_threads_same_page, ON_BOTH)
+TEST_MEM(many_threads_same_page, ON_BOTH, ON_ALLMEM)
 {
 	enum { THREADS = 8 };
-	char *mem = test_map(1, true);
+	char *mem = map_pages(1);
 	struct uffdwp *ctx = open_registered(backend, 0, mem, 1);
 	struct test_writer *w[THREADS];
 	struct uffdwp_event ev[THREADS];
 	int seen = 0;
 
-	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP));
 	for (int i = 0; i < THREADS; i++)
 		w[i] = test_writer_start(mem + i, (char)(10 + i));
 	/* At least one event; the others may be queued too. */
@@ -299,7 +305,7 @@ TEST(many_threads_same_page, ON_BOTH)
 			CHECK_EQ(ev[i].pagefault.address, (uintptr_t)mem);
 		seen += n;
 	}
-	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), 0));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), 0));
 	for (int i = 0; i < THREADS; i++)
 		test_writer_join(w[i]);
 	for (int i = 0; i < THREADS; i++)
@@ -308,11 +314,11 @@ TEST(many_threads_same_page, ON_BOTH)
 }
 
 /* Many threads on different pages: one event each, resolved one by one. */
-TEST(many_threads_different_pages, ON_BOTH)
+TEST_MEM(many_threads_different_pages, ON_BOTH, ON_ALLMEM)
 {
 	enum { THREADS = 16 };
-	char *mem = test_map(THREADS, true);
-	size_t page = test_page();
+	char *mem = map_pages(THREADS);
+	size_t page = test_mem_page();
 	struct uffdwp *ctx = open_registered(backend, 0, mem, THREADS);
 	struct test_writer *w[THREADS];
 	bool faulted[THREADS] = { false };
@@ -344,45 +350,45 @@ TEST(many_threads_different_pages, ON_BOTH)
 	uffdwp_close(ctx);
 }
 
-TEST(unregister_wakes_and_unprotects, ON_BOTH)
+TEST_MEM(unregister_wakes_and_unprotects, ON_BOTH, ON_ALLMEM)
 {
-	char *mem = test_map(1, true);
+	char *mem = map_pages(1);
 	struct uffdwp *ctx = open_registered(backend, 0, mem, 1);
 	struct test_writer *w;
 
-	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP));
 	w = test_writer_start(mem, 6);
 	(void)test_read_event(ctx);
-	CHECK_OK(uffdwp_unregister(ctx, mem, test_page()));
+	CHECK_OK(uffdwp_unregister(ctx, mem, test_mem_page()));
 	test_writer_join(w);
 	CHECK_EQ(mem[0], 6);
-	CHECK_RET(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP), -ENOENT);
+	CHECK_RET(uffdwp_writeprotect(ctx, mem, test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP), -ENOENT);
 	uffdwp_close(ctx);
 }
 
-TEST(close_wakes_and_unprotects, ON_BOTH)
+TEST_MEM(close_wakes_and_unprotects, ON_BOTH, ON_ALLMEM)
 {
-	char *mem = test_map(2, true);
+	char *mem = map_pages(2);
 	struct uffdwp *ctx = open_registered(backend, 0, mem, 2);
 	struct test_writer *w;
 
-	CHECK_OK(uffdwp_writeprotect(ctx, mem, 2 * test_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, 2 * test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP));
 	w = test_writer_start(mem, 8);
 	(void)test_read_event(ctx);
 	uffdwp_close(ctx);
 	test_writer_join(w);
 	CHECK_EQ(mem[0], 8);
-	mem[test_page()] = 8; /* would block forever if still protected */
+	mem[test_mem_page()] = 8; /* would block forever if still protected */
 }
 
 /* Two contexts cannot own the same range. */
-TEST(register_busy, ON_BOTH)
+TEST_MEM(register_busy, ON_BOTH, ON_ALLMEM)
 {
-	char *mem = test_map(1, true);
+	char *mem = map_pages(1);
 	struct uffdwp *a = open_registered(backend, 0, mem, 1);
 	struct uffdwp *b = test_open(backend, 0);
 
-	CHECK_RET(uffdwp_register(b, mem, test_page(), UFFDWP_REGISTER_MODE_WP), -EBUSY);
+	CHECK_RET(uffdwp_register(b, mem, test_mem_page(), UFFDWP_REGISTER_MODE_WP), -EBUSY);
 	uffdwp_close(b);
 	uffdwp_close(a);
 }

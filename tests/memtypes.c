@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Write-protection on each memory type, and what a fork() child inherits. */
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include "test.h"
@@ -27,84 +26,32 @@ static void round_trip(struct uffdwp *ctx, char *mem, size_t len, size_t offset,
 	CHECK_EQ(mem[offset], 33);
 }
 
-TEST(memtype_shmem, ON_BOTH)
+/* A round trip on each memory type; the fault reports the start of the
+ * mapping's page, which for hugetlbfs is the huge page. */
+TEST_MEM(memtype_round_trip, ON_BOTH, ON_ALLMEM)
 {
-	size_t len = 4 * test_page();
-	int fd = memfd_create("uffdwp-test", MFD_CLOEXEC);
+	size_t page = test_mem_page();
+	size_t len = 2 * page;
+	char *mem = test_mem_map(len, true);
 	struct uffdwp *ctx = test_open(backend, 0);
-	char *mem;
 
-	CHECK(fd >= 0);
-	CHECK_OK(ftruncate(fd, (off_t)len));
-	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	CHECK(mem != MAP_FAILED);
-	memset(mem, 1, len);
-	CHECK(uffdwp_features(ctx) & UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM);
-	round_trip(ctx, mem, len, 2 * test_page() + 5, test_page());
+	if (test_mem != MEM_ANON)
+		CHECK(uffdwp_features(ctx) & UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM);
+	round_trip(ctx, mem, len, page + page / 2 + 1, page);
 	uffdwp_close(ctx);
 }
 
-/* Reserve huge pages for this test if none are free (root can), and give
- * back what it took. Skips only when none can be had. */
-static long huge_page_size(void)
+/* A range that cuts a huge page is refused, as the kernel refuses it. */
+TEST_MEM(memtype_hugetlb_unaligned, ON_BOTH, ON_HUGETLB)
 {
-	FILE *f = fopen("/proc/meminfo", "r");
-	char line[128];
-	long kb = 0;
-
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Hugepagesize: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb * 1024;
-}
-
-static char *map_hugetlb(size_t len)
-{
-	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-
-	if (mem == MAP_FAILED) {
-		FILE *f = fopen("/proc/sys/vm/nr_hugepages", "r+");
-		long have = 0;
-
-		if (!f)
-			SKIP("no huge pages and /proc/sys/vm/nr_hugepages not writable");
-		if (fscanf(f, "%ld", &have) != 1)
-			have = 0;
-		rewind(f);
-		fprintf(f, "%ld\n", have + 2);
-		fclose(f);
-		mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-		f = fopen("/proc/sys/vm/nr_hugepages", "w");
-		if (f) { /* pages in use stay allocated; the pool shrinks back later */
-			fprintf(f, "%ld\n", have);
-			fclose(f);
-		}
-		if (mem == MAP_FAILED)
-			SKIP("no huge page could be reserved: %s", strerror(errno));
-	}
-	memset(mem, 1, len);
-	return mem;
-}
-
-TEST(memtype_hugetlb, ON_BOTH)
-{
-	long huge = huge_page_size();
+	size_t huge = test_mem_page();
+	char *mem = test_mem_map(huge, true);
 	struct uffdwp *ctx = test_open(backend, 0);
-	char *mem;
 
-	if (huge <= 0)
-		SKIP("no hugetlbfs on this kernel");
-	mem = map_hugetlb((size_t)huge);
-	/* A range that is not huge-page aligned is refused. */
-	CHECK_OK(uffdwp_register(ctx, mem, (size_t)huge, UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_register(ctx, mem, huge, UFFDWP_REGISTER_MODE_WP));
 	CHECK_RET(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP),
 		  -EINVAL);
-	CHECK_OK(uffdwp_unregister(ctx, mem, (size_t)huge));
-	round_trip(ctx, mem, (size_t)huge, 3 * test_page() + 1, (size_t)huge);
+	CHECK_RET(uffdwp_writeprotect(ctx, mem + test_page(), huge - test_page(), 0), -EINVAL);
 	uffdwp_close(ctx);
 }
 

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The test runner: runs every TEST() in its own child process, once per
- * backend it applies to, with a timeout; prints the child's output when it
+ * backend and memory type it applies to, with a timeout; prints the child's output when it
  * fails or skips; ends with "tests: N passed, N failed, N skipped" and exits
  * non-zero on any failure or when nothing passed.
  *
- *   run [-l] [-f SUBSTRING] [-b kernel|emulated] [-t TIMEOUT_SCALE]
+ *   run [-l] [-f SUBSTRING] [-b kernel|emulated] [-m anon|shmem|hugetlb]
+ *       [-t TIMEOUT_SCALE]
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -94,7 +95,7 @@ static bool drain(int fd, char *out, size_t cap, size_t *used, double deadline)
 }
 
 static enum outcome run_one(const struct test_case *t, enum uffdwp_backend be,
-			    double scale, char *out, size_t cap)
+			    enum test_mem mem, double scale, char *out, size_t cap)
 {
 	double deadline = now() + t->timeout_s * scale;
 	size_t used = 0;
@@ -117,6 +118,7 @@ static enum outcome run_one(const struct test_case *t, enum uffdwp_backend be,
 		dup2(pipefd[1], STDOUT_FILENO);
 		dup2(pipefd[1], STDERR_FILENO);
 		setvbuf(stdout, NULL, _IOLBF, 0);
+		test_mem = mem;
 		t->fn(be);
 		end_test(0);
 	}
@@ -158,7 +160,8 @@ static int by_file_and_line(const void *a, const void *b)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: run [-l] [-f SUBSTRING] [-b kernel|emulated] [-t TIMEOUT_SCALE]\n");
+	fprintf(stderr, "usage: run [-l] [-f SUBSTRING] [-b kernel|emulated] "
+		"[-m anon|shmem|hugetlb] [-t TIMEOUT_SCALE]\n");
 	exit(2);
 }
 
@@ -166,7 +169,8 @@ int main(int argc, char **argv)
 {
 	static char out[1 << 16];
 	const char *filter = NULL;
-	unsigned only = ON_BOTH | 1u;
+	static const char *const mem_names[MEM_COUNT] = { "anon", "shmem", "hugetlb" };
+	unsigned only = ON_BOTH | 1u, only_mems = ON_ALLMEM;
 	bool list = false;
 	double scale = 1.0;
 	int passed = 0, failed = 0, skipped = 0, opt;
@@ -174,7 +178,7 @@ int main(int argc, char **argv)
 
 	if (env_scale)
 		scale = atof(env_scale);
-	while ((opt = getopt(argc, argv, "lf:b:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "lf:b:m:t:")) != -1) {
 		switch (opt) {
 		case 'l': list = true; break;
 		case 'f': filter = optarg; break;
@@ -185,6 +189,14 @@ int main(int argc, char **argv)
 			else if (!strcmp(optarg, "emulated"))
 				only = ON_EMULATED | 1u;
 			else
+				usage();
+			break;
+		case 'm':
+			only_mems = 0;
+			for (int m = 0; m < MEM_COUNT; m++)
+				if (!strcmp(optarg, mem_names[m]))
+					only_mems = 1u << m;
+			if (!only_mems)
 				usage();
 			break;
 		default: usage();
@@ -207,19 +219,23 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ntests; i++) {
 		const struct test_case *t = order[i];
 
-		for (int be = UFFDWP_BACKEND_AUTO; be <= UFFDWP_BACKEND_EMULATED; be++) {
+		for (int run = 0; run < (UFFDWP_BACKEND_EMULATED + 1) * MEM_COUNT; run++) {
+			int be = run / MEM_COUNT;
+			enum test_mem mem = (enum test_mem)(run % MEM_COUNT);
 			unsigned bit = be == UFFDWP_BACKEND_AUTO ? 1u : 1u << be;
 			bool applies = be == UFFDWP_BACKEND_AUTO ? t->backends == ON_NONE
 								 : (t->backends & bit) != 0;
-			char name[128];
+			char name[160];
 			enum outcome o;
 			double start;
 
-			if (!applies || !(only & bit))
+			if (!applies || !(only & bit) || !(t->mems & only_mems & (1u << mem)))
 				continue;
-			snprintf(name, sizeof(name), "%s%s%s",
+			/* anonymous memory keeps the plain name */
+			snprintf(name, sizeof(name), "%s%s%s%s%s",
 				 be == UFFDWP_BACKEND_AUTO ? "" : uffdwp_backend_name(be),
-				 be == UFFDWP_BACKEND_AUTO ? "" : "/", t->name);
+				 be == UFFDWP_BACKEND_AUTO ? "" : "/", t->name,
+				 mem == MEM_ANON ? "" : "@", mem == MEM_ANON ? "" : mem_names[mem]);
 			if (filter && !strstr(name, filter))
 				continue;
 			if (list) {
@@ -227,7 +243,7 @@ int main(int argc, char **argv)
 				continue;
 			}
 			start = now();
-			o = run_one(t, be, scale, out, sizeof(out));
+			o = run_one(t, be, mem, scale, out, sizeof(out));
 			if (o == PASSED) {
 				passed++;
 				printf("PASS %s (%.2fs)\n", name, now() - start);

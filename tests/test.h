@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The test framework. Each TEST() lands in a table (the "uffdwp_tests"
- * linker section); the runner (runner.c) forks each test once per backend it
- * names, with a timeout. Inside a test, a failed check prints file:line and
+ * linker section); the runner (runner.c) forks each test once per backend
+ * and memory type it names, with a timeout. Inside a test, a failed check prints file:line and
  * both values and ends the child with status 1; SKIP() ends it with 77 and a
  * reason. Returning from the test body is a pass.
  */
@@ -24,22 +24,39 @@
 #define ON_BOTH     (ON_KERNEL | ON_EMULATED)
 #define ON_NONE     0u  /* backend-independent: runs once, backend == AUTO */
 
+/* The memory types a test can run over, as the kernel's uffd unit tests do. */
+enum test_mem { MEM_ANON, MEM_SHMEM, MEM_HUGETLB, MEM_COUNT };
+
+#define ON_ANON    (1u << MEM_ANON)    /* private anonymous, base pages */
+#define ON_SHMEM   (1u << MEM_SHMEM)   /* a shared memfd */
+#define ON_HUGETLB (1u << MEM_HUGETLB) /* private anonymous MAP_HUGETLB */
+#define ON_ALLMEM  (ON_ANON | ON_SHMEM | ON_HUGETLB)
+
+/* The memory type this run of the test is on (set by the runner). */
+extern enum test_mem test_mem;
+
 struct test_case {
 	const char *name;
 	void (*fn)(enum uffdwp_backend backend);
 	unsigned backends;
+	unsigned mems;  /* ON_ANON... */
 	unsigned timeout_s;
 	const char *file;  /* the runner orders tests by file and line */
 	int line;
 };
 
-#define TEST_TIMEOUT(fn_, backends_, timeout_)                                    \
+#define TEST_MEM_TIMEOUT(fn_, backends_, mems_, timeout_)                         \
 	static void fn_(enum uffdwp_backend backend);                             \
 	static const struct test_case test_case_##fn_                              \
 		__attribute__((used, section("uffdwp_tests"), aligned(sizeof(void *)))) = \
-		{ #fn_, fn_, backends_, timeout_, __FILE__, __LINE__ };                                   \
+		{ #fn_, fn_, backends_, mems_, timeout_, __FILE__, __LINE__ };            \
 	static void fn_(enum uffdwp_backend backend)
 
+/* A test run once per backend in backends_ and memory type in mems_; the
+ * body maps its memory with test_mem_map(). */
+#define TEST_MEM(fn_, backends_, mems_) TEST_MEM_TIMEOUT(fn_, backends_, mems_, 30)
+/* Plain tests run on anonymous memory only. */
+#define TEST_TIMEOUT(fn_, backends_, timeout_) TEST_MEM_TIMEOUT(fn_, backends_, ON_ANON, timeout_)
 #define TEST(fn_, backends_) TEST_TIMEOUT(fn_, backends_, 30)
 
 #define TEST_EXIT_SKIP 77
@@ -86,6 +103,17 @@ struct uffdwp *test_open(enum uffdwp_backend backend, uint64_t features);
 /* mmap npages of private anonymous memory, every byte set to 1 unless
  * !touch (then never touched, all zero). Fails the test on error. */
 char *test_map(size_t npages, bool touch);
+
+/* The page size of this run's memory type: the base page, or the huge page
+ * size for MEM_HUGETLB. */
+size_t test_mem_page(void);
+
+/* Map len bytes (a multiple of test_mem_page()) of this run's memory type,
+ * readable and writable, every byte set to 1 unless !touch. Skips the test
+ * when the machine lacks the type (hugetlb: pages are reserved for the test
+ * when root can); fails it on any other error. */
+char *test_mem_map(size_t len, bool touch);
+void test_mem_unmap(void *p, size_t len);
 
 /* Make sure swap is active, for tests of swapped-out pages: if none is,
  * and we are root, a swap file is made and enabled for this test only.

@@ -43,6 +43,114 @@ char *test_map(size_t npages, bool touch)
 	return p;
 }
 
+enum test_mem test_mem = MEM_ANON;
+
+static size_t huge_page_size(void)
+{
+	static size_t huge;
+	FILE *f;
+	char line[128];
+	long kb = 0;
+
+	if (huge)
+		return huge;
+	f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Hugepagesize: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	huge = (size_t)kb * 1024;
+	return huge;
+}
+
+size_t test_mem_page(void)
+{
+	if (test_mem != MEM_HUGETLB)
+		return test_page();
+	if (!huge_page_size())
+		SKIP("no hugetlbfs on this kernel");
+	return huge_page_size();
+}
+
+static void *mmap_hugetlb(size_t len)
+{
+	return mmap(NULL, len, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+}
+
+/* Reserve the huge pages a mapping needs when too few are free (root can),
+ * and shrink the pool back at once: pages in use stay allocated to us. */
+static void *map_hugetlb(size_t len)
+{
+	void *mem = mmap_hugetlb(len);
+	FILE *f;
+	long have = 0;
+
+	if (mem != MAP_FAILED)
+		return mem;
+	f = fopen("/proc/sys/vm/nr_hugepages", "r+");
+	if (!f)
+		SKIP("no free huge pages and /proc/sys/vm/nr_hugepages not writable");
+	if (fscanf(f, "%ld", &have) != 1)
+		have = 0;
+	rewind(f);
+	fprintf(f, "%ld\n", have + (long)(len / huge_page_size()));
+	fclose(f);
+	mem = mmap_hugetlb(len);
+	f = fopen("/proc/sys/vm/nr_hugepages", "w");
+	if (f) {
+		fprintf(f, "%ld\n", have);
+		fclose(f);
+	}
+	if (mem == MAP_FAILED)
+		SKIP("%zu huge pages could not be reserved: %s", len / huge_page_size(),
+		     strerror(errno));
+	return mem;
+}
+
+static void *map_shmem(size_t len)
+{
+	int fd = memfd_create("uffdwp-test", MFD_CLOEXEC);
+	void *mem;
+
+	if (fd < 0)
+		FAIL("memfd_create: %s", strerror(errno));
+	if (ftruncate(fd, (off_t)len) < 0)
+		FAIL("ftruncate %zu: %s", len, strerror(errno));
+	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	return mem;
+}
+
+char *test_mem_map(size_t len, bool touch)
+{
+	char *mem;
+
+	if (len == 0 || len % test_mem_page())
+		FAIL("test_mem_map: %zu is not a multiple of the %zu-byte page", len,
+		     test_mem_page());
+	switch (test_mem) {
+	case MEM_SHMEM: mem = map_shmem(len); break;
+	case MEM_HUGETLB: mem = map_hugetlb(len); break;
+	default:
+		mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
+	}
+	if (mem == MAP_FAILED)
+		FAIL("mmap %zu bytes: %s", len, strerror(errno));
+	if (touch)
+		memset(mem, 1, len);
+	return mem;
+}
+
+void test_mem_unmap(void *p, size_t len)
+{
+	if (munmap(p, len) < 0)
+		FAIL("munmap: %s", strerror(errno));
+}
+
 static bool swap_active(void)
 {
 	FILE *f = fopen("/proc/swaps", "r");
