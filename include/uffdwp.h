@@ -828,6 +828,22 @@ struct uffdwp_snapshot_opts {
 	 */
 	struct uffdwp_tracker *tracker;
 	uint64_t parent_id;
+	/*
+	 * A context of yours to snapshot through instead of one of the
+	 * snapshot's own (no tracker; backend and engine_mode are then
+	 * ignored): typically one on another process (uffdwp_remote_open()),
+	 * whose memory the regions then name and is read with
+	 * process_vm_readv(2). The snapshot registers the regions with it,
+	 * runs a handler-thread engine on it and unregisters them at end; the
+	 * context stays yours. A remote target that exits makes the snapshot
+	 * fail with -ESRCH; pages it unmapped meanwhile are skipped, not
+	 * failed (events says which ranges).
+	 */
+	struct uffdwp *context;
+	/* With context: called from the engine thread for each event other
+	 * than a page fault that the context reports (REMOVE, UNMAP ... when
+	 * opened with their UFFDWP_FEATURE_EVENT_* bits); NULL: ignored. */
+	uffdwp_fault_fn events;
 };
 
 /*

@@ -132,6 +132,9 @@ struct uffdwp_snapshot {
 	/* Where the faults come from. */
 	struct uffdwp *ctx;
 	bool own_ctx;
+	bool borrowed_ctx;  /* own_ctx, but the caller's context (opts.context) */
+	pid_t pid;          /* whose memory: 0 this process, else the context's target */
+	uffdwp_fault_fn events;
 	struct uffdwp_engine *eng;
 	struct uffdwp_tracker *tracker;
 	size_t granule;  /* tracker: bytes the interposer is called for */
@@ -168,6 +171,7 @@ struct uffdwp_snapshot {
 	pthread_t thread;
 	bool thread_started;
 	bool vm_readv;  /* process_vm_readv works here */
+	bool unread[BATCH];  /* remote: pages of the batch that were unmapped */
 	bool frozen;    /* nobody writes the memory: encode it in place */
 
 	/* The saver's buffers. */
@@ -224,6 +228,16 @@ static void copy_held_page(void *dst, const void *src, size_t len)
 	memcpy(dst, src, len);
 }
 #endif
+
+/* Another process's page, held still by its protection: a target that
+ * died or unmapped it leaves zeros (the saver finds out on its own read). */
+static void read_remote(struct uffdwp_snapshot *s, void *dst, uint64_t addr, size_t len)
+{
+	struct iovec local = { dst, len }, remote = { (void *)(uintptr_t)addr, len };
+
+	if (process_vm_readv(s->pid, &local, 1, &remote, 1, 0) != (ssize_t)len)
+		memset(dst, 0, len);
+}
 
 /* Tell every waiter that a page became DONE (or that the snapshot stops). */
 static void wake_done_waiters(struct uffdwp_snapshot *s)
@@ -356,7 +370,10 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 	uint64_t k = atomic_fetch_add(&s->head, 1);
 	size_t slot = (size_t)(k % s->nslots);
 
-	copy_held_page(s->side + slot * s->page, (const void *)(uintptr_t)addr, s->page);
+	if (s->pid)
+		read_remote(s, s->side + slot * s->page, addr, s->page);
+	else
+		copy_held_page(s->side + slot * s->page, (const void *)(uintptr_t)addr, s->page);
 	s->slot_addr[slot] = addr;
 	atomic_store_explicit(&s->slot_seq[slot], k + 1, memory_order_release);
 	atomic_fetch_add_explicit(&s->copied, 1, memory_order_relaxed);
@@ -374,6 +391,8 @@ static int on_fault(void *arg, const struct uffdwp_event *ev)
 
 	if (ev->type == UFFDWP_EVENT_PAGEFAULT)
 		before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1));
+	else if (s->events)
+		s->events(s->arg, ev);
 	return UFFDWP_RESOLVE;
 }
 
@@ -606,6 +625,37 @@ static uint64_t addr_of(const struct uffdwp_snapshot *s, const struct run *r, ui
 	return r->addr + (idx - r->first) * s->page;
 }
 
+/* Another process's pages: what it unmapped meanwhile is marked in
+ * s->unread and skipped (the context's UNMAP event tells the caller);
+ * -ESRCH when it is gone. */
+static int read_pages_remote(struct uffdwp_snapshot *s, const struct iovec *remote,
+			     size_t nremote)
+{
+	unsigned char *to = s->bounce;
+	size_t i = 0;
+
+	memset(s->unread, 0, sizeof(s->unread));
+	for (size_t k = 0; k < nremote; k++) {
+		for (size_t off = 0; off < remote[k].iov_len;) {
+			struct iovec local = { to, remote[k].iov_len - off };
+			struct iovec from = { (char *)remote[k].iov_base + off, local.iov_len };
+			ssize_t got = process_vm_readv(s->pid, &local, 1, &from, 1, 0);
+
+			if (got < 0 && errno == ESRCH)
+				return -ESRCH;
+			if (got <= 0) {  /* the first page is gone: skip it */
+				s->unread[i] = true;
+				got = (ssize_t)s->page;
+			}
+			got -= got % (ssize_t)s->page;
+			to += got;
+			off += (size_t)got;
+			i += (size_t)got / s->page;
+		}
+	}
+	return 0;
+}
+
 /* Copy the n claimed pages into the bounce buffer, one after the other:
  * -EFAULT when part of them is no longer mapped. */
 static int read_pages(struct uffdwp_snapshot *s, size_t n)
@@ -622,6 +672,8 @@ static int read_pages(struct uffdwp_snapshot *s, size_t n)
 		else
 			remote[nremote++] = (struct iovec){ at, s->page };
 	}
+	if (s->pid)
+		return read_pages_remote(s, remote, nremote);
 	if (s->vm_readv) {
 		struct iovec local = { s->bounce, n * s->page };
 		ssize_t got = process_vm_readv(getpid(), &local, 1, remote, nremote, 0);
@@ -636,6 +688,26 @@ static int read_pages(struct uffdwp_snapshot *s, size_t n)
 	}
 	for (size_t i = 0, off = 0; i < nremote; off += remote[i].iov_len, i++)
 		copy_held_page(s->bounce + off, remote[i].iov_base, remote[i].iov_len);
+	return 0;
+}
+
+/* Un-protect [addr, addr + len) after saving it. Another process may
+ * change its address space meanwhile: -EAGAIN (an event is pending, the
+ * engine reads it) is waited out, and a range partly unmapped is
+ * un-protected page by page. */
+static int unprotect(struct uffdwp_snapshot *s, uint64_t addr, uint64_t len)
+{
+	int ret;
+
+	while ((ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)addr, len, 0)) == -EAGAIN &&
+	       s->pid && !atomic_load(&s->stop))
+		sched_yield();
+	if (ret != -ENOENT || !s->pid)
+		return ret;
+	for (uint64_t off = 0; off < len; off += s->page)
+		while (uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)(addr + off), s->page, 0) ==
+			       -EAGAIN && !atomic_load(&s->stop))
+			sched_yield();
 	return 0;
 }
 
@@ -655,8 +727,7 @@ static int save_batch(struct uffdwp_snapshot *s, size_t n)
 	if (s->own_ctx) {
 		uint64_t first = s->claimed_addr[0], last = s->claimed_addr[n - 1];
 
-		ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)first,
-					  last + s->page - first, 0);
+		ret = unprotect(s, first, last + s->page - first);
 		if (ret)
 			return ret;
 	}
@@ -671,8 +742,13 @@ static int save_batch(struct uffdwp_snapshot *s, size_t n)
 
 		/* A stretch [i, j) contiguous in memory and in one run: one
 		 * call of the callback sink. */
+		if (s->pid && s->unread[i]) {
+			j = i + 1;
+			continue;
+		}
 		for (j = i + 1; j < n && s->claimed_run[j] == s->claimed_run[i] &&
-				s->claimed_addr[j] == s->claimed_addr[j - 1] + s->page; j++)
+				s->claimed_addr[j] == s->claimed_addr[j - 1] + s->page &&
+				!(s->pid && s->unread[j]); j++)
 			;
 		if (s->fn) {
 			ret = s->fn(s->arg, addr, data, (j - i) * s->page);
@@ -818,7 +894,8 @@ static void release_memory(struct uffdwp_snapshot *s)
 		for (size_t i = 0; i < s->nregions; i++)
 			uffdwp_unregister(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
 					  s->regions[i].len);
-		uffdwp_close(s->ctx);
+		if (!s->borrowed_ctx)
+			uffdwp_close(s->ctx);
 		s->ctx = NULL;
 		s->own_ctx = false;
 	} else if (s->tracker) {
@@ -996,9 +1073,18 @@ static int open_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts
 					 .fn = on_fault, .arg = s };
 	int ret = -EOPNOTSUPP;
 
-	if (o->engine_mode == UFFDWP_ENGINE_CALLER)
+	if (o->context) {
+		/* In-thread modes would run in the context's process, which
+		 * may not be ours: a handler thread of ours serves it. */
+		s->ctx = o->context;
+		s->borrowed_ctx = true;
+		s->pid = o->context->pid;
+		s->events = o->events;
+		eo.mode = UFFDWP_ENGINE_THREAD;
+		ret = 0;
+	} else if (o->engine_mode == UFFDWP_ENGINE_CALLER) {
 		return -EINVAL;
-	if (o->backend == UFFDWP_BACKEND_AUTO || o->backend == UFFDWP_BACKEND_KERNEL) {
+	} else if (o->backend == UFFDWP_BACKEND_AUTO || o->backend == UFFDWP_BACKEND_KERNEL) {
 		/* Never-touched pages must fault too (WP_UNPOPULATED); SIGBUS
 		 * lets the faulting thread copy its own page (in-thread). */
 		struct uffdwp_opts uo = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_KERNEL,
@@ -1134,8 +1220,8 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	if (!snap || !opts || opts->sz < offsetof(struct uffdwp_snapshot_opts, parent_id) +
 						 sizeof(opts->parent_id))
 		return -EINVAL;
-	o = *opts;
-	if ((!o.fn && o.fd < 0) || (o.parent_id && !o.tracker))
+	memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
+	if ((!o.fn && o.fd < 0) || (o.parent_id && !o.tracker) || (o.context && o.tracker))
 		return -EINVAL;
 	s = calloc(1, sizeof(*s));
 	if (!s)
