@@ -88,12 +88,77 @@ int uffdwp__note_prstatus(struct uffdwp__notes *n, const struct uffdwp__core_pro
 	return uffdwp__note_add(n, "CORE", NT_PRSTATUS, &st, sizeof(st));
 }
 
+/* Where gdb before 14 (which knows no other layout) and gcore place each
+ * XSAVE component: Intel's offsets. Zero for a component they lack. */
+static const uint32_t gdb_offsets[10] = {
+	[2] = 576,   /* AVX: upper halves of ymm */
+	[3] = 960,   /* MPX bound registers */
+	[4] = 1024,  /* MPX configuration */
+	[5] = 1088,  /* AVX-512 opmask */
+	[6] = 1152,  /* AVX-512 upper halves of zmm0-15 */
+	[7] = 1664,  /* AVX-512 zmm16-31 */
+	[9] = 2688,  /* PKRU */
+};
+
+/* The legacy area and XSAVE header: the same on every CPU. */
+#define XSAVE_LEGACY_AND_HEADER 576
+#define XSAVE_XCR0 464  /* ptrace's (and gdb's) place of XCR0 in the legacy area */
+
+size_t uffdwp__xstate_gdb_size(const void *xstate, size_t len)
+{
+	uint64_t xfeatures;
+	size_t size = XSAVE_LEGACY_AND_HEADER;
+
+	if (len < XSAVE_LEGACY_AND_HEADER)
+		return 0;
+	memcpy(&xfeatures, (const unsigned char *)xstate + XSAVE_XCR0, sizeof(xfeatures));
+	for (unsigned i = 2; i < 10; i++) {
+		unsigned eax, ebx, ecx, edx;
+
+		if (!(xfeatures & (1u << i)) || !gdb_offsets[i])
+			continue;
+		__cpuid_count(0xd, i, eax, ebx, ecx, edx);
+		if (gdb_offsets[i] + eax > size)
+			size = gdb_offsets[i] + eax;
+	}
+	return size;
+}
+
+void uffdwp__xstate_for_gdb(const void *xstate, size_t len, void *out, size_t out_len)
+{
+	const unsigned char *src = xstate;
+	unsigned char *dst = out;
+	uint64_t xfeatures;
+
+	memset(dst, 0, out_len);
+	memcpy(dst, src, XSAVE_LEGACY_AND_HEADER);
+	memcpy(&xfeatures, src + XSAVE_XCR0, sizeof(xfeatures));
+	for (unsigned i = 2; i < 10; i++) {
+		unsigned eax, ebx, ecx, edx;
+
+		if (!(xfeatures & (1u << i)) || !gdb_offsets[i])
+			continue;
+		/* This CPU's offset and size of component i (CPUID leaf 0xD). */
+		__cpuid_count(0xd, i, eax, ebx, ecx, edx);
+		if (ebx + eax <= len && gdb_offsets[i] + eax <= out_len)
+			memcpy(dst + gdb_offsets[i], src + ebx, eax);
+	}
+}
+
 int uffdwp__note_regsets(struct uffdwp__notes *n, const struct uffdwp__core_thread *t)
 {
 	int ret = uffdwp__note_add(n, "CORE", NT_FPREGSET, t->fpregs, sizeof(*t->fpregs));
+	size_t len = t->xstate ? uffdwp__xstate_gdb_size(t->xstate, t->xstate_len) : 0;
+	unsigned char *buf;
 
-	if (!ret && t->xstate && t->xstate_len)
-		ret = uffdwp__note_add(n, "LINUX", NT_X86_XSTATE, t->xstate, t->xstate_len);
+	if (ret || !len)
+		return ret;
+	buf = malloc(len);
+	if (!buf)
+		return -ENOMEM;
+	uffdwp__xstate_for_gdb(t->xstate, t->xstate_len, buf, len);
+	ret = uffdwp__note_add(n, "LINUX", NT_X86_XSTATE, buf, len);
+	free(buf);
 	return ret;
 }
 
@@ -151,43 +216,21 @@ int uffdwp__note_file(struct uffdwp__notes *n, const struct uffdwp__core_file *f
 	return ret;
 }
 
-size_t uffdwp__xsave_layout(uint64_t xfeatures, uint32_t (*out)[4], size_t max)
-{
-	size_t count = 0;
-
-	/* Components 0 and 1 (x87, SSE) live in the legacy area. */
-	for (unsigned i = 2; i < 64 && count < max; i++) {
-		unsigned eax, ebx, ecx, edx;
-
-		if (!(xfeatures & (UINT64_C(1) << i)))
-			continue;
-		__cpuid_count(0xd, i, eax, ebx, ecx, edx);
-		out[count][0] = i;
-		out[count][1] = eax;   /* size */
-		out[count][2] = ebx;   /* offset in the standard format */
-		out[count][3] = ecx;   /* flags */
-		count++;
-	}
-	return count;
-}
-
 size_t uffdwp__core_headers_size(size_t nsegs)
 {
 	return sizeof(Elf64_Ehdr) + (nsegs + 1) * sizeof(Elf64_Phdr);
 }
 
-uint64_t uffdwp__core_layout(struct uffdwp__core_segment *segs, size_t nsegs,
-			     size_t notes_len, size_t page, uint64_t *file_size)
+uint64_t uffdwp__core_layout(struct uffdwp__core_segment *segs, size_t nsegs, size_t page)
 {
-	uint64_t notes = uffdwp__core_headers_size(nsegs);
-	uint64_t at = (notes + notes_len + page - 1) & ~(uint64_t)(page - 1);
+	uint64_t at = uffdwp__core_headers_size(nsegs);
 
+	at = (at + page - 1) & ~(uint64_t)(page - 1);
 	for (size_t i = 0; i < nsegs; i++) {
 		segs[i].offset = at;
 		at += segs[i].filesz;
 	}
-	*file_size = at;
-	return notes;
+	return at;
 }
 
 void uffdwp__core_headers(unsigned char *out, const struct uffdwp__core_segment *segs,

@@ -15,8 +15,6 @@
 
 #define UFFDWP__HIDDEN_EC __attribute__((visibility("hidden")))
 
-/* Note types the kernel's cores carry that older headers lack. */
-#define UFFDWP__NT_X86_XSAVE_LAYOUT 0x205
 /* Ours: the ranges the target discarded (MADV_DONTNEED, munmap) while its
  * memory was being saved, as pairs of 64-bit start, end; name "UFFDWP". */
 #define UFFDWP__NT_DISCARDED 0x55460001
@@ -74,10 +72,15 @@ struct uffdwp__core_file {
 int uffdwp__note_file(struct uffdwp__notes *n, const struct uffdwp__core_file *files,
 		      size_t nfiles, size_t page) UFFDWP__HIDDEN_EC;
 
-/* The XSAVE components' layout (CPUID leaf 0xD) for NT_X86_XSAVE_LAYOUT:
- * xfeatures is the enabled feature mask (XCR0). Fills out[] with up to max
- * {type, size, offset, flags} quadruples and returns how many. */
-size_t uffdwp__xsave_layout(uint64_t xfeatures, uint32_t (*out)[4], size_t max)
+/*
+ * NT_X86_XSTATE as gcore writes it and gdb reads it: each XSAVE component
+ * moved from this CPU's offset (CPUID leaf 0xD; AMD's differ) to the
+ * offset gdb assumes (Intel's). xstate is the kernel's image (ptrace
+ * NT_X86_XSTATE); uffdwp__xstate_gdb_size() says how long the result is
+ * (0: no image), uffdwp__xstate_for_gdb() writes it.
+ */
+size_t uffdwp__xstate_gdb_size(const void *xstate, size_t len) UFFDWP__HIDDEN_EC;
+void uffdwp__xstate_for_gdb(const void *xstate, size_t len, void *out, size_t out_len)
 	UFFDWP__HIDDEN_EC;
 
 /* One PT_LOAD. */
@@ -88,10 +91,11 @@ struct uffdwp__core_segment {
 	uint64_t offset;  /* set by uffdwp__core_layout() */
 };
 
-/* Place the notes and segments: returns the notes' offset, sets each
- * segment's offset (page-aligned) and *file_size. */
-uint64_t uffdwp__core_layout(struct uffdwp__core_segment *segs, size_t nsegs,
-			     size_t notes_len, size_t page, uint64_t *file_size) UFFDWP__HIDDEN_EC;
+/* Place the segments (page-aligned, after the headers) and the notes
+ * (after the segments, so that notes made once the memory is saved do not
+ * move it): sets each segment's offset and returns the notes' offset. */
+uint64_t uffdwp__core_layout(struct uffdwp__core_segment *segs, size_t nsegs, size_t page)
+	UFFDWP__HIDDEN_EC;
 
 /* Bytes of ELF header and program headers for nsegs segments. */
 size_t uffdwp__core_headers_size(size_t nsegs) UFFDWP__HIDDEN_EC;

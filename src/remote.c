@@ -243,8 +243,6 @@ static int capture(struct uffdwp__remote_thread *t)
 	    ptrace(PTRACE_GETFPREGS, t->tid, 0, &t->fpregs) < 0 ||
 	    ptrace(PTRACE_GETSIGMASK, t->tid, sizeof(t->sigmask), &t->sigmask) < 0)
 		return -errno;
-	if (ptrace(PTRACE_GETSIGINFO, t->tid, 0, &t->siginfo) < 0)
-		memset(&t->siginfo, 0, sizeof(t->siginfo));
 	t->xstate = malloc(XSTATE_MAX);
 	if (!t->xstate)
 		return -ENOMEM;
@@ -376,7 +374,8 @@ _Static_assert(sizeof(struct kernel_sigcontext) == 256, "sigcontext layout");
 #define FP_XSTATE_MAGIC1 0x46505853u
 #define FP_XSTATE_MAGIC2 0x46505845u
 #endif
-#define SW_RESERVED_OFFSET 464  /* struct _fpx_sw_bytes in the FXSAVE area */
+#define XCR0_OFFSET 464    /* ptrace's XCR0, a signal frame's struct _fpx_sw_bytes */
+#define SW_BYTES_SIZE 48
 #define RED_ZONE 128
 
 /* "mov $15,%rax; syscall" and "mov $15,%eax; syscall": __restore_rt. */
@@ -492,7 +491,6 @@ static int inject_begin(struct injection *in)
 	struct rt_sigframe f = { 0 };
 	struct user_regs_struct g = t->regs, inj;
 	uint64_t all = ~(uint64_t)0;
-	uint32_t sw[4];
 	int ret = 0;
 
 	if (!fp)
@@ -510,15 +508,21 @@ static int inject_begin(struct injection *in)
 		.ss = (uint16_t)g.ss, .fpstate = fpstate,
 	};
 	f.uc.uc_sigmask = t->sigmask;
-	/* The XSAVE image as ptrace gave it, whose software bytes (magic1,
-	 * sizes, features) are the kernel's own, and magic2 after it. */
+	/* The XSAVE image as ptrace gave it, with the software bytes a signal
+	 * frame has there instead of ptrace's XCR0 (struct _fpx_sw_bytes:
+	 * magic1, extended size, features, size), and magic2 after it. */
+	uint64_t xcr0;
+	uint32_t magic1 = FP_XSTATE_MAGIC1, extended = (uint32_t)fplen + sizeof(uint32_t);
+	uint32_t size = (uint32_t)fplen, magic2 = FP_XSTATE_MAGIC2;
+
 	memcpy(fp, t->xstate, fplen);
-	memcpy(sw, fp + SW_RESERVED_OFFSET, sizeof(sw));
-	sw[0] = FP_XSTATE_MAGIC1;
-	sw[1] = (uint32_t)fplen + sizeof(uint32_t);
-	sw[3] = (uint32_t)fplen;
-	memcpy(fp + SW_RESERVED_OFFSET, sw, sizeof(sw));
-	*(uint32_t *)(void *)(fp + fplen) = FP_XSTATE_MAGIC2;
+	memcpy(&xcr0, fp + XCR0_OFFSET, sizeof(xcr0));
+	memset(fp + XCR0_OFFSET, 0, SW_BYTES_SIZE);
+	memcpy(fp + XCR0_OFFSET, &magic1, sizeof(magic1));
+	memcpy(fp + XCR0_OFFSET + 4, &extended, sizeof(extended));
+	memcpy(fp + XCR0_OFFSET + 8, &xcr0, sizeof(xcr0));
+	memcpy(fp + XCR0_OFFSET + 16, &size, sizeof(size));
+	memcpy(fp + fplen, &magic2, sizeof(magic2));
 
 	struct iovec local[2] = { { &f, sizeof(f) }, { fp, fplen + sizeof(uint32_t) } };
 	struct iovec remote[2] = { { (void *)(uintptr_t)frame, sizeof(f) },

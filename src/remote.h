@@ -16,7 +16,6 @@ struct uffdwp__remote_thread {
 	struct user_fpregs_struct fpregs;
 	unsigned char *xstate;   /* NT_X86_XSTATE as the kernel gives it */
 	size_t xstate_len;
-	siginfo_t siginfo;       /* the stop's (zeroed when none) */
 	char state;              /* /proc state letter before the stop */
 	uint64_t sigmask;
 	int stop_signal;         /* a signal that arrived while we held it, re-raised at resume */
