@@ -25,6 +25,8 @@ TOOL_SRCS  := $(wildcard tools/*.c bench/*.c)
 TEST_SRCS  := $(wildcard tests/*.c)
 MANSECTIONS := $(sort $(subst .,,$(suffix $(wildcard man/*))))
 EXAMPLES   := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+# Programs the tests run as other processes (uffdwp core's targets).
+TARGETS    := $(patsubst tests/targets/%.c,$(BUILD)/tests/targets/%,$(wildcard tests/targets/*.c))
 
 LIB_OBJS   := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
 PIC_OBJS   := $(patsubst %.c,$(BUILD)/pic/%.o,$(LIB_SRCS))
@@ -37,7 +39,7 @@ TOOL    := $(BUILD)/uffdwp
 TESTRUN := $(BUILD)/tests/run
 
 .PHONY: all check run install clean
-all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES)
+all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES) $(TARGETS)
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*.h tests/*.h bench/*.h tools/*.h) Makefile
 	@mkdir -p $(dir $@)
@@ -69,6 +71,10 @@ $(TESTRUN): $(TEST_OBJS) $(STATIC)
 $(BUILD)/examples/%: examples/%.c $(STATIC) include/uffdwp.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+$(BUILD)/tests/targets/%: tests/targets/%.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LDLIBS)
 
 # TESTFLAGS passes options to the runner, e.g. TESTFLAGS='-f wp -b kernel'.
 check: all

@@ -475,6 +475,16 @@ static struct uffdwp__remote_thread *choose_thread(struct uffdwp_remote *r)
 	return best;
 }
 
+/* Tests only: die (_exit) at injection step N, to show that the target
+ * survives our death at each of them (tests/core_dump.c). */
+int uffdwp__remote_die_at;
+
+static void maybe_die(int step)
+{
+	if (uffdwp__remote_die_at == step)
+		_exit(0);
+}
+
 struct injection {
 	struct uffdwp__remote_thread *t;
 	uint64_t restorer, frame;
@@ -539,9 +549,12 @@ static int inject_begin(struct injection *in)
 	inj.rip = in->restorer;
 	inj.rsp = frame + sizeof(f.pretcode);  /* as after the handler's ret */
 	inj.orig_rax = (uint64_t)-1;
-	if (ptrace(PTRACE_SETREGS, t->tid, 0, &inj) < 0 ||
-	    ptrace(PTRACE_SETSIGMASK, t->tid, sizeof(all), &all) < 0)
+	if (ptrace(PTRACE_SETREGS, t->tid, 0, &inj) < 0)
+		return -ESRCH;
+	maybe_die(1);
+	if (ptrace(PTRACE_SETSIGMASK, t->tid, sizeof(all), &all) < 0)
 		ret = -ESRCH;
+	maybe_die(2);
 	return ret;
 }
 
@@ -568,13 +581,17 @@ static long inject_call(struct injection *in, long nr, uint64_t a0, uint64_t a1)
 	g.rsi = a1;
 	g.rip = in->restorer;
 	g.rsp = in->frame + sizeof(uint64_t);
-	if (ptrace(PTRACE_SETREGS, t->tid, 0, &g) < 0 || ptrace(PTRACE_SYSCALL, t->tid, 0, 0) < 0)
+	if (ptrace(PTRACE_SETREGS, t->tid, 0, &g) < 0)
+		return -ESRCH;
+	maybe_die(nr == SYS_userfaultfd ? 3 : 5);
+	if (ptrace(PTRACE_SYSCALL, t->tid, 0, 0) < 0)
 		return -ESRCH;
 	status = wait_stop(t, PTRACE_SYSCALL);
 	if (status < 0 || ptrace(PTRACE_GETREGS, t->tid, 0, &g) < 0)
 		return -ESRCH;
 	if (WSTOPSIG(status) != (SIGTRAP | 0x80) || nr < 0)
 		return -EPROTO;
+	maybe_die(nr == SYS_userfaultfd ? 4 : 6);
 	return (long)g.rax;
 }
 
@@ -587,9 +604,13 @@ static int inject_end(struct injection *in)
 	int status;
 
 	if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) < 0 ||
-	    ptrace(PTRACE_SETSIGMASK, t->tid, sizeof(t->sigmask), &t->sigmask) < 0 ||
-	    ptrace(PTRACE_SETREGS, t->tid, 0, &t->regs) < 0 ||
-	    ptrace(PTRACE_CONT, t->tid, 0, 0) < 0)
+	    ptrace(PTRACE_SETSIGMASK, t->tid, sizeof(t->sigmask), &t->sigmask) < 0)
+		return -ESRCH;
+	maybe_die(7);
+	if (ptrace(PTRACE_SETREGS, t->tid, 0, &t->regs) < 0)
+		return -ESRCH;
+	maybe_die(8);
+	if (ptrace(PTRACE_CONT, t->tid, 0, 0) < 0)
 		return -ESRCH;
 	for (;;) {
 		status = wait_stop(t, PTRACE_CONT);

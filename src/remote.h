@@ -27,4 +27,7 @@ const struct uffdwp__remote_thread *uffdwp__remote_thread(const struct uffdwp_re
 							   size_t i)
 	__attribute__((visibility("hidden")));
 
+/* Tests only: _exit() at step N (1-8) of the injected calls. */
+extern int uffdwp__remote_die_at __attribute__((visibility("hidden")));
+
 #endif
