@@ -181,11 +181,13 @@ static int wait_stop(struct uffdwp__remote_thread *t, enum __ptrace_request requ
 	}
 }
 
-/* Seize and interrupt every thread not yet ours; returns how many were new. */
+/* Seize and interrupt every thread not yet ours, all before waiting for
+ * any (they stop in parallel); returns how many were new. */
 static int seize_new(struct uffdwp_remote *r)
 {
 	char path[64];
 	struct dirent *d;
+	size_t first = r->nthreads;
 	DIR *dir;
 	int added = 0, ret = 0;
 
@@ -195,7 +197,6 @@ static int seize_new(struct uffdwp_remote *r)
 		return errno == ENOENT ? -ESRCH : -errno;
 	while ((d = readdir(dir)) && ret == 0) {
 		pid_t tid = (pid_t)atoi(d->d_name);
-		struct uffdwp__remote_thread *t;
 		char state;
 
 		if (tid <= 0 || find_thread(r, tid))
@@ -214,23 +215,25 @@ static int seize_new(struct uffdwp_remote *r)
 		} else if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0) {
 			continue;
 		}
-		ret = add_thread(r, tid);
-		if (ret)
-			break;
-		t = &r->threads[r->nthreads - 1];
-		t->state = state;
 		if (!r->stop_ns)
 			r->stop_ns = now_ns();
-		ret = wait_stop(t, PTRACE_CONT);
-		if (ret == -ESRCH) {
-			r->nthreads--;  /* exited before stopping */
-			ret = 0;
-			continue;
-		}
-		ret = ret < 0 ? ret : 0;
-		added++;
+		ret = add_thread(r, tid);
+		if (!ret)
+			r->threads[r->nthreads - 1].state = state;
 	}
 	closedir(dir);
+	for (size_t i = first; i < r->nthreads;) {
+		int st = wait_stop(&r->threads[i], PTRACE_CONT);
+
+		if (st == -ESRCH) {  /* exited before stopping */
+			r->threads[i] = r->threads[--r->nthreads];
+			continue;
+		}
+		if (st < 0 && !ret)
+			ret = st;
+		added++;
+		i++;
+	}
 	return ret ? ret : added;
 }
 
