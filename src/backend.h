@@ -82,6 +82,12 @@ int uffdwp__open_fd(struct uffdwp **ctx, int fd, pid_t pid, uint64_t features) U
 /* The kernel backend's open over a given fd (kernel.c): as ops->open. */
 int uffdwp__kernel_adopt(struct uffdwp *ctx, int fd, uint64_t features) UFFDWP__HIDDEN;
 
+/* Protect the regions (context.c): the kernel backend protects under the
+ * mm lock taken for reading, so large sets are split among up to one
+ * thread per CPU (4 at most). 0 or the first error. */
+int uffdwp__protect_regions(struct uffdwp *ctx, const struct uffdwp_snapshot_region *regions,
+			    size_t nregions) UFFDWP__HIDDEN;
+
 /* The kernel half of uffdwp_probe() (kernel.c). */
 void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;
 

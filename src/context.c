@@ -4,6 +4,8 @@
  * the backends receive only well-formed requests.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -212,4 +214,81 @@ int uffdwp_read_events(struct uffdwp *ctx, struct uffdwp_event *ev, size_t max)
 	if (!ctx || !ev || max == 0)
 		return -EINVAL;
 	return ctx->ops->read_events(ctx, ev, max);
+}
+
+/* Below this many bytes a second thread costs more than it saves. */
+#define PARALLEL_PROTECT_MIN ((uint64_t)64 << 20)
+#define PARALLEL_PROTECT_MAX_THREADS 4
+
+struct protect_share {
+	struct uffdwp *ctx;
+	const struct uffdwp_snapshot_region *regions;
+	size_t nregions;
+	uint64_t from, to;  /* byte offsets into the regions laid end to end */
+	int ret;
+};
+
+/* Protect the bytes [from, to) of the regions laid end to end. */
+static void *protect_share(void *arg)
+{
+	struct protect_share *p = arg;
+	uint64_t at = 0;
+
+	for (size_t i = 0; i < p->nregions && !p->ret; at += p->regions[i].len, i++) {
+		uint64_t lo = p->from > at ? p->from - at : 0;
+		uint64_t hi = p->to - at < p->regions[i].len ? p->to - at : p->regions[i].len;
+
+		if (p->to <= at)
+			break;
+		if (lo >= hi)
+			continue;
+		p->ret = uffdwp_writeprotect(p->ctx, (void *)(uintptr_t)(p->regions[i].addr + lo),
+					     (size_t)(hi - lo), UFFDWP_WRITEPROTECT_MODE_WP);
+	}
+	return NULL;
+}
+
+int uffdwp__protect_regions(struct uffdwp *ctx, const struct uffdwp_snapshot_region *regions,
+			    size_t nregions)
+{
+	struct protect_share share[PARALLEL_PROTECT_MAX_THREADS];
+	pthread_t thread[PARALLEL_PROTECT_MAX_THREADS];
+	bool started[PARALLEL_PROTECT_MAX_THREADS] = { false };
+	uint64_t total = 0, page = uffdwp__page_size();
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	sigset_t all, old;
+	size_t n = 1;
+	int ret = 0;
+
+	for (size_t i = 0; i < nregions; i++)
+		total += regions[i].len;
+	/* The kernel protects under the mm lock taken for reading: shares
+	 * run in parallel. mprotect (emulated) takes it for writing. */
+	if (ctx->backend == UFFDWP_BACKEND_KERNEL && total >= PARALLEL_PROTECT_MIN && cpus > 1)
+		n = cpus < PARALLEL_PROTECT_MAX_THREADS ? (size_t)cpus : PARALLEL_PROTECT_MAX_THREADS;
+	/* Our threads take none of the program's signals. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (size_t k = 0; k < n; k++) {
+		share[k] = (struct protect_share){
+			.ctx = ctx, .regions = regions, .nregions = nregions,
+			.from = total / n * k / page * page,
+			.to = k + 1 == n ? total : total / n * (k + 1) / page * page,
+		};
+		/* The caller's thread takes share 0; a thread that cannot be
+		 * created leaves its share to the caller. */
+		if (k && pthread_create(&thread[k], NULL, protect_share, &share[k]) == 0)
+			started[k] = true;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	protect_share(&share[0]);
+	for (size_t k = 0; k < n; k++) {
+		if (started[k])
+			pthread_join(thread[k], NULL);
+		else if (k)
+			protect_share(&share[k]);
+		if (!ret)
+			ret = share[k].ret;
+	}
+	return ret;
 }

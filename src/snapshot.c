@@ -1308,9 +1308,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 		if (ret)
 			goto fail;
 		/* The instant: every region protected. */
-		for (size_t i = 0; i < s->nregions && !ret; i++)
-			ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
-						  s->regions[i].len, UFFDWP_WRITEPROTECT_MODE_WP);
+		ret = uffdwp__protect_regions(s->ctx, s->regions, s->nregions);
 		s->time_ns = now_ns(CLOCK_REALTIME);
 		if (ret)
 			goto fail;

@@ -592,7 +592,10 @@ static void free_core(struct core *c)
 }
 
 /* Registering a mapping the kernel refuses (e.g. a range the target
- * registered itself) makes it one to copy during the stop instead. */
+ * registered itself) makes it one to copy during the stop instead. Those
+ * registered stay so: the snapshot's own registration of the same range
+ * with the same context is then a no-op, and unregistering (which walks
+ * every page table entry, as protecting does) is left to its end. */
 static void check_registrable(struct core *c, struct uffdwp *ctx)
 {
 	for (size_t i = 0; i < c->nmaps; i++) {
@@ -601,9 +604,7 @@ static void check_registrable(struct core *c, struct uffdwp *ctx)
 		if (m->how != HOW_PROTECT)
 			continue;
 		if (uffdwp_register(ctx, (void *)(uintptr_t)m->start, m->end - m->start,
-				    UFFDWP_REGISTER_MODE_WP) == 0)
-			uffdwp_unregister(ctx, (void *)(uintptr_t)m->start, m->end - m->start);
-		else
+				    UFFDWP_REGISTER_MODE_WP) < 0)
 			m->how = HOW_COPY;
 	}
 }
