@@ -285,25 +285,41 @@ static bool all_zero(const unsigned char *p, size_t len)
 	return p[0] == 0 && !memcmp(p, p + 1, len - 1);
 }
 
-/* Write len bytes at off, skipping zero pages (the file is sparse). */
-static int write_at(struct core *c, const unsigned char *data, size_t len, uint64_t off)
+static int pwrite_all(int fd, const unsigned char *data, size_t len, uint64_t off)
 {
-	for (size_t done = 0; done < len; done += c->page) {
-		size_t n = len - done < c->page ? len - done : c->page;
+	while (len) {
+		ssize_t got = pwrite(fd, data, len, (off_t)off);
 
-		if (all_zero(data + done, n))
+		if (got < 0 && errno == EINTR)
 			continue;
-		for (size_t w = 0; w < n;) {
-			ssize_t got = pwrite(c->fd, data + done + w, n - w, (off_t)(off + done + w));
-
-			if (got < 0 && errno == EINTR)
-				continue;
-			if (got <= 0)
-				return got < 0 ? -errno : -EIO;
-			w += (size_t)got;
-		}
+		if (got <= 0)
+			return got < 0 ? -errno : -EIO;
+		data += got;
+		off += (uint64_t)got;
+		len -= (size_t)got;
 	}
 	return 0;
+}
+
+/* Write len bytes at off, leaving zero pages out (the file is sparse):
+ * one write per run of non-zero pages. */
+static int write_at(struct core *c, const unsigned char *data, size_t len, uint64_t off)
+{
+	size_t run = 0;  /* start of the pending non-zero run */
+	int ret = 0;
+
+	for (size_t at = 0; at < len && !ret; at += c->page) {
+		size_t n = len - at < c->page ? len - at : c->page;
+
+		if (!all_zero(data + at, n))
+			continue;
+		if (at > run)
+			ret = pwrite_all(c->fd, data + run, at - run, off + run);
+		run = at + n;
+	}
+	if (!ret && len > run)
+		ret = pwrite_all(c->fd, data + run, len - run, off + run);
+	return ret;
 }
 
 /* The segment holding addr (the mappings are sorted and disjoint). */
