@@ -241,47 +241,48 @@ UFFDWP_API int uffdwp_read_events(struct uffdwp *ctx, struct uffdwp_event *ev, s
 
 /*
  * A running, unmodified process whose memory a context can write-protect:
- * uffdwp_remote_attach() stops all its threads for a moment (ptrace: no
- * signal is sent), uffdwp_remote_open() creates a userfaultfd inside it (a
- * system call made by one of its stopped threads, whose registers, signal
- * mask and FPU state are restored exactly) and hands it to us, and
- * uffdwp_remote_resume() lets every thread run on from where it stopped. The
- * context then acts on the target's address space: register, protect and
- * read faults with the usual calls, addresses being the target's; a
- * uffdwp_snapshot_begin() given it (opts.context) saves the target's memory.
- * The target keeps no descriptor of ours: if we die, the kernel un-protects
- * everything and wakes its writers; if it dies, calls on the context fail
- * with -ESRCH.
+ * uffdwp_remote_open() creates a userfaultfd inside it (a system call made
+ * by one of its threads, stopped for that moment only, whose registers,
+ * signal mask and FPU state are restored exactly) and hands it to us as a
+ * context acting on the target's address space: register, protect and read
+ * faults with the usual calls, addresses being the target's; a
+ * uffdwp_snapshot_begin() given it (opts.context) saves the target's
+ * memory. uffdwp_remote_attach() stops all its threads (ptrace: no signal
+ * is sent) for a consistent instant, uffdwp_remote_resume() lets them run
+ * on from where they stopped. The target keeps no descriptor of ours: if
+ * we die, the kernel un-protects everything and wakes its writers; if it
+ * dies, calls on the context fail with -ESRCH.
  */
 struct uffdwp_remote;
 
 /*
- * Attach to every thread of process pid and stop them all; *r is set.
- * Keep the stop short: call uffdwp_remote_resume() as soon as possible.
- * If we are killed while it is stopped, the kernel lets it run on.
- * Errors: -EINVAL r NULL, pid <= 0 or our own process; -ESRCH no such
- * process (or it exited meanwhile); -EPERM we may not trace it (another
- * user, not dumpable, Yama ptrace_scope, traced by someone else: nothing
- * was changed); -EOPNOTSUPP not x86_64; -ENOMEM.
- */
-UFFDWP_API int uffdwp_remote_attach(struct uffdwp_remote **r, pid_t pid);
-
-/*
- * Open a context on the stopped target's address space (kernel backend
- * only, faults read by a handler thread: UFFDWP_FEATURE_SIGBUS and
+ * Open a context on process pid's address space (kernel backend only,
+ * faults read by a handler thread: UFFDWP_FEATURE_SIGBUS and
  * UFFDWP_BACKEND_EMULATED are refused with -EOPNOTSUPP). opts as for
  * uffdwp_open(); features 0 asks UFFDWP_FEATURES_DEFAULT where available.
- * The context outlives the stop and r; close it with uffdwp_close().
- * Errors: -EINVAL bad arguments or the target is not stopped; -EOPNOTSUPP
- * as above or a requested feature is missing; -EPERM / -EACCES / -ENOSYS
- * the target may not create a userfaultfd (what its userfaultfd(2)
- * returned: vm.unprivileged_userfaultfd, seccomp, no such syscall);
- * -ENOEXEC no rt_sigreturn trampoline found in the target (needed to undo
- * the call should we die meanwhile); -EBUSY every thread is stopped by job
- * control (SIGSTOP); -ESRCH the target exited; -ENOMEM.
+ * One thread of the target (a running one if any) is stopped for the
+ * moment of the call; if we die meanwhile it is put back all the same.
+ * Errors: -EINVAL bad arguments, pid <= 0 or our own; -ESRCH no such
+ * process; -EPERM we may not trace it (another user, not dumpable, Yama
+ * ptrace_scope, traced by someone else: nothing was changed); -EOPNOTSUPP
+ * as above, a requested feature is missing, or not x86_64; -EACCES the
+ * target may not create a userfaultfd (its userfaultfd(2) answered EPERM:
+ * vm.unprivileged_userfaultfd, seccomp), -ENOSYS its kernel has none;
+ * -ENOEXEC no rt_sigreturn trampoline found in the target
+ * (needed to undo the call should we die meanwhile); -EBUSY every thread
+ * is stopped by job control (SIGSTOP); -ENOMEM.
  */
-UFFDWP_API int uffdwp_remote_open(struct uffdwp_remote *r, struct uffdwp **ctx,
-				  const struct uffdwp_opts *opts);
+UFFDWP_API int uffdwp_remote_open(pid_t pid, struct uffdwp **ctx, const struct uffdwp_opts *opts);
+
+/*
+ * Stop every thread of process pid (threads born meanwhile too); *r is
+ * set. Keep the stop short: call uffdwp_remote_resume() as soon as
+ * possible. If we are killed while it is stopped, the kernel lets it run
+ * on. Errors: -EINVAL r NULL, pid <= 0 or our own process; -ESRCH no such
+ * process (or it exited meanwhile); -EPERM as for uffdwp_remote_open()
+ * (nothing was changed); -EOPNOTSUPP not x86_64; -ENOMEM.
+ */
+UFFDWP_API int uffdwp_remote_attach(struct uffdwp_remote **r, pid_t pid);
 
 /*
  * Let every thread run on from where it stopped (a system call it was in is

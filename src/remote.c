@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Another process: stop all its threads for a moment (ptrace), make one of
- * them create a userfaultfd, take the descriptor (pidfd_getfd), let them
- * run on (uffdwp_remote_attach(3)).
+ * Another process (uffdwp_remote_attach(3)): make one of its threads create
+ * a userfaultfd and take the descriptor (pidfd_getfd), stopping that thread
+ * only (uffdwp_remote_open); stop all its threads for a consistent instant
+ * and let them run on (uffdwp_remote_attach, uffdwp_remote_resume).
  *
  * Stopping. Each thread is seized (PTRACE_SEIZE: no signal, no group stop)
  * and interrupted (PTRACE_INTERRUPT); threads born meanwhile are attached
@@ -70,7 +71,6 @@ struct uffdwp_remote {
 	size_t nthreads, cap;
 	bool stopped;
 	uint64_t stop_ns, pause_ns;
-	uint64_t restorer;  /* an rt_sigreturn trampoline in the target, or 0 */
 };
 
 static uint64_t now_ns(void)
@@ -275,16 +275,12 @@ static int resume_all(struct uffdwp_remote *r)
 	return ret;
 }
 
-static uint64_t find_restorer(pid_t pid);
-
-int uffdwp_remote_attach(struct uffdwp_remote **out, pid_t pid)
+/* A remote of pid, nothing attached yet. */
+static int new_remote(struct uffdwp_remote **out, pid_t pid)
 {
-	struct uffdwp_remote *r;
+	struct uffdwp_remote *r = calloc(1, sizeof(*r));
 	int ret;
 
-	if (!out || pid <= 0 || pid == getpid())
-		return -EINVAL;
-	r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
 	r->pid = pid;
@@ -294,8 +290,20 @@ int uffdwp_remote_attach(struct uffdwp_remote **out, pid_t pid)
 		free(r);
 		return ret == -EINVAL ? -ESRCH : ret;
 	}
-	/* Text does not change: searched before the stop, not during it. */
-	r->restorer = find_restorer(pid);
+	*out = r;
+	return 0;
+}
+
+int uffdwp_remote_attach(struct uffdwp_remote **out, pid_t pid)
+{
+	struct uffdwp_remote *r;
+	int ret;
+
+	if (!out || pid <= 0 || pid == getpid())
+		return -EINVAL;
+	ret = new_remote(&r, pid);
+	if (ret)
+		return ret;
 	r->stopped = true;
 	/* Until a pass finds no new thread: every thread that could clone is
 	 * stopped, and its clones were attached by the kernel. */
@@ -459,25 +467,6 @@ static void apply_restart(struct user_regs_struct *g)
 	g->orig_rax = (uint64_t)-1;
 }
 
-/* The thread to make the calls: outside any system call if one is, else
- * not in one rt_sigreturn could not restart (see the top). */
-static struct uffdwp__remote_thread *choose_thread(struct uffdwp_remote *r)
-{
-	struct uffdwp__remote_thread *best = NULL;
-
-	for (size_t i = 0; i < r->nthreads; i++) {
-		struct uffdwp__remote_thread *t = &r->threads[i];
-
-		if (t->state == 'T' || t->state == 't' || !t->xstate_len)
-			continue;  /* stopped by job control, or no XSAVE image */
-		if ((long)t->regs.orig_rax < 0)
-			return t;
-		if (!best || (long)best->regs.rax == -ERESTART_RESTARTBLOCK)
-			best = t;
-	}
-	return best;
-}
-
 /* Tests only: die (_exit) at injection step N, to show that the target
  * survives our death at each of them (tests/core_dump.c). */
 int uffdwp__remote_die_at;
@@ -626,15 +615,68 @@ static int inject_end(struct injection *in)
 	}
 }
 
-int uffdwp_remote_open(struct uffdwp_remote *r, struct uffdwp **ctx,
-		       const struct uffdwp_opts *opts)
+/*
+ * Seize (without stopping) the thread that will make the calls: a running
+ * one (most likely outside any system call, see the top) if there is one,
+ * else the first not stopped by job control (-EBUSY if none). A seize
+ * refused (-EPERM) is the first thing we try: nothing else was done.
+ */
+static int seize_one(struct uffdwp_remote *r)
+{
+	char path[64], state, best_state = 0;
+	pid_t best = 0;
+	struct dirent *d;
+	DIR *dir;
+	int ret;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", r->pid);
+	dir = opendir(path);
+	if (!dir)
+		return errno == ENOENT ? -ESRCH : -errno;
+	while ((d = readdir(dir))) {
+		pid_t tid = (pid_t)atoi(d->d_name);
+
+		if (tid <= 0)
+			continue;
+		state = thread_state(r->pid, tid);
+		if (state == 'T' || state == 't' || !state)
+			continue;
+		if (!best || (state == 'R' && best_state != 'R')) {
+			best = tid;
+			best_state = state;
+		}
+	}
+	closedir(dir);
+	if (!best)
+		return access(path, F_OK) ? -ESRCH : -EBUSY;
+	if (ptrace(PTRACE_SEIZE, best, 0, PTRACE_O_TRACESYSGOOD) < 0)
+		return -errno;
+	ret = add_thread(r, best);
+	if (ret)
+		ptrace(PTRACE_DETACH, best, 0, 0);
+	return ret;
+}
+
+/* Stop the thread seize_one() chose and read its state. */
+static int stop_seized(struct uffdwp_remote *r)
+{
+	r->stopped = true;
+	r->stop_ns = now_ns();
+	if (ptrace(PTRACE_INTERRUPT, r->threads[0].tid, 0, 0) < 0 ||
+	    wait_stop(&r->threads[0], PTRACE_CONT) < 0)
+		return -ESRCH;
+	return capture(&r->threads[0]);
+}
+
+int uffdwp_remote_open(pid_t pid, struct uffdwp **ctx, const struct uffdwp_opts *opts)
 {
 	struct uffdwp_opts o = { .sz = sizeof(o) };
 	struct injection in = { 0 };
+	struct uffdwp_remote *r;
 	long target_fd;
 	int fd = -1, ret;
 
-	if (!r || !ctx || !r->stopped)
+	if (!ctx || pid <= 0 || pid == getpid())
 		return -EINVAL;
 	if (opts) {
 		if (opts->sz < offsetof(struct uffdwp_opts, features) + sizeof(opts->features))
@@ -647,13 +689,23 @@ int uffdwp_remote_open(struct uffdwp_remote *r, struct uffdwp **ctx,
 		return -EOPNOTSUPP;
 	if (o.backend != UFFDWP_BACKEND_AUTO && o.backend != UFFDWP_BACKEND_KERNEL)
 		return -EINVAL;
-	in.t = choose_thread(r);
-	if (!in.t)
-		return -EBUSY;
-	in.restorer = r->restorer;
-	if (!in.restorer)
-		return -ENOEXEC;
-	ret = inject_begin(&in);
+	ret = new_remote(&r, pid);
+	if (ret)
+		return ret;
+	ret = seize_one(r);
+	/* Text does not change: searched before anything stops. */
+	if (ret == 0) {
+		in.restorer = find_restorer(pid);
+		/* Stopped even without a trampoline: a seized thread is let go
+		 * by a detach, which needs it stopped. */
+		ret = stop_seized(r);
+		if (ret == 0 && !in.restorer)
+			ret = -ENOEXEC;
+	}
+	if (ret == 0) {
+		in.t = &r->threads[0];
+		ret = inject_begin(&in);
+	}
 	if (ret == 0) {
 		target_fd = inject_call(&in, SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK, 0);
 		if (target_fd >= 0) {
@@ -667,17 +719,19 @@ int uffdwp_remote_open(struct uffdwp_remote *r, struct uffdwp **ctx,
 			if (closed < 0 && !ret)
 				ret = (int)closed;
 		} else {
-			ret = (int)target_fd;
+			/* Its refusal, told apart from ours to trace it. */
+			ret = target_fd == -EPERM ? -EACCES : (int)target_fd;
 		}
+		if (inject_end(&in) < 0 && !ret)
+			ret = -ESRCH;
 	}
-	if (inject_end(&in) < 0 && !ret)
-		ret = -ESRCH;
+	uffdwp_remote_free(r);  /* the thread runs on */
 	if (ret) {
 		if (fd >= 0)
 			close(fd);
 		return ret;
 	}
-	return uffdwp__open_fd(ctx, fd, r->pid, o.features);
+	return uffdwp__open_fd(ctx, fd, pid, o.features);
 }
 
 #else /* not x86_64 */
@@ -687,10 +741,9 @@ int uffdwp_remote_attach(struct uffdwp_remote **out, pid_t pid)
 	return out && pid > 0 && pid != getpid() ? -EOPNOTSUPP : -EINVAL;
 }
 
-int uffdwp_remote_open(struct uffdwp_remote *r, struct uffdwp **ctx,
-		       const struct uffdwp_opts *opts)
+int uffdwp_remote_open(pid_t pid, struct uffdwp **ctx, const struct uffdwp_opts *opts)
 {
-	return -EOPNOTSUPP;
+	return ctx && pid > 0 && pid != getpid() ? -EOPNOTSUPP : -EINVAL;
 }
 
 int uffdwp_remote_resume(struct uffdwp_remote *r)

@@ -11,7 +11,12 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -66,7 +71,23 @@ static bool read_line(int fd, char *buf, size_t len, int timeout_ms)
 	return true;
 }
 
-static void target_start(struct target *t)
+/* In the target before exec: its userfaultfd(2) answers EPERM, as under
+ * vm.unprivileged_userfaultfd=0 or a sandbox's seccomp filter. */
+static void forbid_userfaultfd(void)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_userfaultfd, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+		_exit(126);
+}
+
+static void target_start_with(struct target *t, bool no_userfaultfd)
 {
 	int in[2], out[2];
 	char path[PATH_MAX], line[256];
@@ -80,6 +101,8 @@ static void target_start(struct target *t)
 	if (t->pid == 0) {
 		dup2(in[0], 0);
 		dup2(out[1], 1);
+		if (no_userfaultfd)
+			forbid_userfaultfd();
 		execl(path, path, (char *)NULL);
 		_exit(127);
 	}
@@ -96,6 +119,11 @@ static void target_start(struct target *t)
 	CHECK_EQ(pid, t->pid);
 	t->pairs = pairs;
 	t->sweep = sweep;
+}
+
+static void target_start(struct target *t)
+{
+	target_start_with(t, false);
 }
 
 /* Send a command and expect a reply starting with want. */
@@ -434,6 +462,29 @@ TEST_TIMEOUT(core_unprivileged_caller, ON_NONE, 60)
 	target_quit(&t);
 }
 
+/* A target whose userfaultfd is forbidden gets the reason, and goes on. */
+TEST_TIMEOUT(core_userfaultfd_forbidden_in_target, ON_NONE, 60)
+{
+	struct target t;
+	char path[64], pid[16], err[1024];
+	struct uffdwp *ctx;
+
+	need_remote();
+	target_start_with(&t, true);
+	CHECK_RET(uffdwp_remote_open(t.pid, &ctx, NULL), -EACCES);
+	core_path(path, sizeof(path));
+	test_cleanup(remove_core);
+	snprintf(pid, sizeof(pid), "%d", t.pid);
+	char *args[] = { "core", "-q", "-o", path, pid, NULL };
+	int st = run_tool(args, err, sizeof(err), NULL, true);
+
+	CHECK_EQ(st, 1);
+	if (!strstr(err, "userfaultfd(2) was refused") || !strstr(err, "left untouched"))
+		FAIL("not the precise reason: %s", err);
+	CHECK(access(path, F_OK) != 0);  /* no file left behind */
+	target_quit(&t);
+}
+
 /* ---- through the library: a remote snapshot whose sink we hold ---------- */
 
 struct held_sink {
@@ -465,8 +516,8 @@ static struct uffdwp_snapshot *remote_snapshot(struct target *t, struct held_sin
 
 	sem_init(&h->entered, 0, 0);
 	sem_init(&h->release, 0, 0);
+	CHECK_OK(uffdwp_remote_open(t->pid, ctx, NULL));
 	CHECK_OK(uffdwp_remote_attach(&r, t->pid));
-	CHECK_OK(uffdwp_remote_open(r, ctx, NULL));
 	o.context = *ctx;
 	CHECK_OK(uffdwp_snapshot_begin(&snap, &region, 1, &o));
 	CHECK_OK(uffdwp_remote_resume(r));
@@ -531,11 +582,10 @@ TEST_TIMEOUT(remote_dies_mid_injection, ON_NONE, 120)
 		child = fork();
 		CHECK(child >= 0);
 		if (child == 0) {
-			struct uffdwp_remote *r;
 			struct uffdwp *ctx;
 
 			uffdwp__remote_die_at = step;
-			if (uffdwp_remote_attach(&r, t.pid) || uffdwp_remote_open(r, &ctx, NULL))
+			if (uffdwp_remote_open(t.pid, &ctx, NULL))
 				_exit(2);
 			_exit(1);  /* the step was never reached */
 		}
@@ -550,12 +600,19 @@ TEST_TIMEOUT(remote_dies_mid_injection, ON_NONE, 120)
 TEST(remote_bad_arguments, ON_NONE)
 {
 	struct uffdwp_remote *r;
+	struct uffdwp *ctx;
 
 	CHECK_RET(uffdwp_remote_attach(NULL, 1), -EINVAL);
 	CHECK_RET(uffdwp_remote_attach(&r, 0), -EINVAL);
 	CHECK_RET(uffdwp_remote_attach(&r, getpid()), -EINVAL);
 	CHECK_RET(uffdwp_remote_attach(&r, INT_MAX), -ESRCH);
-	CHECK_RET(uffdwp_remote_open(NULL, NULL, NULL), -EINVAL);
+	CHECK_RET(uffdwp_remote_open(1, NULL, NULL), -EINVAL);
+	CHECK_RET(uffdwp_remote_open(0, &ctx, NULL), -EINVAL);
+	CHECK_RET(uffdwp_remote_open(getpid(), &ctx, NULL), -EINVAL);
+	CHECK_RET(uffdwp_remote_open(INT_MAX, &ctx, NULL), -ESRCH);
+	struct uffdwp_opts sigbus = { .sz = sizeof(sigbus), .features = UFFDWP_FEATURE_SIGBUS };
+
+	CHECK_RET(uffdwp_remote_open(1, &ctx, &sigbus), -EOPNOTSUPP);
 	uffdwp_remote_free(NULL);
 }
 

@@ -487,73 +487,57 @@ static int make_notes(struct core *c, struct uffdwp_remote *r, const char *auxv,
 	return ret;
 }
 
-/* Why we may not trace pid, in one sentence. */
-static void explain_attach(pid_t pid, int err, char *why, size_t len)
+/* Why pid refused us (err from uffdwp_remote_open or _attach), in one
+ * sentence. */
+static void explain(pid_t pid, int err, char *why, size_t len)
 {
 	char *status = read_proc(pid, "status", NULL);
-	char *scope = NULL;
-	long tracer = 0;
-	unsigned long uid = 0;
+	char *scope = read_proc(1, "../sys/kernel/yama/ptrace_scope", NULL);
+	char *sysctl = read_proc(1, "../sys/vm/unprivileged_userfaultfd", NULL);
+	char *t = status ? strstr(status, "\nTracerPid:") : NULL;
+	char *u = status ? strstr(status, "\nUid:") : NULL;
+	long tracer = t ? strtol(t + 11, NULL, 10) : 0;
+	unsigned long uid = u ? strtoul(u + 5, NULL, 10) : 0;
 
-	if (err == -ESRCH) {
+	if (err == -ESRCH)
 		snprintf(why, len, "no such process");
-		free(status);
-		return;
-	}
-	if (err != -EPERM || !status) {
-		snprintf(why, len, "%s", strerror(-err));
-		free(status);
-		return;
-	}
-	char *t = strstr(status, "\nTracerPid:"), *u = strstr(status, "\nUid:");
-
-	if (t)
-		tracer = strtol(t + 11, NULL, 10);
-	if (u)
-		uid = strtoul(u + 5, NULL, 10);
-	scope = read_proc(1, "../sys/kernel/yama/ptrace_scope", NULL);
-	if (tracer)
+	else if (err == -EPERM && tracer)
 		snprintf(why, len, "it is already traced by process %ld", tracer);
-	else if (u && uid != (unsigned long)geteuid() && geteuid() != 0)
+	else if (err == -EPERM && u && uid != (unsigned long)geteuid() && geteuid() != 0)
 		snprintf(why, len, "it belongs to uid %lu and we run as uid %lu without CAP_SYS_PTRACE",
 			 uid, (unsigned long)geteuid());
-	else if (scope && atoi(scope) > 0)
+	else if (err == -EPERM && scope && atoi(scope) > 0)
 		snprintf(why, len, "Yama's kernel.yama.ptrace_scope is %d: only %s may trace it",
 			 atoi(scope), atoi(scope) == 1 ? "its ancestors or CAP_SYS_PTRACE" :
 				      atoi(scope) == 2 ? "CAP_SYS_PTRACE" : "nobody");
-	else
+	else if (err == -EPERM)
 		snprintf(why, len, "ptrace is refused (the target is not dumpable, or a security "
 			 "module forbids it)");
-	free(scope);
-	free(status);
-}
-
-/* Why the target may not create a userfaultfd. */
-static void explain_open(int err, char *why, size_t len)
-{
-	char *sysctl = read_proc(1, "../sys/vm/unprivileged_userfaultfd", NULL);
-
-	if (err == -EPERM || err == -EACCES)
-		snprintf(why, len, "its userfaultfd(2) failed with %s (vm.unprivileged_userfaultfd=%s "
+	else if (err == -EACCES)
+		snprintf(why, len, "its userfaultfd(2) was refused (vm.unprivileged_userfaultfd=%s "
 			 "and the target lacks CAP_SYS_PTRACE, or a seccomp filter forbids it)",
-			 strerror(-err), sysctl ? strtok(sysctl, "\n") : "?");
+			 sysctl ? strtok(sysctl, "\n") : "?");
 	else if (err == -ENOSYS)
-		snprintf(why, len, "this kernel has no userfaultfd");
+		snprintf(why, len, "its kernel has no userfaultfd");
 	else if (err == -ENOEXEC)
 		snprintf(why, len, "no rt_sigreturn trampoline found in its code (needed to undo our "
 			 "system call should we be killed)");
 	else if (err == -EBUSY)
 		snprintf(why, len, "every thread is stopped by job control (SIGSTOP)");
 	else if (err == -EOPNOTSUPP)
-		snprintf(why, len, "this kernel lacks userfaultfd write-protection");
+		snprintf(why, len, "userfaultfd write-protection is missing here (kernel or "
+			 "architecture)");
 	else
 		snprintf(why, len, "%s", strerror(-err));
+	free(status);
+	free(scope);
 	free(sysctl);
 }
 
 struct summary {
 	pid_t pid;
 	size_t threads, segments;
+	uint64_t inject_ns;  /* the context's creation: one thread stalled at most this */
 	uint64_t pause_ns, total_ns, pages, copied, waits, bytes, discarded;
 };
 
@@ -561,17 +545,17 @@ static void print_summary(const struct summary *s, const char *path, bool json)
 {
 	if (json) {
 		printf("{\"pid\": %d, \"file\": \"%s\", \"threads\": %zu, \"segments\": %zu, "
-		       "\"pause_ns\": %llu, \"total_ns\": %llu, \"pages\": %llu, \"faults\": %llu, "
+		       "\"pause_ns\": %llu, \"inject_ns\": %llu, \"total_ns\": %llu, \"pages\": %llu, \"faults\": %llu, "
 		       "\"writer_waits\": %llu, \"bytes\": %llu, \"discarded_ranges\": %llu}\n",
 		       s->pid, path, s->threads, s->segments, (unsigned long long)s->pause_ns,
-		       (unsigned long long)s->total_ns, (unsigned long long)s->pages,
+		       (unsigned long long)s->inject_ns, (unsigned long long)s->total_ns, (unsigned long long)s->pages,
 		       (unsigned long long)s->copied, (unsigned long long)s->waits,
 		       (unsigned long long)s->bytes, (unsigned long long)s->discarded);
 		return;
 	}
-	printf("core of %d: %s, %zu threads, %zu segments; pause %.2f ms; pages %llu, "
-	       "faults %llu; %.1f MiB in %.2f s%s\n",
-	       s->pid, path, s->threads, s->segments, s->pause_ns / 1e6,
+	printf("core of %d: %s, %zu threads, %zu segments; pause %.2f ms (one thread %.2f ms "
+	       "before); pages %llu, faults %llu; %.1f MiB in %.2f s%s\n",
+	       s->pid, path, s->threads, s->segments, s->pause_ns / 1e6, s->inject_ns / 1e6,
 	       (unsigned long long)s->pages, (unsigned long long)s->copied,
 	       s->bytes / 1048576.0, s->total_ns / 1e9,
 	       s->discarded ? " (ranges discarded meanwhile are listed in the core)" : "");
@@ -666,26 +650,15 @@ static int begin_snapshot(struct core *c, struct uffdwp *ctx, struct uffdwp_snap
 }
 
 /* What happens while the target is stopped, in order; 0 or a negative
- * errno, with why[] set for a refusal that left the target untouched. */
-static int while_stopped(struct core *c, struct uffdwp_remote *r, struct uffdwp **ctx,
-			 struct uffdwp_snapshot **snap, uint64_t *notes_at, char *why, size_t len,
-			 const struct smaps_info *info, size_t ninfo)
+ * errno. */
+static int while_stopped(struct core *c, struct uffdwp *ctx, struct uffdwp_snapshot **snap,
+			 uint64_t *notes_at, const struct smaps_info *info, size_t ninfo)
 {
-	struct uffdwp_opts uo = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_KERNEL,
-				  .features = UFFDWP_FEATURE_WP_UNPOPULATED |
-					      UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM |
-					      UFFDWP_FEATURE_THREAD_ID | UFFDWP_FEATURE_EVENT_REMOVE |
-					      UFFDWP_FEATURE_EVENT_UNMAP | UFFDWP_FEATURE_EVENT_REMAP };
 	int ret = read_mappings(c, info, ninfo);
 
 	if (ret)
 		return ret;
-	ret = uffdwp_remote_open(r, ctx, &uo);
-	if (ret) {
-		explain_open(ret, why, len);
-		return ret;
-	}
-	check_registrable(c, *ctx);
+	check_registrable(c, ctx);
 	ret = copy_stopped(c);
 	if (ret)
 		return ret;
@@ -697,7 +670,7 @@ static int while_stopped(struct core *c, struct uffdwp_remote *r, struct uffdwp 
 	*notes_at = layout(c);
 	if (ftruncate(c->fd, (off_t)*notes_at) < 0)
 		return -errno;
-	return begin_snapshot(c, *ctx, snap);
+	return begin_snapshot(c, ctx, snap);
 }
 
 int cmd_core(int argc, char **argv)
@@ -715,6 +688,12 @@ int cmd_core(int argc, char **argv)
 	char *auxv = NULL;
 	size_t auxv_len = 0;
 	uint64_t notes_at = 0;
+	/* Events: a range discarded or moved during the save is noted. */
+	struct uffdwp_opts uo = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_KERNEL,
+				  .features = UFFDWP_FEATURE_WP_UNPOPULATED |
+					      UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM |
+					      UFFDWP_FEATURE_THREAD_ID | UFFDWP_FEATURE_EVENT_REMOVE |
+					      UFFDWP_FEATURE_EVENT_UNMAP | UFFDWP_FEATURE_EVENT_REMAP };
 	struct smaps_info *info = NULL;
 	size_t ninfo = 0;
 	uint64_t t0 = now_ns();
@@ -751,26 +730,32 @@ int cmd_core(int argc, char **argv)
 		return 1;
 	}
 	info = read_smaps(pid, &ninfo);
+	/* The context first: it stalls one thread, not all. */
+	uint64_t t_open = now_ns();
+
+	ret = uffdwp_remote_open(pid, &ctx, &uo);
+	sum.inject_ns = now_ns() - t_open;
+	if (ret) {
+		explain(pid, ret, why, sizeof(why));
+		fprintf(stderr, "uffdwp core: cannot protect the memory of process %d: %s; "
+			"it was left untouched\n", pid, why);
+		goto out;
+	}
 	ret = uffdwp_remote_attach(&r, pid);
 	if (ret) {
-		explain_attach(pid, ret, why, sizeof(why));
+		explain(pid, ret, why, sizeof(why));
 		fprintf(stderr, "uffdwp core: cannot stop process %d: %s; it was left untouched\n",
 			pid, why);
 		goto out;
 	}
 	/* --- the target is stopped: keep this short --- */
-	why[0] = 0;
-	ret = while_stopped(&c, r, &ctx, &snap, &notes_at, why, sizeof(why), info, ninfo);
+	ret = while_stopped(&c, ctx, &snap, &notes_at, info, ninfo);
 	auxv = read_proc(pid, "auxv", &auxv_len);
 	uffdwp_remote_resume(r);
 	/* --- the target runs --- */
 	sum.pause_ns = uffdwp_remote_pause_ns(r);
 	if (ret) {
-		if (why[0])
-			fprintf(stderr, "uffdwp core: cannot protect the memory of process %d: %s; "
-				"it was left untouched\n", pid, why);
-		else
-			fprintf(stderr, "uffdwp core: %s\n", strerror(-ret));
+		fprintf(stderr, "uffdwp core: %s\n", strerror(-ret));
 		goto out;
 	}
 	for (size_t i = 0; i < c.nmaps && !ret; i++)
