@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <linux/filter.h>
@@ -29,10 +30,12 @@
 #define PAIR_SIZE 8192      /* struct pair in bank.c: two pages of 4 KiB */
 #define REPLY_MS 20000      /* a target's reply: only a hang detector */
 
+#define SPARE_PAGES 64     /* as in bank.c */
+
 struct target {
 	pid_t pid;
 	int in, out;  /* its stdin (ours to write), its stdout (ours to read) */
-	uint64_t pairs, sweep;
+	uint64_t pairs, sweep, spare;
 	size_t sweep_pages;
 };
 
@@ -112,13 +115,15 @@ static void target_start_with(struct target *t, bool no_userfaultfd)
 	t->out = out[0];
 	if (!read_line(t->out, line, sizeof(line), REPLY_MS))
 		FAIL("the target did not start (%s)", path);
-	unsigned long pairs, sweep;
+	unsigned long pairs, sweep, spare;
 	int pid;
 
-	CHECK(sscanf(line, "ready %d %lx %lx %zu", &pid, &pairs, &sweep, &t->sweep_pages) == 4);
+	CHECK(sscanf(line, "ready %d %lx %lx %zu %lx", &pid, &pairs, &sweep, &t->sweep_pages,
+		     &spare) == 5);
 	CHECK_EQ(pid, t->pid);
 	t->pairs = pairs;
 	t->sweep = sweep;
+	t->spare = spare;
 }
 
 static void target_start(struct target *t)
@@ -490,6 +495,10 @@ TEST_TIMEOUT(core_userfaultfd_forbidden_in_target, ON_NONE, 60)
 struct held_sink {
 	sem_t entered, release;
 	_Atomic int calls;
+	/* The events the snapshot passed on (engine thread). */
+	pthread_mutex_t lock;
+	struct uffdwp_event events[8];
+	int nevents;
 };
 
 static int held_sink_fn(void *arg, uint64_t addr, const void *data, size_t len)
@@ -504,27 +513,81 @@ static int held_sink_fn(void *arg, uint64_t addr, const void *data, size_t len)
 	return 0;
 }
 
-/* Begin a snapshot of the target's sweep pages; the sink holds the saver at
- * its first batch until released. */
+static int held_events_fn(void *arg, const struct uffdwp_event *ev)
+{
+	struct held_sink *h = arg;
+
+	pthread_mutex_lock(&h->lock);
+	if (h->nevents < 8)
+		h->events[h->nevents++] = *ev;
+	pthread_mutex_unlock(&h->lock);
+	return 0;
+}
+
+/* Begin a snapshot of the target's sweep and spare pages, through a
+ * context with remove and unmap events; the sink holds the saver at its
+ * first batch until released. */
 static struct uffdwp_snapshot *remote_snapshot(struct target *t, struct held_sink *h,
 					       struct uffdwp **ctx)
 {
-	struct uffdwp_snapshot_region region = { t->sweep, t->sweep_pages * test_page() };
-	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = -1, .fn = held_sink_fn, .arg = h };
+	struct uffdwp_snapshot_region regions[2] = {
+		{ t->sweep, t->sweep_pages * test_page() },
+		{ t->spare, SPARE_PAGES * test_page() },
+	};
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = -1, .fn = held_sink_fn, .arg = h,
+					  .events = held_events_fn };
+	struct uffdwp_opts co = { .sz = sizeof(co),
+				  .features = UFFDWP_FEATURE_WP_UNPOPULATED |
+					      UFFDWP_FEATURE_EVENT_REMOVE | UFFDWP_FEATURE_EVENT_UNMAP };
 	struct uffdwp_remote *r;
 	struct uffdwp_snapshot *snap;
 
 	sem_init(&h->entered, 0, 0);
 	sem_init(&h->release, 0, 0);
-	CHECK_OK(uffdwp_remote_open(t->pid, ctx, NULL));
+	pthread_mutex_init(&h->lock, NULL);
+	CHECK_OK(uffdwp_remote_open(t->pid, ctx, &co));
 	CHECK_OK(uffdwp_remote_attach(&r, t->pid));
 	o.context = *ctx;
-	CHECK_OK(uffdwp_snapshot_begin(&snap, &region, 1, &o));
+	CHECK_OK(uffdwp_snapshot_begin(&snap, regions, 2, &o));
 	CHECK_OK(uffdwp_remote_resume(r));
 	CHECK(uffdwp_remote_pause_ns(r) > 0);
 	uffdwp_remote_free(r);
 	CHECK(test_sem_wait(&h->entered, REPLY_MS));
 	return snap;
+}
+
+/* The target discards and unmaps memory mid-save: the snapshot says which
+ * ranges (the core notes them), skips what is gone and completes. */
+TEST_TIMEOUT(remote_discard_mid_save, ON_NONE, 60)
+{
+	struct target t;
+	struct held_sink h = { 0 };
+	struct uffdwp *ctx;
+	struct uffdwp_snapshot *snap;
+	size_t page = test_page();
+	bool removed = false, unmapped = false;
+
+	need_remote();
+	target_start(&t);
+	snap = remote_snapshot(&t, &h, &ctx);
+	target_cmd(&t, 'd', "discarded");
+	target_cmd(&t, 'u', "unmapped");
+	sem_post(&h.release);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	for (int i = 0; i < h.nevents; i++) {
+		const struct uffdwp_event *ev = &h.events[i];
+
+		if (ev->type == UFFDWP_EVENT_REMOVE && ev->remove.start == t.spare &&
+		    ev->remove.end == t.spare + SPARE_PAGES / 4 * page)
+			removed = true;
+		if (ev->type == UFFDWP_EVENT_UNMAP &&
+		    ev->remove.start == t.spare + SPARE_PAGES / 2 * page &&
+		    ev->remove.end == t.spare + SPARE_PAGES * page)
+			unmapped = true;
+	}
+	CHECK(removed && unmapped);
+	uffdwp_close(ctx);
+	target_quit(&t);
 }
 
 /* The target exits mid-save: the snapshot ends with -ESRCH, nothing hangs. */

@@ -14,13 +14,16 @@
  *    whatever is done to them (a stop, an injected system call) changes
  *    nothing: no EINTR, the right byte, the same registers, the same mask.
  *
- * Prints one line "ready PID SHARED SWEEP NPAGES" (addresses in hex), then
- * obeys single-letter commands on stdin, answering one line each:
+ * Prints one line "ready PID PAIRS SWEEP NPAGES SPARE" (addresses in hex),
+ * then obeys single-letter commands on stdin, answering one line each:
  *   w  write every page of its memory (hangs if any is still protected)
  *   p  feed the reader one byte and wait for it
  *   q  stop, check everything, exit 0 (1 and a message on stderr if wrong)
  *   x  exit at once (status 3)
  *   f  fork a child that exits at once; reply when reaped
+ *   d  MADV_DONTNEED the first SPARE_PAGES / 4 pages of the spare region
+ *   u  munmap its last SPARE_PAGES / 2 pages
+ * (the spare region: SPARE_PAGES pages written once at start, then left)
  */
 #include <errno.h>
 #include <immintrin.h>
@@ -51,6 +54,8 @@ static struct pair *pairs;   /* MOVERS + 1: the last one shared, under lock */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t *sweep;
 static size_t sweep_pages, page;
+#define SPARE_PAGES 64
+static char *spare;
 static atomic_int stop, failures;
 static int pipefd[2];
 static atomic_int got_byte = -1;
@@ -170,8 +175,11 @@ int main(void)
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	sweep = mmap(NULL, sweep_pages * page, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (pairs == MAP_FAILED || sweep == MAP_FAILED || pipe(pipefd) < 0)
+	spare = mmap(NULL, SPARE_PAGES * page, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (pairs == MAP_FAILED || sweep == MAP_FAILED || spare == MAP_FAILED || pipe(pipefd) < 0)
 		return 2;
+	memset(spare, 0x77, SPARE_PAGES * page);
 	for (int i = 0; i <= MOVERS; i++)
 		pairs[i].a = TOTAL;
 	for (int i = 0; i < MOVERS; i++)
@@ -181,8 +189,8 @@ int main(void)
 	pthread_create(&rd, NULL, reader, NULL);
 	if (have_avx2())
 		pthread_create(&rg, NULL, registers, NULL);
-	printf("ready %d %lx %lx %zu\n", getpid(), (unsigned long)pairs, (unsigned long)sweep,
-	       sweep_pages);
+	printf("ready %d %lx %lx %zu %lx\n", getpid(), (unsigned long)pairs, (unsigned long)sweep,
+	       sweep_pages, (unsigned long)spare);
 
 	while (read(0, &cmd, 1) == 1) {
 		switch (cmd) {
@@ -211,6 +219,14 @@ int main(void)
 		}
 		case 'x':
 			_exit(3);
+		case 'd':
+			printf("%s\n", madvise(spare, SPARE_PAGES / 4 * page, MADV_DONTNEED) ?
+					       "madvise failed" : "discarded");
+			break;
+		case 'u':
+			printf("%s\n", munmap(spare + SPARE_PAGES / 2 * page, SPARE_PAGES / 2 * page) ?
+					       "munmap failed" : "unmapped");
+			break;
 		case 'q':
 			atomic_store(&stop, 1);
 			if (write(pipefd[1], "q", 1) != 1)
