@@ -572,6 +572,7 @@ TEST_TIMEOUT(remote_discard_mid_save, ON_NONE, 60)
 	snap = remote_snapshot(&t, &h, &ctx);
 	target_cmd(&t, 'd', "discarded");
 	target_cmd(&t, 'u', "unmapped");
+	CHECK(t.spare > t.sweep);  /* saved after the held batch of sweep pages */
 	sem_post(&h.release);
 	CHECK_OK(uffdwp_snapshot_end(snap));
 	for (int i = 0; i < h.nevents; i++) {

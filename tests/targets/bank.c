@@ -171,11 +171,12 @@ int main(void)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	/* First, so above the others: a save in address order reaches it last. */
+	spare = mmap(NULL, SPARE_PAGES * page, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	pairs = mmap(NULL, (MOVERS + 1) * sizeof(*pairs), PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	sweep = mmap(NULL, sweep_pages * page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	spare = mmap(NULL, SPARE_PAGES * page, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (pairs == MAP_FAILED || sweep == MAP_FAILED || spare == MAP_FAILED || pipe(pipefd) < 0)
 		return 2;
