@@ -38,7 +38,7 @@ SHARED  := $(BUILD)/libuffdwp.so.$(VERSION)
 TOOL    := $(BUILD)/uffdwp
 TESTRUN := $(BUILD)/tests/run
 
-.PHONY: all check run install clean
+.PHONY: all check run install clean soak
 all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES) $(TARGETS)
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*.h tests/*.h bench/*.h tools/*.h) Makefile
@@ -84,6 +84,12 @@ check: all
 
 run: all
 	$(TOOL) demo
+
+# The signal-window stress suite, long: SOAK_CYCLES cycles per backend
+# (make check runs 10,000), with the runner's timeouts scaled to match.
+SOAK_CYCLES ?= 200000
+soak: all
+	UFFDWP_SOAK_CYCLES=$(SOAK_CYCLES) $(TESTRUN) -f stress_signal_window -t $$(( $(SOAK_CYCLES) / 5000 + 1 ))
 
 install: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL)
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR) \

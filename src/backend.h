@@ -18,11 +18,14 @@
 
 #define UFFDWP__HIDDEN __attribute__((visibility("hidden")))
 
-/* Called in the faulting thread (emulated in-thread mode): must be
- * async-signal-safe. Returns 0 when it resolved the fault (page writable),
- * non-zero to fall back to queueing the event and blocking the writer. */
+/* Called in the faulting thread (emulated in-thread mode), outside any
+ * read section: must be async-signal-safe, may block. page: the mapping's
+ * page size (huge on hugetlbfs). Returns 0 when it resolved the fault (page
+ * writable), a positive value to fall back to queueing the event and
+ * blocking the writer, a negative errno when it failed to resolve it (the
+ * write is retried: it faults again rather than sleep). */
 typedef int (*uffdwp__fault_hook)(void *arg, struct uffdwp *ctx,
-				  const struct uffdwp_event *ev);
+				  const struct uffdwp_event *ev, size_t page);
 
 struct uffdwp__backend_ops {
 	/* Set ctx->fd and ctx->features from the requested features
@@ -42,6 +45,21 @@ struct uffdwp__backend_ops {
 	int (*set_fault_hook)(struct uffdwp *ctx, uffdwp__fault_hook hook, void *arg);
 };
 
+/* What an in-thread engine did with a SIGBUS. */
+enum uffdwp__resolved {
+	UFFDWP__NOT_MINE,  /* not its page */
+	UFFDWP__RESOLVED,  /* un-protected: the write retries and succeeds */
+	UFFDWP__FAILED,    /* its page, but the un-protect failed: it retries */
+};
+
+/* The ranges a kernel SIGBUS context registered (context.c), for the
+ * SIGBUS claimant: sorted, disjoint, immutable once published. */
+struct uffdwp__range_set {
+	size_t n;
+	struct { uintptr_t start, end; } r[];
+};
+
+/* In private memory: fault handlers read it. */
 struct uffdwp {
 	const struct uffdwp__backend_ops *ops;
 	enum uffdwp_backend backend;
@@ -49,7 +67,27 @@ struct uffdwp {
 	uint64_t features;
 	void *priv;  /* the backend's own state */
 	pid_t pid;   /* 0: this process; else the process whose memory it acts on */
+
+	/* SIGBUS contexts: what is registered; readers count lookups. */
+	_Atomic(struct uffdwp__range_set *) sigbus_ranges;
+	_Atomic uint32_t sigbus_range_readers;
+
+	/* The engine running on it (engine.c, under its lock), and how close
+	 * stops it: uffdwp_close() calls engine_detach(ctx) first. */
+	void *engine;
+	void (*engine_detach)(struct uffdwp *ctx);
+	/* Kernel SIGBUS contexts: their registry slot from open to close, else
+	 * -1; whether an in-thread engine ever ran on them (then a fault with
+	 * no engine running waits for one); the running one, and how it
+	 * resolves a fault (set before the engine is published). */
+	int registry_slot;
+	bool sigbus_served;
+	_Atomic(void *) inthread_engine;
+	enum uffdwp__resolved (*inthread_resolve)(void *engine, uintptr_t addr, uint64_t t0);
 };
+
+/* Whether a SIGBUS context registered addr. Async-signal-safe. */
+bool uffdwp__context_covers(struct uffdwp *ctx, uintptr_t addr) UFFDWP__HIDDEN;
 
 extern const struct uffdwp__backend_ops uffdwp__kernel_ops UFFDWP__HIDDEN;
 extern const struct uffdwp__backend_ops uffdwp__emulated_ops UFFDWP__HIDDEN;
@@ -63,15 +101,107 @@ extern const struct uffdwp__backend_ops uffdwp__emulated_ops UFFDWP__HIDDEN;
 /* Every feature bit this library knows. */
 #define UFFDWP__KNOWN_FEATURES ((UFFDWP_FEATURE_MOVE << 1) - 1)
 
-/* The action a uffdwp signal handler replaced (chain.c). */
-struct uffdwp__chained {
-	struct sigaction previous;
-	_Atomic bool spent;  /* its SA_RESETHAND was used up */
+/* ---------------------------------------------------------------------------
+ * The library's private memory (private.c)
+ *
+ * Everything a fault path writes must live here, never in the program's
+ * heap, which the program may protect (a whole-heap snapshot). Modules
+ * that keep state a fault handler or handler thread writes (the emulated
+ * backend, the engine, the tracker, snapshots) allocate it with these.
+ * uffdwp_register() refuses memory overlapping these mappings (-EBUSY).
+ * ------------------------------------------------------------------------- */
+
+/* Zeroed memory for at least size bytes, or NULL. Any thread; not from a
+ * signal handler. 16-byte aligned. */
+void *uffdwp__private_alloc(size_t size) UFFDWP__HIDDEN;
+/* Give back a block of uffdwp__private_alloc() (NULL is fine). */
+void uffdwp__private_free(void *p) UFFDWP__HIDDEN;
+/* A zeroed mapping of len bytes (a multiple of the page size) that is
+ * never given back, or NULL. Async-signal-safe. */
+void *uffdwp__private_map(size_t len) UFFDWP__HIDDEN;
+/* Whether [start, start+len) overlaps private memory. Async-signal-safe. */
+bool uffdwp__private_overlaps(uintptr_t start, size_t len) UFFDWP__HIDDEN;
+void uffdwp__private_prepare_fork(void) UFFDWP__HIDDEN;
+void uffdwp__private_after_fork(void) UFFDWP__HIDDEN;
+
+/* ---------------------------------------------------------------------------
+ * The fault-signal layer (signals.c): see the comment at its top and
+ * uffdwp_engine(3), uffdwp_emulated(7).
+ * ------------------------------------------------------------------------- */
+
+/* Checked in every build: these guard against hangs and corruption. */
+#define UFFDWP__ASSERT(cond) \
+	do { if (!(cond)) __builtin_trap(); } while (0)
+
+/* Futexes and a lock usable in a signal handler (0 free, 1 held, 2 held
+ * with waiters). A thread inside a no-sleep section (uffdwp__no_sleep_*)
+ * must not wait on a futex: the library asserts it. */
+typedef _Atomic uint32_t uffdwp__lock_t;
+void uffdwp__futex_wait(_Atomic uint32_t *word, uint32_t expected) UFFDWP__HIDDEN;
+void uffdwp__futex_wake(_Atomic uint32_t *word, int count) UFFDWP__HIDDEN;
+void uffdwp__lock(uffdwp__lock_t *l) UFFDWP__HIDDEN;
+void uffdwp__unlock(uffdwp__lock_t *l) UFFDWP__HIDDEN;
+void uffdwp__no_sleep_enter(void) UFFDWP__HIDDEN;
+void uffdwp__no_sleep_exit(void) UFFDWP__HIDDEN;
+
+/* CLOCK_MONOTONIC in ns. Async-signal-safe. */
+uint64_t uffdwp__now_ns(void) UFFDWP__HIDDEN;
+
+/* Around every change that can make protected memory writable or release
+ * a fault's owner: un-protect, unregister, close, an engine's start. */
+void uffdwp__unprotect_begin(void) UFFDWP__HIDDEN;
+void uffdwp__unprotect_end(void) UFFDWP__HIDDEN;
+/* Moves when an uffdwp__unprotect_end() has run. */
+uint32_t uffdwp__generation(void) UFFDWP__HIDDEN;
+
+/* What a claimant says about a fault at f->addr. */
+enum uffdwp__claim {
+	UFFDWP__NOT_OURS,  /* not protected by an open context (as far as it knows) */
+	UFFDWP__RETRY,     /* handled: resolved, or waited for: retry the write */
+	UFFDWP__WAIT,      /* protected by an open context nobody resolves now */
+	UFFDWP__FOREIGN,   /* known not to be a write-protect fault: forward now */
 };
 
-/* Hand sig, not ours, to c->previous as the kernel would have. */
-void uffdwp__chain_signal(struct uffdwp__chained *c, int sig, siginfo_t *si,
-			  ucontext_t *uc) UFFDWP__HIDDEN;
+struct uffdwp__fault {
+	uintptr_t addr;
+	uint32_t seq;           /* uffdwp__generation() when the handler began */
+	const ucontext_t *uc;   /* the interrupted context (its signal mask) */
+};
+
+typedef enum uffdwp__claim (*uffdwp__claim_fn)(const struct uffdwp__fault *f);
+
+/* Install the handler of sig (SIGSEGV; SIGBUS is the layer's own) with
+ * its claimant; it is never removed. If the program replaced it meanwhile
+ * it is installed again, in front of the program's. Returns 0 or -errno. */
+int uffdwp__signals_install(int sig, uffdwp__claim_fn claim) UFFDWP__HIDDEN;
+
+/* The registry of open kernel SIGBUS contexts, which the SIGBUS handler
+ * looks through: a context joins at open (the handler is installed then)
+ * and leaves at close. A slot's owner is pinned while a handler uses it. */
+#define UFFDWP__REGISTRY_SLOTS UFFDWP_ENGINE_MAX_INTHREAD
+int uffdwp__sigbus_join(struct uffdwp *ctx) UFFDWP__HIDDEN;  /* 0, -EMFILE, -errno */
+/* (Re)install the SIGBUS handler in front of the program's: 0 or -errno. */
+int uffdwp__sigbus_install(void) UFFDWP__HIDDEN;
+/* Returns once no handler uses ctx. No-op in a fork child (the registry
+ * is emptied there). */
+void uffdwp__sigbus_leave(struct uffdwp *ctx) UFFDWP__HIDDEN;
+void uffdwp__registry_wait_unpinned(int slot) UFFDWP__HIDDEN;
+
+/* fork(): every module's locks taken in this order before, released after. */
+enum uffdwp__fork_order {
+	UFFDWP__FORK_ENGINE,
+	UFFDWP__FORK_CONTEXT,
+	UFFDWP__FORK_EMULATED,
+	UFFDWP__FORK_PRIVATE,
+	UFFDWP__FORK_ORDERS,
+};
+
+struct uffdwp__fork_hooks {
+	void (*prepare)(void), (*parent)(void), (*child)(void);
+};
+
+void uffdwp__at_fork(enum uffdwp__fork_order order,
+		     const struct uffdwp__fork_hooks *hooks) UFFDWP__HIDDEN;
 
 /* A kernel context over fd, a userfaultfd of process pid that no
  * UFFDIO_API has touched yet (remote.c): the handshake asks for features

@@ -14,13 +14,23 @@
  *    an epoch-counted read section; writers (register, unregister, close)
  *    build a new table, publish it, and free the old one only after every
  *    read section that could see it has ended (an RCU-like grace period).
- *  - A write to a protected page raises SIGSEGV; the handler finds the
- *    range, queues a waiter (on its own stack) on the owning context, makes
- *    the context's eventfd readable and sleeps on a futex until un-protect or
- *    uffdwp_wake() wakes it; it then returns and the write is retried, just
- *    as the kernel retries the faulting instruction. The queued waiters *are*
- *    the pending events, as in the kernel: an event is reported once, and a
- *    waiter woken before it was read takes its event with it.
+ *  - A write to a protected page raises SIGSEGV; the fault-signal layer
+ *    (signals.c) asks emulated_claim(), which finds the range in a read
+ *    section, pins the owning context and leaves the read section; then,
+ *    outside it, runs the in-thread hook if there is one, or queues a
+ *    waiter record on the context, makes its eventfd readable and sleeps
+ *    on a futex until un-protect or uffdwp_wake() wakes it; it then returns
+ *    and the write is retried, just as the kernel retries the faulting
+ *    instruction. The queued waiters *are* the pending events, as in the
+ *    kernel: an event is reported once, and a waiter woken before it was
+ *    read takes its event with it.
+ *  - Waiter records come from a pool in private memory, never from the
+ *    writer's stack: a signal handler that interrupts the wait may leave it
+ *    with siglongjmp(), and the record must stay valid until a wake
+ *    recycles it.
+ *  - All of the backend's state is in private memory (private.c): a
+ *    program may protect its whole heap, and the fault path must not write
+ *    there.
  *  - Every change (register, unregister, protect, un-protect, close) is
  *    serialised by one lock. It is a futex lock rather than a pthread mutex
  *    because the engine's in-thread hook un-protects from the signal handler.
@@ -32,7 +42,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -45,45 +54,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "backend.h"
+#include "maps.h"
 
 #define BITS_PER_WORD (8 * sizeof(unsigned long))
 
-/* ---------------------------------------------------------------------------
- * Small async-signal-safe primitives
- * ------------------------------------------------------------------------- */
-
-static void futex_wait(_Atomic uint32_t *word, uint32_t expected)
-{
-	syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
-}
-
-static void futex_wake(_Atomic uint32_t *word, int count)
-{
-	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
-}
-
-/* A mutex usable from a signal handler (0 free, 1 held, 2 held + waiters). */
-typedef _Atomic uint32_t emu_lock;
-
-static void lock(emu_lock *l)
-{
-	uint32_t c = 0;
-
-	if (atomic_compare_exchange_strong(l, &c, 1))
-		return;
-	if (c != 2)
-		c = atomic_exchange(l, 2);
-	while (c != 0) {
-		futex_wait(l, 2);
-		c = atomic_exchange(l, 2);
-	}
-}
-
-static void unlock(emu_lock *l)
-{
-	if (atomic_exchange(l, 0) == 2)
-		futex_wake(l, 1);
-}
+typedef uffdwp__lock_t emu_lock;
+#define lock uffdwp__lock
+#define unlock uffdwp__unlock
 
 /* ---------------------------------------------------------------------------
  * State
@@ -109,13 +86,17 @@ struct emu_table {
 	struct emu_range *ranges[];
 };
 
-/* A thread blocked on a fault: lives on that thread's signal-handler stack. */
+/* A thread blocked on a fault. From the pool (below), linked on its
+ * context's queue while the fault is pending; whoever unlinks it wakes it
+ * and gives it back to the pool. */
 struct emu_waiter {
 	struct emu_waiter *prev, *next;
 	uintptr_t page;
 	uint32_t tid;
 	bool reported;          /* its event was read */
-	_Atomic uint32_t woken;
+	_Atomic uint32_t seq;   /* bumped by the wake; the sleeper waits for that */
+	uint32_t index;         /* its own pool index + 1 */
+	_Atomic uint32_t free_next;  /* on the free list: the next's index + 1, or 0 */
 };
 
 /* The fault hook and its argument, swapped as one pointer. */
@@ -128,6 +109,10 @@ struct emu_ctx {
 	struct uffdwp *ctx;
 	struct emu_ctx *next;              /* all contexts, under emu.lock */
 	_Atomic(struct emu_hook *) hook;
+	/* Fault handlers using this context outside a read section (queueing,
+	 * running the hook): close and a hook change wait for none. */
+	_Atomic uint32_t users;
+	_Atomic bool closing;              /* no waiter may queue any more */
 	emu_lock waiters_lock;             /* guards everything below */
 	struct emu_waiter *head, *tail;    /* in fault order */
 	size_t unreported;                 /* waiters whose event is unread */
@@ -139,16 +124,10 @@ static struct {
 	_Atomic(struct emu_table *) table;
 	_Atomic unsigned long epoch;
 	_Atomic unsigned long readers[2];  /* read sections in progress, per epoch parity */
-	/* Bumped before and after every change that can clear a bit (odd while
-	 * one is in progress; changes are serialised by lock): lets the handler
-	 * tell a fault that raced with un-protect from a foreign one. */
-	_Atomic unsigned long unprotect_seq;
 	struct emu_ctx *contexts;
-	bool handler_installed;
-	struct uffdwp__chained previous;  /* the SIGSEGV action before ours */
 } emu;
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static size_t page_size(void)
 {
@@ -189,20 +168,24 @@ static unsigned long reader_enter(void)
 		unsigned long e = atomic_load(&emu.epoch);
 
 		atomic_fetch_add(&emu.readers[e & 1], 1);
-		if (atomic_load(&emu.epoch) == e)
+		if (atomic_load(&emu.epoch) == e) {
+			uffdwp__no_sleep_enter();
 			return e;
+		}
 		atomic_fetch_sub(&emu.readers[e & 1], 1);
 	}
 }
 
 static void reader_exit(unsigned long e)
 {
+	uffdwp__no_sleep_exit();
 	atomic_fetch_sub(&emu.readers[e & 1], 1);
 }
 
 /* Wait until no read section that began before the call is in progress.
- * Read sections never sleep, so this is short. Never call it holding
- * emu.lock: a read section may be waiting for that lock (the hook). */
+ * Read sections never sleep (uffdwp__futex_wait asserts it: the hook and
+ * the waits run outside them), so this is short, whatever the program's
+ * callbacks do. */
 static void wait_for_readers(void)
 {
 	unsigned long e;
@@ -238,169 +221,12 @@ static struct emu_range *find_range(const struct emu_table *t, uintptr_t addr)
 }
 
 /* ---------------------------------------------------------------------------
- * /proc/self/maps, read without malloc or stdio (usable in the handler)
+ * The kernel's view of the mappings (maps.c)
  * ------------------------------------------------------------------------- */
 
-/* One mapping, as /proc/self/maps (or smaps) describes it. */
-struct mapping {
-	uintptr_t start, end;
-	int prot;
-	bool shared;
-	size_t page;  /* its page size: KernelPageSize from smaps, else the system's */
-};
-
-/* Called for each mapping overlapping the walked interval, clipped to it;
- * returns false to stop the walk. */
-typedef bool (*mapping_fn)(void *arg, const struct mapping *m);
-
-static uintptr_t parse_number(const char **p, unsigned base)
+static int walk_mappings(uintptr_t lo, uintptr_t hi, uffdwp__mapping_fn fn, void *arg)
 {
-	uintptr_t v = 0;
-
-	for (;; (*p)++) {
-		char c = **p;
-
-		if (c >= '0' && c <= '9')
-			v = v * base + (uintptr_t)(c - '0');
-		else if (base == 16 && c >= 'a' && c <= 'f')
-			v = v * base + (uintptr_t)(c - 'a' + 10);
-		else
-			return v;
-	}
-}
-
-/* Parse the head of a maps line, "start-end rwxp ...": false if it is not one
- * (an smaps field line). */
-static bool parse_mapping(const char *line, struct mapping *m)
-{
-	const char *p = line;
-
-	m->start = parse_number(&p, 16);
-	if (p == line || *p++ != '-')
-		return false;
-	m->end = parse_number(&p, 16);
-	if (*p++ != ' ' || strlen(p) < 4)
-		return false;
-	m->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
-		  (p[2] == 'x' ? PROT_EXEC : 0);
-	m->shared = p[3] == 's';
-	m->page = page_size();
-	return true;
-}
-
-struct maps_walk {
-	uintptr_t lo, hi;
-	mapping_fn fn;
-	void *arg;
-	struct mapping pending;  /* smaps: reported once its page size is known */
-	bool have_pending, done;
-};
-
-static void report_pending(struct maps_walk *w)
-{
-	struct mapping m = w->pending;
-
-	if (!w->have_pending)
-		return;
-	w->have_pending = false;
-	m.start = m.start > w->lo ? m.start : w->lo;
-	m.end = m.end < w->hi ? m.end : w->hi;
-	if (!w->fn(w->arg, &m))
-		w->done = true;
-}
-
-static void walk_line(struct maps_walk *w, const char *line)
-{
-	struct mapping m;
-	const char *p;
-
-	if (parse_mapping(line, &m)) {
-		report_pending(w);
-		if (w->done || m.start >= w->hi) {
-			w->done = true;
-			return;
-		}
-		w->pending = m;
-		w->have_pending = m.end > w->lo;
-		return;
-	}
-	if (w->have_pending && !strncmp(line, "KernelPageSize:", 15)) {
-		p = line + 15;
-		while (*p == ' ')
-			p++;
-		w->pending.page = (size_t)parse_number(&p, 10) * 1024;
-	}
-}
-
-/* Walk the mappings overlapping [lo, hi) in address order; with page_sizes,
- * read smaps to learn each one's page size (slower: it walks page tables).
- * Returns 0, or a negative errno when the file cannot be read. */
-static int walk_mappings_of(const char *path, uintptr_t lo, uintptr_t hi, mapping_fn fn,
-			    void *arg)
-{
-	struct maps_walk w = { .lo = lo, .hi = hi, .fn = fn, .arg = arg };
-	char buf[4096], line[80];
-	size_t used = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return -errno;
-	while (!w.done) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		for (ssize_t i = 0; i < n && !w.done; i++) {
-			if (buf[i] != '\n') {
-				/* Only the head of a line matters; paths are dropped. */
-				if (used < sizeof(line) - 1)
-					line[used++] = buf[i];
-				continue;
-			}
-			line[used] = '\0';
-			used = 0;
-			walk_line(&w, line);
-		}
-	}
-	if (!w.done)
-		report_pending(&w);
-	close(fd);
-	return 0;
-}
-
-static int walk_mappings(uintptr_t lo, uintptr_t hi, mapping_fn fn, void *arg)
-{
-	return walk_mappings_of("/proc/self/maps", lo, hi, fn, arg);
-}
-
-/* The first run of contiguous mapped memory in [lo, hi). */
-struct mapped_run {
-	uintptr_t start, end;
-};
-
-static bool extend_run(void *arg, const struct mapping *m)
-{
-	struct mapped_run *run = arg;
-	uintptr_t start = m->start, end = m->end;
-
-	if (run->end == 0) {
-		run->start = start;
-		run->end = end;
-		return true;
-	}
-	if (start != run->end)
-		return false;
-	run->end = end;
-	return true;
-}
-
-/* Returns true and the run when some of [lo, hi) is mapped. */
-static bool first_mapped_run(uintptr_t lo, uintptr_t hi, struct mapped_run *run)
-{
-	run->start = run->end = 0;
-	return walk_mappings(lo, hi, extend_run, run) == 0 && run->end != 0;
+	return uffdwp__walk_mappings(lo, hi, 0, fn, arg);
 }
 
 /* Whether [lo, hi) is mapped without holes (msync reports holes as ENOMEM). */
@@ -413,21 +239,25 @@ static bool fully_mapped(uintptr_t lo, uintptr_t hi)
  * Protection changes (callers hold emu.lock)
  * ------------------------------------------------------------------------- */
 
-/* Bits made true to the kernel's page protections after a failed mprotect:
- * a page is protected iff it is mapped and read-only while its range is
- * writable. Holes lose their bits (the memory is gone). */
+/* Bits made true to the kernel's page protections after a failed mprotect
+ * (which may have changed part of its range): a bit stays set only where
+ * the page is mapped read-only while its range is writable. A failed call
+ * never sets a bit: bits are set before protecting, so a page we protected
+ * has one. Holes lose their bits (the memory is gone). */
 struct resync {
 	struct emu_range *r;
 	uintptr_t cursor;
 };
 
-static bool resync_mapping(void *arg, const struct mapping *m)
+static bool resync_mapping(void *arg, const struct uffdwp__mapping *m)
 {
 	struct resync *rs = arg;
-	bool protected_by_us = (rs->r->prot & PROT_WRITE) && !(m->prot & PROT_WRITE);
+	bool protected_by_us = (rs->r->prot & PROT_WRITE) &&
+			       m->prot == (rs->r->prot & ~PROT_WRITE);
 
 	set_bits(rs->r, rs->cursor, m->start, false);
-	set_bits(rs->r, m->start, m->end, protected_by_us);
+	if (!protected_by_us)
+		set_bits(rs->r, m->start, m->end, false);
 	rs->cursor = m->end;
 	return true;
 }
@@ -436,10 +266,10 @@ static void resync_bits(struct emu_range *r, uintptr_t a, uintptr_t b)
 {
 	struct resync rs = { r, a };
 
-	atomic_fetch_add(&emu.unprotect_seq, 1);
+	uffdwp__unprotect_begin();
 	if (walk_mappings(a, b, resync_mapping, &rs) == 0)
 		set_bits(r, rs.cursor, b, false);
-	atomic_fetch_add(&emu.unprotect_seq, 1);
+	uffdwp__unprotect_end();
 }
 
 /* One mprotect over [a, b) of r, with the bits ordered around it. */
@@ -451,45 +281,143 @@ static int mprotect_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool pr
 		set_bits(r, a, b, true);
 		ret = mprotect((void *)a, b - a, r->prot & ~PROT_WRITE);
 	} else {
-		atomic_fetch_add(&emu.unprotect_seq, 1);
+		uffdwp__unprotect_begin();
 		ret = mprotect((void *)a, b - a, r->prot);
 		if (ret == 0)
 			set_bits(r, a, b, false);
-		atomic_fetch_add(&emu.unprotect_seq, 1);
+		uffdwp__unprotect_end();
 	}
 	return ret == 0 ? 0 : -errno;
 }
 
-/*
- * Protect or un-protect [a, b) of r. Unmapped holes are skipped, as the
- * kernel skips them. Returns 0; -ENOENT when nothing in [a, b) is mapped;
- * -ENOMEM when the split mappings would exceed vm.max_map_count; another
- * -errno from mprotect. On failure the bits are re-read from the kernel, so
- * every page reported protected is read-only and vice versa.
- */
-static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool protect)
+/* The first page of r in [from, to) whose bit is `value`, or to. */
+static uintptr_t next_page_with_bit(struct emu_range *r, uintptr_t from, uintptr_t to, bool value)
 {
-	struct mapped_run run;
-	uintptr_t cursor = a;
-	bool any = false;
-	int ret = mprotect_pages(r, a, b, protect);
+	size_t i = page_index(r, from), n = page_index(r, to);
 
-	if (ret == 0)
-		return 0;
-	resync_bits(r, a, b);
-	if (ret != -ENOMEM || fully_mapped(a, b))
-		return ret;
-	/* ENOMEM because of holes: one mprotect per mapped run. */
-	while (cursor < b && first_mapped_run(cursor, b, &run)) {
-		any = true;
-		ret = mprotect_pages(r, run.start, run.end, protect);
-		if (ret < 0) {
-			resync_bits(r, run.start, run.end);
-			return ret;
+	while (i < n) {
+		unsigned long word = atomic_load(&r->bits[i / BITS_PER_WORD]);
+		unsigned long look = (value ? word : ~word) >> (i % BITS_PER_WORD);
+
+		if (look) {
+			i += (size_t)__builtin_ctzl(look);
+			break;
 		}
-		cursor = run.end;
+		i += BITS_PER_WORD - i % BITS_PER_WORD;
 	}
-	return any ? 0 : -ENOENT;
+	return i < n ? r->start + i * r->page : to;
+}
+
+/*
+ * A protection change over [a, b) of r, mapping by mapping. Only memory
+ * that is ours is changed. A mapping is ours when its protection is one we
+ * set: the registered one (writable, not protected), or the registered one
+ * without PROT_WRITE on the pages whose bit says we protected them. Anything
+ * else inside r was put there by the program after unmapping part of the
+ * registration (a PROT_NONE guard page; a read-only mapping where we had
+ * protected nothing): the kernel forgets a registration on munmap, and so
+ * do we, and we never touch it. Adjacent memory that is ours is changed
+ * with one mprotect, so a checkerboard is merged back in one call.
+ */
+struct change {
+	struct emu_range *r;
+	bool protect;
+	bool stop_at_foreign;        /* as UFFDIO_WRITEPROTECT: -ENOENT there */
+	bool foreign;                /* met a mapping that is not ours */
+	bool any;                    /* some of [a, b) is ours */
+	uintptr_t cursor;            /* the end of the last mapping seen */
+	uintptr_t run_start, run_end;  /* ours, not yet changed */
+	int error;
+};
+
+static bool flush_run(struct change *c)
+{
+	if (c->run_end > c->run_start)
+		c->error = mprotect_pages(c->r, c->run_start, c->run_end, c->protect);
+	c->run_start = c->run_end = 0;
+	return c->error == 0;
+}
+
+static bool extend_run_of_ours(struct change *c, uintptr_t a, uintptr_t b)
+{
+	c->any = true;
+	if (c->run_end != a && !flush_run(c))
+		return false;
+	if (c->run_end == 0)
+		c->run_start = a;
+	c->run_end = b;
+	return true;
+}
+
+/* The kernel stops a protection change at the first mapping that is not
+ * registered (having changed those before it); close goes on past it. */
+static bool found_foreign(struct change *c)
+{
+	c->foreign = true;
+	return flush_run(c) && !c->stop_at_foreign;
+}
+
+static bool change_mapping(void *arg, const struct uffdwp__mapping *m)
+{
+	struct change *c = arg;
+	struct emu_range *r = c->r;
+	bool writable_range = r->prot & PROT_WRITE;
+
+	set_bits(r, c->cursor, m->start, false);  /* a hole: that memory is gone */
+	c->cursor = m->end;
+	if (m->prot == r->prot) {
+		/* As registered: none of it is protected, whatever its bits say. */
+		if (writable_range)
+			set_bits(r, m->start, m->end, false);
+		return extend_run_of_ours(c, m->start, m->end);
+	}
+	if (!writable_range || m->prot != (r->prot & ~PROT_WRITE)) {
+		set_bits(r, m->start, m->end, false);
+		return found_foreign(c);
+	}
+	/* Read-only: ours where the bit is set, the program's elsewhere. */
+	for (uintptr_t x = m->start; x < m->end;) {
+		uintptr_t y = next_page_with_bit(r, x, m->end, false);
+
+		if (y > x && !extend_run_of_ours(c, x, y))
+			return false;
+		if (y < m->end && !found_foreign(c))
+			return false;
+		x = next_page_with_bit(r, y, m->end, true);
+	}
+	return true;
+}
+
+/*
+ * Protect or un-protect what is ours in [a, b) of r (see struct change).
+ * Unmapped holes are skipped, as the kernel skips them. Returns 0; 1 when
+ * nothing in [a, b) is ours; -ENOENT at a mapping that is not ours when
+ * stop_at_foreign (what came before it is changed, as the kernel does);
+ * -ENOMEM when the split mappings would
+ * exceed vm.max_map_count; another -errno from mprotect or from reading
+ * the mappings. On failure the bits are re-read from the kernel, so every
+ * page reported protected is read-only and vice versa.
+ */
+static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool protect,
+			bool stop_at_foreign)
+{
+	struct change c = { .r = r, .protect = protect, .stop_at_foreign = stop_at_foreign,
+			    .cursor = a };
+	int ret = walk_mappings(a, b, change_mapping, &c);
+
+	if (ret == 0 && c.error == 0 && !(c.foreign && stop_at_foreign)) {
+		flush_run(&c);
+		set_bits(r, c.cursor, b, false);
+	}
+	if (ret == 0)
+		ret = c.error;
+	if (ret < 0) {
+		resync_bits(r, a, b);
+		return ret;
+	}
+	if (c.foreign && stop_at_foreign)
+		return -ENOENT;
+	return c.any ? 0 : 1;
 }
 
 /* Close and the fork child: the whole of r writable again, holes and all.
@@ -497,7 +425,7 @@ static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool prot
  * vm.max_map_count; what still fails is left as it is (bits resynced). */
 static void unprotect_all(struct emu_range *r)
 {
-	change_pages(r, r->start, r->end, false);
+	change_pages(r, r->start, r->end, false, false);
 }
 
 /* Whether the ranges of ec cover [start, end) without gaps. */
@@ -523,7 +451,7 @@ struct ownership_check {
 	bool any_mapped, all_ours;
 };
 
-static bool check_mapping_ours(void *arg, const struct mapping *m)
+static bool check_mapping_ours(void *arg, const struct uffdwp__mapping *m)
 {
 	struct ownership_check *oc = arg;
 
@@ -575,14 +503,72 @@ static int change_protection(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 			break;
 		if (r->owner != ec)
 			continue;
-		ret = change_pages(r, a, b, protect);
-		if (ret == -ENOENT)
+		ret = change_pages(r, a, b, protect, true);
+		if (ret == 1)
 			continue;  /* a hole: skipped, as the kernel does */
 		if (ret < 0)
 			return ret;
 		any = true;
 	}
 	return any ? 0 : -ENOENT;
+}
+
+/* ---------------------------------------------------------------------------
+ * The waiter pool: lock-free, async-signal-safe, never unmapped
+ * ------------------------------------------------------------------------- */
+
+#define POOL_CHUNK 256     /* waiters per chunk */
+#define POOL_CHUNKS 4096   /* at most this many chunks: a million blocked writers */
+
+static struct {
+	struct emu_waiter *_Atomic chunks[POOL_CHUNKS];
+	_Atomic uint32_t nchunks;
+	/* Top of the free list: (tag << 32) | (index + 1); the tag makes a
+	 * compare-and-swap fail after any other pop or push (ABA). */
+	_Atomic uint64_t free_top;
+} pool;
+
+static struct emu_waiter *pool_at(uint32_t index1)
+{
+	return &atomic_load(&pool.chunks[(index1 - 1) / POOL_CHUNK])[(index1 - 1) % POOL_CHUNK];
+}
+
+static void pool_put(struct emu_waiter *w)
+{
+	uint64_t top = atomic_load(&pool.free_top);
+
+	do
+		atomic_store_explicit(&w->free_next, (uint32_t)top, memory_order_relaxed);
+	while (!atomic_compare_exchange_weak(&pool.free_top, &top,
+					     ((top >> 32) + 1) << 32 | w->index));
+}
+
+/* A waiter record, or NULL when no memory is left. */
+static struct emu_waiter *pool_get(void)
+{
+	uint64_t top = atomic_load(&pool.free_top);
+	struct emu_waiter *chunk;
+	uint32_t c;
+
+	while ((uint32_t)top) {
+		struct emu_waiter *w = pool_at((uint32_t)top);
+		uint64_t next = ((top >> 32) + 1) << 32 | atomic_load(&w->free_next);
+
+		if (atomic_compare_exchange_weak(&pool.free_top, &top, next))
+			return w;
+	}
+	c = atomic_fetch_add(&pool.nchunks, 1);
+	if (c >= POOL_CHUNKS)
+		return NULL;
+	chunk = uffdwp__private_map(POOL_CHUNK * sizeof(*chunk));
+	if (!chunk)
+		return NULL;  /* the slot stays empty: never indexed */
+	for (uint32_t i = 0; i < POOL_CHUNK; i++)
+		chunk[i].index = c * POOL_CHUNK + i + 1;
+	atomic_store(&pool.chunks[c], chunk);
+	for (uint32_t i = 1; i < POOL_CHUNK; i++)
+		pool_put(&chunk[i]);
+	return &chunk[0];
 }
 
 /* ---------------------------------------------------------------------------
@@ -611,7 +597,8 @@ static void unlink_waiter(struct emu_ctx *ec, struct emu_waiter *w)
 		eventfd_clear(ec);
 }
 
-/* Wake every thread waiting on a page in [start, end). */
+/* Wake every thread waiting on a page in [start, end). A record whose
+ * thread left its wait with siglongjmp() is recycled the same way. */
 static void wake_waiters(struct emu_ctx *ec, uintptr_t start, uintptr_t end)
 {
 	struct emu_waiter *w, *next;
@@ -622,10 +609,9 @@ static void wake_waiters(struct emu_ctx *ec, uintptr_t start, uintptr_t end)
 		if (w->page < start || w->page >= end)
 			continue;
 		unlink_waiter(ec, w);
-		/* The waiter may return and drop its frame as soon as it sees
-		 * woken; futex_wake on the stale address is harmless. */
-		atomic_store(&w->woken, 1);
-		futex_wake(&w->woken, 1);
+		atomic_fetch_add(&w->seq, 1);
+		uffdwp__futex_wake(&w->seq, 1);
+		pool_put(w);
 	}
 	unlock(&ec->waiters_lock);
 }
@@ -643,47 +629,22 @@ static struct uffdwp_event fault_event(struct emu_ctx *ec, uintptr_t page, uint3
 }
 
 /* ---------------------------------------------------------------------------
- * The SIGSEGV handler
+ * The SIGSEGV claimant (called by the fault-signal layer, signals.c)
  * ------------------------------------------------------------------------- */
 
-/* The last fault this thread let retry without finding it protected: a
- * second fault at the same address with no un-protect in between is not
- * ours. Initial-exec TLS: no allocation on first use in a handler. */
-static __thread uintptr_t retried_page __attribute__((tls_model("initial-exec")));
-static __thread unsigned long retried_seq __attribute__((tls_model("initial-exec")));
-
 /*
- * A write fault at page found no protected page of ours. Either it is not
- * ours, or it raced with an un-protect (the page was read-only when the
- * write faulted and is writable now). unprotect_seq is odd while an
- * un-protect is in progress: then always retry. Otherwise retry once per
- * value; a repeat with the same even value had no un-protect in between
- * (one that started after the recorded read ends at least 2 higher), so
- * the fault is foreign.
+ * Queue w as a pending fault unless an un-protect ended, or is under way,
+ * since the fault's handler began: it may have cleared the page's bit after
+ * our lookup, and its wake may have passed already. (An unrelated
+ * un-protect costs a spurious retry.) Checked under the lock the wake
+ * takes, after the un-protect's end. Returns whether w was queued.
  */
-static bool retry_after_unprotect(uintptr_t page)
-{
-	unsigned long seq = atomic_load(&emu.unprotect_seq);
-
-	if (seq & 1)
-		return true;
-	if (retried_page == page && retried_seq == seq) {
-		retried_page = 0;
-		return false;
-	}
-	retried_page = page;
-	retried_seq = seq;
-	return true;
-}
-
-/* Queue w as a pending fault unless page stopped being protected meanwhile
- * (checked under the lock, as un-protect clears the bit before it wakes). */
-static bool enqueue_waiter(struct emu_ctx *ec, struct emu_range *r, struct emu_waiter *w)
+static bool enqueue_waiter(struct emu_ctx *ec, struct emu_waiter *w, uint32_t seq)
 {
 	bool queued = false;
 
 	lock(&ec->waiters_lock);
-	if (page_protected(r, w->page)) {
+	if (uffdwp__generation() == seq && !atomic_load(&ec->closing)) {
 		w->next = NULL;
 		w->prev = ec->tail;
 		*(ec->tail ? &ec->tail->next : &ec->head) = w;
@@ -696,100 +657,85 @@ static bool enqueue_waiter(struct emu_ctx *ec, struct emu_range *r, struct emu_w
 	return queued;
 }
 
-/* Sleep until woken, with the interrupted code's signal mask so the
- * thread still receives signals while it waits (as a kernel waiter does). */
-static void wait_until_woken(struct emu_waiter *w, const ucontext_t *uc)
+/* Sleep until woken, with the interrupted code's signal mask so the thread
+ * still receives signals while it waits (as a kernel waiter does). */
+static void wait_until_woken(struct emu_waiter *w, uint32_t seq, const ucontext_t *uc)
 {
-	pthread_sigmask(SIG_SETMASK, &uc->uc_sigmask, NULL);
-	while (!atomic_load(&w->woken))
-		futex_wait(&w->woken, 0);
+	sigset_t mask;
+
+	pthread_sigmask(SIG_SETMASK, &uc->uc_sigmask, &mask);
+	while (atomic_load(&w->seq) == seq)
+		uffdwp__futex_wait(&w->seq, seq);
+	pthread_sigmask(SIG_SETMASK, &mask, NULL);
 }
 
-/* Returns true when the fault was ours (resolved, or waited for). */
-static bool handle_write_fault(uintptr_t addr, const ucontext_t *uc)
+/* Resolve in the faulting thread (hook) or queue and block. ec is pinned. */
+static enum uffdwp__claim handle_fault(struct emu_ctx *ec, struct emu_hook *hook,
+				       uintptr_t page, size_t page_len,
+				       const struct uffdwp__fault *f)
+{
+	uint32_t tid = (uint32_t)gettid();
+	struct emu_waiter *w;
+	uint32_t seq;
+
+	if (hook) {
+		struct uffdwp_event ev = fault_event(ec, page, tid);
+		int ret = hook->fn(hook->arg, ec->ctx, &ev, page_len);
+
+		if (ret <= 0) {
+			/* Resolved; or failed, and then the write retries rather
+			 * than sleep where nothing would wake it. */
+			atomic_fetch_sub(&ec->users, 1);
+			if (ret < 0)
+				sched_yield();
+			return UFFDWP__RETRY;
+		}
+	}
+	w = pool_get();
+	if (!w) {
+		atomic_fetch_sub(&ec->users, 1);
+		sched_yield();  /* no memory for a record: fault again */
+		return UFFDWP__RETRY;
+	}
+	w->page = page;
+	w->tid = tid;
+	w->reported = false;
+	seq = atomic_load(&w->seq);
+	if (!enqueue_waiter(ec, w, f->seq)) {
+		pool_put(w);
+		atomic_fetch_sub(&ec->users, 1);
+		return UFFDWP__RETRY;
+	}
+	/* From here the record, not ec, is what the wait needs. */
+	atomic_fetch_sub(&ec->users, 1);
+	wait_until_woken(w, seq, f->uc);
+	return UFFDWP__RETRY;
+}
+
+static enum uffdwp__claim emulated_claim(const struct uffdwp__fault *f)
 {
 	unsigned long epoch = reader_enter();
-	struct emu_range *r = find_range(atomic_load(&emu.table), addr);
-	uintptr_t page = addr & ~(uintptr_t)((r ? r->page : page_size()) - 1);
-	struct emu_waiter waiter = { .page = page };
-	struct emu_ctx *ec = r ? r->owner : NULL;
+	struct emu_range *r = find_range(atomic_load(&emu.table), f->addr);
+	size_t page_len = r ? r->page : page_size();
+	uintptr_t page = f->addr & ~(uintptr_t)(page_len - 1);
+	struct emu_ctx *ec = r ? atomic_load(&r->owner) : NULL;
 	struct emu_hook *hook;
-	bool queued;
 
 	if (!ec || !(r->prot & PROT_WRITE) || !page_protected(r, page)) {
 		reader_exit(epoch);
-		return retry_after_unprotect(page);
+		return UFFDWP__NOT_OURS;
 	}
-	waiter.tid = (uint32_t)gettid();
+	/* Pinned before the read section ends: close waits for the pin. */
+	atomic_fetch_add(&ec->users, 1);
 	hook = atomic_load(&ec->hook);
-	if (hook) {
-		struct uffdwp_event ev = fault_event(ec, page, waiter.tid);
-
-		if (hook->fn(hook->arg, ec->ctx, &ev) == 0) {
-			reader_exit(epoch);
-			return true;
-		}
-	}
-	queued = enqueue_waiter(ec, r, &waiter);
 	reader_exit(epoch);
-	if (queued)
-		wait_until_woken(&waiter, uc);
-	return true;
-}
-
-static void on_sigsegv(int sig, siginfo_t *si, void *uc)
-{
-	int saved_errno = errno;
-	bool ours = si->si_code == SEGV_ACCERR &&
-		    handle_write_fault((uintptr_t)si->si_addr, uc);
-
-	errno = saved_errno;  /* the previous handler sees it too */
-	if (!ours)
-		uffdwp__chain_signal(&emu.previous, sig, si, uc);
+	return handle_fault(ec, hook, page, page_len, f);
 }
 
 /* Called with emu.lock held. */
 static int install_handler(void)
 {
-	struct sigaction sa = {
-		.sa_sigaction = on_sigsegv,
-		/* SA_NODEFER: a signal handler that interrupts a blocked writer
-		 * may itself write protected memory and block in turn. */
-		.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER,
-	};
-
-	if (emu.handler_installed)
-		return 0;
-	/* Asynchronous signals wait while the handler holds a lock; the
-	 * wait itself restores the interrupted mask. */
-	sigfillset(&sa.sa_mask);
-	sigdelset(&sa.sa_mask, SIGSEGV);
-	sigdelset(&sa.sa_mask, SIGBUS);
-	sigdelset(&sa.sa_mask, SIGILL);
-	sigdelset(&sa.sa_mask, SIGFPE);
-	sigdelset(&sa.sa_mask, SIGTRAP);
-	if (sigaction(SIGSEGV, &sa, &emu.previous.previous) < 0)
-		return -errno;
-	atomic_store(&emu.previous.spent, false);
-	emu.handler_installed = true;
-	return 0;
-}
-
-/* Called with emu.lock held, when no context is left. The previous action
- * comes back only if ours is still the one installed: a handler installed
- * after ours chains to ours, which keeps forwarding. A spent SA_RESETHAND
- * handler comes back as SIG_DFL, as the kernel would have left it. */
-static void restore_handler(void)
-{
-	struct sigaction cur, prev = emu.previous.previous;
-
-	if (!emu.handler_installed || sigaction(SIGSEGV, NULL, &cur) < 0 ||
-	    !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigsegv)
-		return;
-	if ((prev.sa_flags & SA_RESETHAND) && atomic_load(&emu.previous.spent))
-		prev.sa_handler = SIG_DFL;
-	if (sigaction(SIGSEGV, &prev, NULL) == 0)
-		emu.handler_installed = false;
+	return uffdwp__signals_install(SIGSEGV, emulated_claim);
 }
 
 /* ---------------------------------------------------------------------------
@@ -799,7 +745,7 @@ static void restore_handler(void)
 
 static struct emu_table *table_alloc(size_t n)
 {
-	struct emu_table *t = malloc(sizeof(*t) + n * sizeof(t->ranges[0]));
+	struct emu_table *t = uffdwp__private_alloc(sizeof(*t) + n * sizeof(t->ranges[0]));
 
 	if (t)
 		t->n = 0;
@@ -811,7 +757,7 @@ static struct emu_range *range_alloc(uintptr_t start, uintptr_t end, size_t page
 {
 	size_t pages = (end - start) / page;
 	size_t words = (pages + BITS_PER_WORD - 1) / BITS_PER_WORD;
-	struct emu_range *r = calloc(1, sizeof(*r) + words * sizeof(r->bits[0]));
+	struct emu_range *r = uffdwp__private_alloc(sizeof(*r) + words * sizeof(r->bits[0]));
 
 	if (!r)
 		return NULL;
@@ -868,7 +814,7 @@ static void free_range_list(struct emu_range *r)
 	while (r) {
 		struct emu_range *next = r->link;
 
-		free(r);
+		uffdwp__private_free(r);
 		r = next;
 	}
 }
@@ -877,31 +823,46 @@ static void retired_free(struct retired *old)
 {
 	wait_for_readers();
 	free_range_list(old->ranges);
-	free(old->table);
+	uffdwp__private_free(old->table);
 }
 
 /* ---------------------------------------------------------------------------
  * Register
  * ------------------------------------------------------------------------- */
 
+/* Registration's scratch lists are private memory too: registering while
+ * the program's heap is protected must not fault with emu.lock held (the
+ * in-thread hook that resolves it takes that lock). */
+static void *private_grow(void *old, size_t used, size_t size)
+{
+	void *p = uffdwp__private_alloc(size);
+
+	if (p && old)
+		memcpy(p, old, used);
+	if (p)
+		uffdwp__private_free(old);
+	return p;
+}
+
 struct mapping_list {
-	struct mapping *v;
+	struct uffdwp__mapping *v;
 	size_t n, cap;
 	int error;
 };
 
-static bool collect_mapping(void *arg, const struct mapping *m)
+static bool collect_mapping(void *arg, const struct uffdwp__mapping *m)
 {
 	struct mapping_list *l = arg;
-	struct mapping *last = l->n ? &l->v[l->n - 1] : NULL;
+	struct uffdwp__mapping *last = l->n ? &l->v[l->n - 1] : NULL;
 
-	if (last && last->end == m->start && last->prot == m->prot && last->page == m->page) {
+	if (last && last->end == m->start && last->prot == m->prot && last->page == m->page &&
+	    last->file == m->file) {
 		last->end = m->end;
 		return true;
 	}
 	if (l->n == l->cap) {
 		size_t cap = l->cap ? 2 * l->cap : 16;
-		struct mapping *v = realloc(l->v, cap * sizeof(*v));
+		struct uffdwp__mapping *v = private_grow(l->v, l->n * sizeof(*v), cap * sizeof(*v));
 
 		if (!v) {
 			l->error = -ENOMEM;
@@ -923,16 +884,16 @@ struct range_list {
 static void range_list_free(struct range_list *l)
 {
 	for (size_t k = 0; k < l->n; k++)
-		free(l->v[k]);
-	free(l->v);
+		uffdwp__private_free(l->v[k]);
+	uffdwp__private_free(l->v);
 	l->v = NULL;
 	l->n = 0;
 }
 
 static int range_list_add(struct range_list *l, uintptr_t start, uintptr_t end,
-			  const struct mapping *m, struct emu_ctx *owner)
+			  const struct uffdwp__mapping *m, struct emu_ctx *owner)
 {
-	struct emu_range **v = realloc(l->v, (l->n + 1) * sizeof(*v));
+	struct emu_range **v = private_grow(l->v, l->n * sizeof(*v), (l->n + 1) * sizeof(*v));
 
 	if (!v)
 		return -ENOMEM;
@@ -989,9 +950,14 @@ static int emu_register_range(struct uffdwp *ctx, uintptr_t start, size_t len,
 		return -EOPNOTSUPP;
 	lock(&emu.lock);
 	t = atomic_load(&emu.table);
-	ret = walk_mappings_of("/proc/self/smaps", start, start + len, collect_mapping, &maps);
+	ret = uffdwp__walk_mappings(start, start + len,
+				    UFFDWP__MAPS_CLASSIFY | UFFDWP__MAPS_PAGE_SIZES, collect_mapping,
+				    &maps);
 	if (ret == 0)
 		ret = maps.error;
+	for (size_t m = 0; ret == 0 && m < maps.n; m++)
+		if (maps.v[m].file)
+			ret = -EINVAL;  /* the kernel's answer: only anonymous, shmem, hugetlbfs */
 	for (size_t m = 0; ret == 0 && m < maps.n; m++)
 		if ((maps.v[m].start | maps.v[m].end) & (maps.v[m].page - 1))
 			ret = -EINVAL;  /* not aligned to the huge pages */
@@ -1009,13 +975,13 @@ static int emu_register_range(struct uffdwp *ctx, uintptr_t start, size_t len,
 			nt->ranges[nt->n++] = t->ranges[i];
 		for (size_t k = 0; k < added.n; k++)
 			nt->ranges[nt->n++] = added.v[k];
-		free(added.v);
+		uffdwp__private_free(added.v);
 		added = (struct range_list){ 0 };
 		old.table = table_publish(nt);
 	}
 	unlock(&emu.lock);
 	range_list_free(&added);
-	free(maps.v);
+	uffdwp__private_free(maps.v);
 	retired_free(&old);
 	if (ret == 0 && ioctls)
 		*ioctls = UFFDWP_IOCTL_WAKE | UFFDWP_IOCTL_WRITEPROTECT;
@@ -1026,7 +992,7 @@ static int emu_register_range(struct uffdwp *ctx, uintptr_t start, size_t len,
  * Unregister
  * ------------------------------------------------------------------------- */
 
-static bool any_mapping(void *arg, const struct mapping *m)
+static bool any_mapping(void *arg, const struct uffdwp__mapping *m)
 {
 	*(bool *)arg = true;
 	return false;
@@ -1052,8 +1018,8 @@ static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 
 		if (r->owner != ec)
 			continue;
-		ret = change_pages(r, a, b, false);
-		if (ret < 0 && ret != -ENOENT)
+		ret = change_pages(r, a, b, false, false);
+		if (ret < 0)
 			return ret;
 		overlapping++;
 	}
@@ -1072,7 +1038,7 @@ static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 		if (r->start < start && !(slice[0] = range_slice(r, r->start, start)))
 			goto nomem;
 		if (r->end > end && !(slice[1] = range_slice(r, end, r->end))) {
-			free(slice[0]);
+			uffdwp__private_free(slice[0]);
 			goto nomem;
 		}
 		for (int k = 0; k < 2; k++)
@@ -1087,7 +1053,7 @@ static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 	return 0;
 nomem:
 	free_range_list(made);
-	free(nt);
+	uffdwp__private_free(nt);
 	old->ranges = NULL;  /* still published */
 	return -ENOMEM;
 }
@@ -1188,13 +1154,23 @@ static int emu_read_events(struct uffdwp *ctx, struct uffdwp_event *ev, size_t m
 	return done ? (int)done : -EAGAIN;
 }
 
+/* Once it returns, no fault handler uses what ec's hook or ec itself was
+ * before the call: a handler pins ec inside a read section, before it loads
+ * the hook, and unpins it when done (it may run the hook for long). */
+static void wait_for_unpinned(struct emu_ctx *ec)
+{
+	wait_for_readers();
+	while (atomic_load(&ec->users))
+		sched_yield();
+}
+
 static int emu_set_fault_hook(struct uffdwp *ctx, uffdwp__fault_hook fn, void *arg)
 {
 	struct emu_ctx *ec = ctx->priv;
 	struct emu_hook *h = NULL, *old;
 
 	if (fn) {
-		h = malloc(sizeof(*h));
+		h = uffdwp__private_alloc(sizeof(*h));
 		if (!h)
 			return -ENOMEM;
 		h->fn = fn;
@@ -1202,8 +1178,8 @@ static int emu_set_fault_hook(struct uffdwp *ctx, uffdwp__fault_hook fn, void *a
 	}
 	old = atomic_exchange(&ec->hook, h);
 	if (old) {
-		wait_for_readers();
-		free(old);
+		wait_for_unpinned(ec);
+		uffdwp__private_free(old);
 	}
 	return 0;
 }
@@ -1229,7 +1205,7 @@ static void atfork_parent(void)
  * resolve a fault: like the kernel without UFFDWP_FEATURE_EVENT_FORK, the
  * child's memory is neither registered nor protected. Each context stays
  * open but empty, with an event fd of its own (the inherited one is shared
- * with the parent).
+ * with the parent). The waiters' records go back to the pool.
  */
 static void atfork_child(void)
 {
@@ -1237,9 +1213,9 @@ static void atfork_child(void)
 
 	for (size_t i = 0; t && i < t->n; i++) {
 		unprotect_all(t->ranges[i]);
-		free(t->ranges[i]);
+		uffdwp__private_free(t->ranges[i]);
 	}
-	free(t);
+	uffdwp__private_free(t);
 	for (struct emu_ctx *ec = emu.contexts; ec; ec = ec->next) {
 		int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
@@ -1247,8 +1223,15 @@ static void atfork_child(void)
 			dup3(fd, ec->ctx->fd, O_CLOEXEC);
 			close(fd);
 		}
-		ec->head = ec->tail = NULL;
+		while (ec->head) {
+			struct emu_waiter *w = ec->head;
+
+			ec->head = w->next;
+			pool_put(w);
+		}
+		ec->tail = NULL;
 		ec->unreported = 0;
+		atomic_store(&ec->users, 0);
 		atomic_store(&ec->waiters_lock, 0);
 	}
 	atomic_store(&emu.readers[0], 0);
@@ -1257,9 +1240,13 @@ static void atfork_child(void)
 	atomic_store(&emu.grace_lock, 0);
 }
 
-static void register_atfork(void)
+static void init_once_per_process(void)
 {
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+	static const struct uffdwp__fork_hooks hooks = {
+		atfork_prepare, atfork_parent, atfork_child,
+	};
+
+	uffdwp__at_fork(UFFDWP__FORK_EMULATED, &hooks);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1273,19 +1260,19 @@ static int emu_open(struct uffdwp *ctx, uint64_t features)
 
 	if (features & ~UFFDWP__EMULATED_FEATURES)
 		return -EOPNOTSUPP;
-	ec = calloc(1, sizeof(*ec));
+	ec = uffdwp__private_alloc(sizeof(*ec));
 	if (!ec)
 		return -ENOMEM;
 	ec->ctx = ctx;
 	ctx->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (ctx->fd < 0) {
 		ret = -errno;
-		free(ec);
+		uffdwp__private_free(ec);
 		return ret;
 	}
 	ctx->features = features ? features : UFFDWP__EMULATED_FEATURES;
 	ctx->priv = ec;
-	pthread_once(&atfork_once, register_atfork);
+	pthread_once(&init_once, init_once_per_process);
 	lock(&emu.lock);
 	ret = install_handler();
 	if (ret == 0) {
@@ -1295,14 +1282,16 @@ static int emu_open(struct uffdwp *ctx, uint64_t features)
 	unlock(&emu.lock);
 	if (ret < 0) {
 		close(ctx->fd);
-		free(ec);
+		uffdwp__private_free(ec);
 	}
 	return ret;
 }
 
 /*
  * Un-protect and drop every range of the context, then wake every thread
- * blocked on it: they retry their writes, which now succeed.
+ * blocked on it: they retry their writes, which now succeed. The SIGSEGV
+ * handler stays installed (signals.c): a fault raised before the close and
+ * delivered after it finds the page writable and retries.
  */
 static void emu_close(struct uffdwp *ctx)
 {
@@ -1336,16 +1325,13 @@ static void emu_close(struct uffdwp *ctx)
 	*pp = ec->next;
 	unlock(&emu.lock);
 
-	retired_free(&old);  /* after it, no handler can still reach ec */
+	retired_free(&old);  /* after it, no handler can newly reach ec */
+	atomic_store(&ec->closing, true);
 	wake_waiters(ec, 0, UINTPTR_MAX);
-	free(atomic_load(&ec->hook));
-
-	lock(&emu.lock);
-	if (!emu.contexts)
-		restore_handler();
-	unlock(&emu.lock);
+	wait_for_unpinned(ec);  /* handlers that reached it before */
+	uffdwp__private_free(atomic_load(&ec->hook));
 	close(ctx->fd);
-	free(ec);
+	uffdwp__private_free(ec);
 }
 
 const struct uffdwp__backend_ops uffdwp__emulated_ops = {

@@ -13,9 +13,13 @@
  *
  * INTHREAD: the faulting thread resolves its own fault. Kernel backend: the
  * context has UFFD_FEATURE_SIGBUS, so a write to a protected page raises
- * SIGBUS in the writer; a process-wide handler finds the engine through a
- * small lock-free table and un-protects. Emulated backend: the backend's
- * fault hook, called from its SIGSEGV handler.
+ * SIGBUS in the writer; the fault-signal layer (signals.c) asks
+ * sigbus_claim(), which finds the context through the lock-free registry
+ * and un-protects. Emulated backend: the backend's fault hook, called from
+ * its SIGSEGV claimant.
+ *
+ * The engine lives in private memory (private.c): its handler thread and
+ * signal handlers write it, and the program may protect its own heap.
  *
  * CALLER: uffdwp_engine_dispatch() runs one pass of the THREAD loop's body.
  */
@@ -32,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "backend.h"
+#include "maps.h"
+#include "opts.h"
 
 /* Events read at once (the kernel backend reads at most 64 per call). */
 #define BATCH_MAX 64
@@ -51,10 +57,6 @@
 #define EAGAIN_GIVE_UP_NS (10ull * 1000000000ull)
 #define EAGAIN_YIELD_NS 1000000ull
 #define EAGAIN_SLEEP_NS 100000l
-
-/* In-thread mode: a thread faulting this many times in a row on one page
- * makes the handler check (pagemap) that it can be a write-protect fault. */
-#define SIGBUS_REPEATS_BEFORE_CHECK 8
 
 #define EVENT_FEATURES (UFFDWP_FEATURE_EVENT_FORK | UFFDWP_FEATURE_EVENT_REMAP | \
 			UFFDWP_FEATURE_EVENT_REMOVE | UFFDWP_FEATURE_EVENT_UNMAP)
@@ -84,8 +86,9 @@ struct uffdwp_engine {
 	int stop_fd;              /* eventfd: wakes the handler thread; -1: no thread */
 	_Atomic bool stopping;
 
-	int sigbus_slot;          /* kernel INTHREAD: index in sigbus_slots, else -1 */
+	bool sigbus;              /* kernel INTHREAD: ctx->inthread_engine is us */
 	bool hooked;              /* emulated INTHREAD: the backend's fault hook is ours */
+	bool inherited;           /* a fork child's copy: none of it runs here */
 
 	struct engine_counters stats;
 	struct uffdwp_engine *next_started;  /* all engines, for "one per context" */
@@ -93,13 +96,44 @@ struct uffdwp_engine {
 
 static pthread_mutex_t engines_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct uffdwp_engine *engines_started;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-static uint64_t now_ns(void)
+/* fork() while another thread starts or stops an engine: the child's copy
+ * of the lock must not stay held by a thread it does not have. */
+static void engines_lock_before_fork(void)
 {
-	struct timespec ts;
+	pthread_mutex_lock(&engines_lock);
+}
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+static void engines_unlock_in_parent(void)
+{
+	pthread_mutex_unlock(&engines_lock);
+}
+
+/*
+ * A fork child has none of the parent's engines: their handler threads
+ * are not there, and their contexts' fds still act on the parent's memory.
+ * Each becomes an inert copy that uffdwp_engine_stop() only frees, and its
+ * context takes a new engine.
+ */
+static void engines_forget_in_child(void)
+{
+	for (struct uffdwp_engine *e = engines_started; e; e = e->next_started) {
+		e->inherited = true;
+		e->ctx->engine = NULL;
+		atomic_store(&e->ctx->inthread_engine, NULL);
+	}
+	engines_started = NULL;
+	pthread_mutex_unlock(&engines_lock);
+}
+
+static void init_once_per_process(void)
+{
+	static const struct uffdwp__fork_hooks hooks = {
+		engines_lock_before_fork, engines_unlock_in_parent, engines_forget_in_child,
+	};
+
+	uffdwp__at_fork(UFFDWP__FORK_ENGINE, &hooks);
 }
 
 static unsigned log2_floor(uint64_t v)
@@ -114,7 +148,7 @@ static void count(_Atomic uint64_t *c, uint64_t n)
 
 static void count_latency(struct uffdwp_engine *eng, uint64_t since_ns, uint64_t nfaults)
 {
-	unsigned b = log2_floor(now_ns() - since_ns);
+	unsigned b = log2_floor(uffdwp__now_ns() - since_ns);
 
 	if (b >= UFFDWP_ENGINE_LATENCY_BUCKETS)
 		b = UFFDWP_ENGINE_LATENCY_BUCKETS - 1;
@@ -176,8 +210,8 @@ static int writeprotect_retrying(struct uffdwp_engine *eng, uintptr_t start, siz
 		if (!in_signal && absorb_pending_events(eng))
 			continue;
 		if (!first)
-			first = now_ns();
-		waited = now_ns() - first;
+			first = uffdwp__now_ns();
+		waited = uffdwp__now_ns() - first;
 		if (waited > EAGAIN_GIVE_UP_NS)
 			break;
 		if (waited < EAGAIN_YIELD_NS) {
@@ -191,14 +225,39 @@ static int writeprotect_retrying(struct uffdwp_engine *eng, uintptr_t start, siz
 	return ret;
 }
 
+/*
+ * writeprotect_retrying() over [*start, *start + *len), widened to the
+ * huge pages of a hugetlbfs mapping when the kernel (or the emulation)
+ * refuses to split one (-EINVAL): faults and runs come in base pages, a
+ * hugetlbfs page is protected as a whole. *start and *len say what was
+ * asked last.
+ */
+static int writeprotect_pages(struct uffdwp_engine *eng, uintptr_t *start, size_t *len,
+			      unsigned mode, bool in_signal)
+{
+	int ret = writeprotect_retrying(eng, *start, *len, mode, in_signal);
+	size_t huge;
+
+	if (ret != -EINVAL)
+		return ret;
+	huge = uffdwp__page_size_at(*start);
+	if (huge <= eng->page)
+		return ret;
+	*len = ((*start + *len + huge - 1) & ~(uintptr_t)(huge - 1)) - (*start & ~(uintptr_t)(huge - 1));
+	*start &= ~(uintptr_t)(huge - 1);
+	return writeprotect_retrying(eng, *start, *len, mode, in_signal);
+}
+
 /* Un-protect [start, start+len) and wake its writers; false if any page
  * of it stays protected. A range partly unmapped or unregistered meanwhile
  * fails as a whole with -ENOENT: then page by page, so the pages still
  * ours are not left protected. Pages that are gone need nothing: unmap
- * and unregister wake their writers. */
+ * and unregister wake their writers. On any other failure the writers are
+ * woken all the same: they fault again and come back to us, rather than
+ * sleep where nothing would wake them. */
 static bool unprotect_run(struct uffdwp_engine *eng, uintptr_t start, size_t len)
 {
-	int ret = writeprotect_retrying(eng, start, len, 0, false);
+	int ret = writeprotect_pages(eng, &start, &len, 0, false);
 	bool ok = true;
 
 	if (ret == -ENOENT && len > eng->page) {
@@ -206,6 +265,8 @@ static bool unprotect_run(struct uffdwp_engine *eng, uintptr_t start, size_t len
 			ok &= unprotect_run(eng, start + off, eng->page);
 		return ok;
 	}
+	if (ret < 0 && ret != -ENOENT)
+		uffdwp_wake(eng->ctx, (void *)start, len);
 	return ret == 0 || ret == -ENOENT;
 }
 
@@ -289,7 +350,7 @@ static int drain_locked(struct uffdwp_engine *eng)
 	int total = 0;
 
 	for (;;) {
-		uint64_t read_ns = now_ns();
+		uint64_t read_ns = uffdwp__now_ns();
 		int n;
 
 		if (eng->ndeferred) {
@@ -345,13 +406,13 @@ static void wait_for_events(struct uffdwp_engine *eng)
  */
 static bool spin_for_events(struct uffdwp_engine *eng, uint64_t spin_ns)
 {
-	uint64_t deadline = now_ns() + spin_ns;
+	uint64_t deadline = uffdwp__now_ns() + spin_ns;
 
 	do {
 		if (drain(eng) > 0)
 			return true;
 		sched_yield();
-	} while (now_ns() < deadline && !atomic_load_explicit(&eng->stopping,
+	} while (uffdwp__now_ns() < deadline && !atomic_load_explicit(&eng->stopping,
 							       memory_order_relaxed));
 	return false;
 }
@@ -370,11 +431,11 @@ static void *handler_thread(void *arg)
 		drain(eng);
 		if (stopping)
 			break;
-		idle_since = now_ns();
+		idle_since = uffdwp__now_ns();
 		if (burst && spin_for_events(eng, SPIN_NS))
 			continue;
 		wait_for_events(eng);
-		burst = now_ns() - idle_since < SPIN_NS;
+		burst = uffdwp__now_ns() - idle_since < SPIN_NS;
 	}
 	return NULL;
 }
@@ -417,82 +478,22 @@ static void stop_thread(struct uffdwp_engine *eng)
 }
 
 /* ---------------------------------------------------------------------------
- * INTHREAD mode, kernel backend: the SIGBUS handler
+ * INTHREAD mode, kernel backend: resolving a SIGBUS
  * ------------------------------------------------------------------------- */
 
 /*
- * The in-thread engines. The handler reads a slot inside its readers
- * count; stop empties the slot, then waits for the count to drop to zero
- * before freeing the engine.
- */
-static struct {
-	_Atomic(struct uffdwp_engine *) eng;
-	_Atomic unsigned readers;
-} sigbus_slots[UFFDWP_ENGINE_MAX_INTHREAD];
-
-/*
- * The handler is installed with the first in-thread engine and stays: a
- * SIGBUS the kernel raised for a write-protect fault can be delivered after
- * the fault was resolved and its engine stopped (the writer was preempted
- * in between), and must then retry the write, not reach a default action
- * that kills the process. With no engine left, every other SIGBUS is
- * forwarded to the handler installed before ours. Under engines_lock.
- */
-static struct uffdwp__chained sigbus_previous;
-static bool sigbus_installed;
-
-/* The page this thread's last SIGBUS retried as a late fault, or 0 (see
- * late_wp_fault). */
-static __thread uintptr_t sigbus_retried_page __attribute__((tls_model("initial-exec")));
-
-/* The page this thread last faulted on in a row, and how often. */
-static __thread uintptr_t sigbus_last_page __attribute__((tls_model("initial-exec")));
-static __thread unsigned sigbus_repeats __attribute__((tls_model("initial-exec")));
-
-/* /proc/self/pagemap: bit 63 present, bit 57 uffd write-protected (also
- * set on the marker of a protected page never touched). */
-#define PAGEMAP_PRESENT (1ull << 63)
-#define PAGEMAP_UFFD_WP (1ull << 57)
-
-/* page's /proc/self/pagemap entry, or unknown if it cannot be read.
- * (open/pread/close are async-signal-safe.) */
-static uint64_t pagemap_entry(uintptr_t page, size_t page_size, uint64_t unknown)
-{
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	uint64_t entry = unknown;
-
-	if (fd < 0)
-		return unknown;
-	if (pread(fd, &entry, sizeof(entry), (off_t)(page / page_size * sizeof(entry))) !=
-	    (ssize_t)sizeof(entry))
-		entry = unknown;
-	close(fd);
-	return entry;
-}
-
-/*
- * Could a write to page be failing for write-protection? A missing page (a
- * range registered for missing faults too) or a file page beyond the end
- * of its file is neither present nor marked; a page a protector has just
- * un-protected again is present, and its write will succeed on retry.
- * Unknown counts as yes.
- */
-static bool page_can_be_wp_fault(uintptr_t page, size_t page_size)
-{
-	return pagemap_entry(page, page_size, PAGEMAP_PRESENT) &
-	       (PAGEMAP_PRESENT | PAGEMAP_UFFD_WP);
-}
-
-/*
- * Resolve a SIGBUS at page if it belongs to eng. Without a callback the
+ * Resolve a SIGBUS at addr if it belongs to eng. Without a callback the
  * un-protect itself tells: it fails with -ENOENT outside eng's ranges.
  * With one, ownership must be known before the callback runs, so it is
  * asked first by protecting the page again: a no-op on a protected page
  * that fails the same way outside eng's ranges (and if the program
  * un-protected the page meanwhile, the un-protect below restores that).
  */
-static bool sigbus_resolve(struct uffdwp_engine *eng, uintptr_t page, uint64_t t0)
+static enum uffdwp__resolved sigbus_resolve(void *arg, uintptr_t addr, uint64_t t0)
 {
+	struct uffdwp_engine *eng = arg;
+	uintptr_t page = addr & eng->page_mask;
+	size_t len = eng->page;
 	int ret;
 
 	if (eng->fn) {
@@ -500,170 +501,69 @@ static bool sigbus_resolve(struct uffdwp_engine *eng, uintptr_t page, uint64_t t
 			.type = UFFDWP_EVENT_PAGEFAULT,
 			.pagefault = {
 				.flags = UFFDWP_PAGEFAULT_FLAG_WRITE | UFFDWP_PAGEFAULT_FLAG_WP,
-				.address = page,
 				.tid = (uint32_t)gettid(),
 			},
 		};
 
-		if (writeprotect_retrying(eng, page, eng->page, UFFDWP_WRITEPROTECT_MODE_WP,
-					  true) < 0)
-			return false;
+		if (writeprotect_pages(eng, &page, &len, UFFDWP_WRITEPROTECT_MODE_WP, true) < 0)
+			return UFFDWP__NOT_MINE;
+		ev.pagefault.address = page;
 		eng->fn(eng->arg, &ev);
 	}
 	/* DONTWAKE: on a SIGBUS context nobody sleeps on a fault. */
-	ret = writeprotect_retrying(eng, page, eng->page, UFFDWP_WRITEPROTECT_MODE_DONTWAKE, true);
+	ret = writeprotect_pages(eng, &page, &len, UFFDWP_WRITEPROTECT_MODE_DONTWAKE, true);
 	if (ret == -ENOENT && !eng->fn)
-		return false;
+		return UFFDWP__NOT_MINE;
 	count(&eng->stats.faults, 1);
 	if (ret < 0) {
 		count(&eng->stats.errors, 1);
-		return false;  /* forwarded: better a crash than a silent loop */
+		return UFFDWP__FAILED;
 	}
 	count(&eng->stats.resolved, 1);
 	count_latency(eng, t0, 1);
-	return true;
+	return UFFDWP__RESOLVED;
 }
 
-static bool sigbus_ours(uintptr_t addr)
-{
-	uint64_t t0 = now_ns();
-	size_t page_size = uffdwp__page_size();
-	uintptr_t page = addr & ~(uintptr_t)(page_size - 1);
-
-	/* A fault that keeps coming back to one page may be no write-protect
-	 * fault at all (a missing page, a truncated file in a registered
-	 * range): un-protecting would loop forever. Check, then. (Repeats are
-	 * legitimate too: another thread re-protecting the page each time.) */
-	if (page != sigbus_last_page) {
-		sigbus_last_page = page;
-		sigbus_repeats = 0;
-	} else if (++sigbus_repeats >= SIGBUS_REPEATS_BEFORE_CHECK) {
-		sigbus_repeats = 0;
-		if (!page_can_be_wp_fault(page, page_size))
-			return false;
-	}
-	for (size_t i = 0; i < UFFDWP_ENGINE_MAX_INTHREAD; i++) {
-		struct uffdwp_engine *eng;
-		bool ours = false;
-
-		if (!atomic_load_explicit(&sigbus_slots[i].eng, memory_order_relaxed))
-			continue;
-		atomic_fetch_add(&sigbus_slots[i].readers, 1);
-		eng = atomic_load(&sigbus_slots[i].eng);
-		if (eng)
-			ours = sigbus_resolve(eng, page, t0);
-		atomic_fetch_sub(&sigbus_slots[i].readers, 1);
-		if (ours)
-			return true;
-	}
-	return false;
-}
-
-/*
- * A SIGBUS no engine claims at a page that is now present and not
- * write-protected: a write-protect fault resolved before this handler ran.
- * The write is retried once; if the thread's very next SIGBUS is at the
- * same page, that retry failed and it is a real one (a file truncated
- * under a mapping is not present, and fails this test at once). retried:
- * the page this thread's previous SIGBUS retried, or 0.
- */
-static bool late_wp_fault(uintptr_t addr, uintptr_t retried)
-{
-	size_t page_size = uffdwp__page_size();
-	uintptr_t page = addr & ~(uintptr_t)(page_size - 1);
-	uint64_t entry;
-
-	if (page == retried)
-		return false;
-	entry = pagemap_entry(page, page_size, 0);
-	if ((entry & PAGEMAP_PRESENT) && !(entry & PAGEMAP_UFFD_WP)) {
-		sigbus_retried_page = page;
-		return true;
-	}
-	return false;
-}
-
-static void on_sigbus(int sig, siginfo_t *si, void *uc)
-{
-	int saved_errno = errno;
-	uintptr_t retried = sigbus_retried_page;
-	bool ours;
-
-	sigbus_retried_page = 0;  /* a retry counts for the next SIGBUS only */
-	ours = si->si_code == BUS_ADRERR &&
-	       (sigbus_ours((uintptr_t)si->si_addr) ||
-		late_wp_fault((uintptr_t)si->si_addr, retried));
-	errno = saved_errno;  /* the previous handler sees it too */
-	if (!ours)
-		uffdwp__chain_signal(&sigbus_previous, sig, si, uc);
-}
-
-/*
- * A fork child has none of the parent's engines: their handler threads
- * are not there, and their contexts' fds still act on the parent's memory
- * (un-protecting through one would un-protect the parent's page and leave
- * the child's protected). The child's handler finds no engine, so a
- * write-protect SIGBUS in the child (a context with EVENT_FORK whose fork
- * fd is still open) goes to the previous handler.
- */
-static void sigbus_forget_in_child(void)
-{
-	for (size_t i = 0; i < UFFDWP_ENGINE_MAX_INTHREAD; i++) {
-		atomic_store(&sigbus_slots[i].eng, NULL);
-		atomic_store(&sigbus_slots[i].readers, 0);
-	}
-}
-
-/* Called with engines_lock held. */
+/* Called with engines_lock held. The context is in the SIGBUS registry
+ * from its open to its close (signals.c); from now on the layer hands
+ * its faults to us, and a fault of it with no engine running waits. */
 static int sigbus_attach(struct uffdwp_engine *eng)
 {
-	size_t slot = 0;
+	struct uffdwp *ctx = eng->ctx;
+	/* The program may have installed a SIGBUS handler of its own since
+	 * the context opened: ours goes in front of it again. */
+	int ret = uffdwp__sigbus_install();
 
-	while (slot < UFFDWP_ENGINE_MAX_INTHREAD && atomic_load(&sigbus_slots[slot].eng))
-		slot++;
-	if (slot == UFFDWP_ENGINE_MAX_INTHREAD)
-		return -EBUSY;
-	if (!sigbus_installed) {
-		struct sigaction sa = {
-			.sa_sigaction = on_sigbus,
-			/* NODEFER: a SIGBUS of another kind raised inside the
-			 * callback must still reach the previous handler. */
-			.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER,
-		};
-
-		sigemptyset(&sa.sa_mask);
-		if (sigaction(SIGBUS, &sa, &sigbus_previous.previous) < 0)
-			return -errno;
-		pthread_atfork(NULL, NULL, sigbus_forget_in_child);
-		sigbus_installed = true;
-	}
-	eng->sigbus_slot = (int)slot;
-	atomic_store(&sigbus_slots[slot].eng, eng);
+	if (ret < 0)
+		return ret;
+	ctx->inthread_resolve = sigbus_resolve;
+	ctx->sigbus_served = true;
+	atomic_store(&ctx->inthread_engine, eng);
+	eng->sigbus = true;
 	return 0;
 }
 
-/* Called with engines_lock held. The handler stays installed (above). */
+/* Called with engines_lock held: returns once no handler uses eng. */
 static void sigbus_detach(struct uffdwp_engine *eng)
 {
-	int slot = eng->sigbus_slot;
-
-	atomic_store(&sigbus_slots[slot].eng, NULL);
-	while (atomic_load(&sigbus_slots[slot].readers))
-		sched_yield();
-	eng->sigbus_slot = -1;
+	atomic_store(&eng->ctx->inthread_engine, NULL);
+	uffdwp__registry_wait_unpinned(eng->ctx->registry_slot);
+	eng->sigbus = false;
 }
 
 /* ---------------------------------------------------------------------------
  * INTHREAD mode, emulated backend: the backend's fault hook
  * ------------------------------------------------------------------------- */
 
-/* Called in the faulting thread from the backend's SIGSEGV handler, which
- * has already found that the page is one of ctx's protected pages. */
-static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_event *ev)
+/* Called in the faulting thread from the backend's SIGSEGV claimant, which
+ * has already found that the page is one of ctx's protected pages; page:
+ * the mapping's page size. A failure is returned (the write retries). */
+static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_event *ev,
+			 size_t page)
 {
 	struct uffdwp_engine *eng = arg;
-	uint64_t t0 = now_ns();
-	uintptr_t page = (uintptr_t)ev->pagefault.address & eng->page_mask;
+	uint64_t t0 = uffdwp__now_ns();
+	uintptr_t start = (uintptr_t)ev->pagefault.address & ~(uintptr_t)(page - 1);
 	int ret;
 
 	count(&eng->stats.faults, 1);
@@ -671,10 +571,10 @@ static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_even
 		eng->fn(eng->arg, ev);
 	/* Waking costs little here and releases any writer of this page
 	 * that queued before the hook was installed. */
-	ret = uffdwp_writeprotect(ctx, (void *)page, eng->page, 0);
+	ret = uffdwp_writeprotect(ctx, (void *)start, page, 0);
 	if (ret < 0) {
 		count(&eng->stats.errors, 1);
-		return ret;  /* the backend queues the fault and blocks instead */
+		return ret;
 	}
 	count(&eng->stats.resolved, 1);
 	count_latency(eng, t0, 1);
@@ -684,14 +584,6 @@ static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_even
 /* ---------------------------------------------------------------------------
  * The API
  * ------------------------------------------------------------------------- */
-
-static bool has_engine(const struct uffdwp *ctx)
-{
-	for (const struct uffdwp_engine *e = engines_started; e; e = e->next_started)
-		if (e->ctx == ctx)
-			return true;
-	return false;
-}
 
 static void unlink_engine(struct uffdwp_engine *eng)
 {
@@ -743,8 +635,13 @@ static int start_mode(struct uffdwp_engine *eng)
 			return 0;
 		}
 		ret = sigbus_attach(eng);
+		if (ret < 0)
+			return ret;
+		/* Faults that waited for a resolver retry, and find us. */
+		uffdwp__unprotect_begin();
+		uffdwp__unprotect_end();
 		/* Events still come through the fd; fork() waits for its. */
-		if (ret == 0 && events) {
+		if (events) {
 			ret = start_thread(eng);
 			if (ret < 0)
 				sigbus_detach(eng);
@@ -753,6 +650,38 @@ static int start_mode(struct uffdwp_engine *eng)
 	default:
 		return -EINVAL;
 	}
+}
+
+/* Undo start_mode(); called with engines_lock held. Once it returns no
+ * thread of the engine runs and no signal handler uses it. */
+static void stop_mode(struct uffdwp_engine *eng)
+{
+	if (eng->sigbus)
+		sigbus_detach(eng);
+	if (eng->hooked) {
+		/* Returns once no handler runs our hook any more. */
+		eng->ctx->ops->set_fault_hook(eng->ctx, NULL, NULL);
+		eng->hooked = false;
+	}
+	if (eng->stop_fd >= 0)
+		stop_thread(eng);
+}
+
+/* uffdwp_close() with an engine still running: the engine stops, and
+ * stays allocated (without a context) for uffdwp_engine_stop(). */
+static void detach_on_close(struct uffdwp *ctx)
+{
+	struct uffdwp_engine *eng;
+
+	pthread_mutex_lock(&engines_lock);
+	eng = ctx->engine;
+	if (eng) {
+		stop_mode(eng);
+		unlink_engine(eng);
+		ctx->engine = NULL;
+		eng->ctx = NULL;
+	}
+	pthread_mutex_unlock(&engines_lock);
 }
 
 int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
@@ -765,8 +694,10 @@ int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
 	if (!out || !ctx)
 		return -EINVAL;
 	if (opts) {
-		if (opts->sz < offsetof(struct uffdwp_engine_opts, arg) + sizeof(opts->arg))
-			return -EINVAL;
+		ret = uffdwp__opts_check(opts, opts->sz,
+					 UFFDWP__OPTS_END(struct uffdwp_engine_opts, arg), sizeof(o));
+		if (ret)
+			return ret;
 		o.mode = opts->mode;
 		o.fn = opts->fn;
 		o.arg = opts->arg;
@@ -774,7 +705,8 @@ int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
 	mode = choose_mode(ctx, o.mode);
 	if (mode < 0)
 		return mode;
-	eng = calloc(1, sizeof(*eng));
+	pthread_once(&init_once, init_once_per_process);
+	eng = uffdwp__private_alloc(sizeof(*eng));
 	if (!eng)
 		return -ENOMEM;
 	eng->ctx = ctx;
@@ -784,19 +716,20 @@ int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
 	eng->page = uffdwp__page_size();
 	eng->page_mask = ~(uintptr_t)(eng->page - 1);
 	eng->stop_fd = -1;
-	eng->sigbus_slot = -1;
 	pthread_mutex_init(&eng->read_lock, NULL);
 
 	pthread_mutex_lock(&engines_lock);
-	ret = has_engine(ctx) ? -EBUSY : start_mode(eng);
+	ret = ctx->engine ? -EBUSY : start_mode(eng);
 	if (ret == 0) {
 		eng->next_started = engines_started;
 		engines_started = eng;
+		ctx->engine = eng;
+		ctx->engine_detach = detach_on_close;
 	}
 	pthread_mutex_unlock(&engines_lock);
 	if (ret < 0) {
 		pthread_mutex_destroy(&eng->read_lock);
-		free(eng);
+		uffdwp__private_free(eng);
 		return ret;
 	}
 	*out = eng;
@@ -805,32 +738,35 @@ int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
 
 void uffdwp_engine_stop(struct uffdwp_engine *eng)
 {
+	bool drain_left;
+
 	if (!eng)
 		return;
 	pthread_mutex_lock(&engines_lock);
-	if (eng->sigbus_slot >= 0)
-		sigbus_detach(eng);
-	if (eng->hooked) {
-		/* Returns once no handler runs our hook any more. */
-		eng->ctx->ops->set_fault_hook(eng->ctx, NULL, NULL);
-		eng->hooked = false;
+	/* Without a context it stopped already: its context was closed, or
+	 * it is a fork child's copy of a parent's engine. */
+	drain_left = eng->ctx && !eng->inherited;
+	if (drain_left) {
+		stop_mode(eng);
+		unlink_engine(eng);
+		eng->ctx->engine = NULL;
 	}
-	if (eng->stop_fd >= 0)
-		stop_thread(eng);
-	unlink_engine(eng);
 	pthread_mutex_unlock(&engines_lock);
 	/* What the thread did not see (CALLER mode; emulated faults that
 	 * queued while the hook was going away). A SIGBUS context queues no
 	 * fault, so this reads nothing there. */
-	drain(eng);
+	if (drain_left)
+		drain(eng);
 	pthread_mutex_destroy(&eng->read_lock);
-	free(eng);
+	uffdwp__private_free(eng);
 }
 
 int uffdwp_engine_dispatch(struct uffdwp_engine *eng)
 {
 	if (!eng || eng->mode != UFFDWP_ENGINE_CALLER)
 		return -EINVAL;
+	if (!eng->ctx || eng->inherited)
+		return -EBADF;  /* its context was closed (or is the parent's) */
 	return drain(eng);
 }
 

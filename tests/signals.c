@@ -1,0 +1,640 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fault-signal layer (src/signals.c, uffdwp_engine(3), uffdwp_emulated(7)):
+ * what happens to a fault whose context closes, whose engine stops, whose
+ * un-protect fails, whose writer leaves with siglongjmp(), and to the
+ * library's own state when the program protects its heap. Each test is the
+ * regression test of one defect of issue 9 (named in its comment).
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include "test.h"
+#include "backend.h"  /* UFFDWP__UNDER_TSAN */
+
+/* Run fn(arg) in a child process, which must exit 0 within timeout_s (a
+ * hang detector): returns its wait status, or fails on a hang. */
+static int in_child(void (*fn)(void *), void *arg, int timeout_s)
+{
+	struct pollfd exited = { .events = POLLIN };
+	int status;
+	pid_t pid = fork();
+
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		fn(arg);
+		_exit(0);
+	}
+	exited.fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	CHECK(exited.fd >= 0);
+	if (poll(&exited, 1, timeout_s * 1000) != 1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		FAIL("the child hung for %d s", timeout_s);
+	}
+	close(exited.fd);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	return status;
+}
+
+static void check_exited_0(int status)
+{
+	if (WIFSIGNALED(status))
+		FAIL("the child died of signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 0);
+}
+
+/* Features for a context whose faults an engine in mode can resolve. */
+static uint64_t features_for(enum uffdwp_backend backend, enum uffdwp_engine_mode mode)
+{
+	uint64_t f = UFFDWP_FEATURE_WP_UNPOPULATED | UFFDWP_FEATURE_THREAD_ID;
+
+	if (backend == UFFDWP_BACKEND_EMULATED)
+		return 0;
+	if (test_mem != MEM_ANON)
+		f |= UFFDWP_FEATURE_WP_HUGETLBFS_SHMEM;
+	if (mode == UFFDWP_ENGINE_INTHREAD)
+		f = (f & ~UFFDWP_FEATURE_THREAD_ID) | UFFDWP_FEATURE_SIGBUS;
+	return f;
+}
+
+static struct uffdwp_engine *start_engine(struct uffdwp *ctx, enum uffdwp_engine_mode mode,
+					  uffdwp_fault_fn fn, void *arg)
+{
+	struct uffdwp_engine_opts o = { .sz = sizeof(o), .mode = mode, .fn = fn, .arg = arg };
+	struct uffdwp_engine *eng = NULL;
+
+	CHECK_OK(uffdwp_engine_start(&eng, ctx, &o));
+	return eng;
+}
+
+/* Writers that write the pages of a region in turn until told to stop. */
+struct writers {
+	char *mem;
+	size_t len, page;
+	pthread_t thread[4];
+	int n;
+	_Atomic bool stop;
+	_Atomic unsigned long writes;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writers *w = arg;
+	size_t npages = w->len / w->page;
+
+	for (unsigned long i = 0; !atomic_load(&w->stop); i++) {
+		((volatile char *)w->mem)[(i % npages) * w->page + (i % 64)] = (char)i;
+		atomic_fetch_add(&w->writes, 1);
+	}
+	return NULL;
+}
+
+static void writers_start(struct writers *w, char *mem, size_t len, int n)
+{
+	w->mem = mem;
+	w->len = len;
+	w->page = test_mem_page();
+	w->n = n;
+	atomic_store(&w->stop, false);
+	for (int i = 0; i < n; i++)
+		CHECK_EQ(pthread_create(&w->thread[i], NULL, writer_main, w), 0);
+}
+
+static void writers_join(struct writers *w)
+{
+	atomic_store(&w->stop, true);
+	for (int i = 0; i < w->n; i++)
+		pthread_join(w->thread[i], NULL);
+}
+
+static double elapsed_s(const struct timespec *since)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - since->tv_sec) + (now.tv_nsec - since->tv_nsec) / 1e9;
+}
+
+/* What the kernel queues for a write fault (SIGSEGV on a read-only page,
+ * SIGBUS on a SIGBUS context), queued to this thread by hand: the
+ * delivery of a fault raised earlier. */
+static void deliver_fault_signal(int sig, int code, void *addr)
+{
+	siginfo_t si = { .si_signo = sig, .si_code = code };
+
+	si.si_addr = addr;
+	CHECK_OK(syscall(SYS_rt_tgsigqueueinfo, getpid(), gettid(), sig, &si));
+}
+
+/* ------------------------------------------------------------------------
+ * Item 2: the last close while writers fault
+ * ------------------------------------------------------------------------ */
+
+struct close_loop {
+	enum uffdwp_backend backend;
+	size_t len;
+};
+
+/* Writers fault while this thread opens, protects and closes, over and
+ * over: each close releases writers whose faults may not be delivered
+ * yet. (The emulated backend used to put the previous SIGSEGV action back
+ * on the last close, and such a fault then killed the process.) */
+static void close_while_faulting(void *arg)
+{
+	struct close_loop *c = arg;
+	char *mem = test_mem_map(c->len, true);
+	struct writers w = { 0 };
+	struct timespec t0;
+	int cycles = 0;
+
+	signal(SIGSEGV, SIG_DFL);  /* sanitizers install their own */
+	writers_start(&w, mem, c->len, 4);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (; cycles < 20000 && elapsed_s(&t0) < 3; cycles++) {
+		struct uffdwp *ctx = test_open(c->backend, 0);
+
+		CHECK_OK(uffdwp_register(ctx, mem, c->len, UFFDWP_REGISTER_MODE_WP));
+		CHECK_OK(uffdwp_writeprotect(ctx, mem, c->len, UFFDWP_WRITEPROTECT_MODE_WP));
+		uffdwp_close(ctx);
+	}
+	writers_join(&w);
+	printf("%d open-protect-close cycles, %lu writes\n", cycles, atomic_load(&w.writes));
+	if (c->backend == UFFDWP_BACKEND_EMULATED) {
+		/* The same, made certain: the signal of a write fault raised
+		 * while the page was protected, delivered after the close. */
+		struct uffdwp *ctx = test_open(c->backend, 0);
+
+		CHECK_OK(uffdwp_register(ctx, mem, c->len, UFFDWP_REGISTER_MODE_WP));
+		CHECK_OK(uffdwp_writeprotect(ctx, mem, c->len, UFFDWP_WRITEPROTECT_MODE_WP));
+		uffdwp_close(ctx);
+		deliver_fault_signal(SIGSEGV, SEGV_ACCERR, mem);
+		mem[0] = 2;  /* the retried write */
+	}
+}
+
+TEST_MEM(last_close_while_writers_fault, ON_BOTH, ON_ALLMEM)
+{
+	struct close_loop c = { backend, (test_mem == MEM_HUGETLB ? 2 : 16) * test_mem_page() };
+
+	check_exited_0(in_child(close_while_faulting, &c, 20));
+}
+
+/* ------------------------------------------------------------------------
+ * Item 3: a SIGBUS delivered after its engine stopped
+ * ------------------------------------------------------------------------ */
+
+static void exit_42(int sig)
+{
+	_exit(42);
+}
+
+static void deliver_sigbus(void *addr)
+{
+	deliver_fault_signal(SIGBUS, BUS_ADRERR, addr);
+}
+
+struct late_sigbus {
+	char *page;
+	_Atomic pid_t tid;
+	_Atomic bool done;
+};
+
+static void *late_sigbus_writer(void *arg)
+{
+	struct late_sigbus *l = arg;
+
+	atomic_store(&l->tid, gettid());
+	deliver_sigbus(l->page);
+	atomic_store(&l->done, true);
+	return NULL;
+}
+
+static void wait_asleep(_Atomic pid_t *tid)
+{
+	for (int tries = 0; !atomic_load(tid) || test_thread_state(atomic_load(tid)) != 'S';
+	     tries++) {
+		CHECK(tries < 5000);
+		usleep(1000);
+	}
+}
+
+/*
+ * A write-protect SIGBUS raised while the engine ran and delivered after
+ * uffdwp_engine_stop(), the page still protected: the writer waits for the
+ * page's resolver (here the program's un-protect) instead of reaching the
+ * previous action. touch: a populated page, or a never-touched one
+ * (WP_UNPOPULATED). Then, the page un-protected, a late SIGBUS at it
+ * (never touched: not even present) retries instead of killing.
+ */
+static void sigbus_after_stop(void *arg)
+{
+	bool touch = arg != NULL;
+	size_t len = test_mem_page();
+	struct uffdwp *ctx = test_open(UFFDWP_BACKEND_KERNEL,
+				       features_for(UFFDWP_BACKEND_KERNEL, UFFDWP_ENGINE_INTHREAD));
+	struct sigaction previous = { .sa_handler = exit_42 };
+	struct late_sigbus l = { .page = test_mem_map(len, touch) };
+	pthread_t t;
+
+	CHECK_OK(sigaction(SIGBUS, &previous, NULL));
+	CHECK_OK(uffdwp_register(ctx, l.page, len, UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, l.page, len, UFFDWP_WRITEPROTECT_MODE_WP));
+	uffdwp_engine_stop(start_engine(ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL));
+	CHECK_EQ(pthread_create(&t, NULL, late_sigbus_writer, &l), 0);
+	wait_asleep(&l.tid);
+	CHECK(!atomic_load(&l.done));
+	CHECK_OK(uffdwp_writeprotect(ctx, l.page, len, 0));
+	pthread_join(t, NULL);
+	deliver_sigbus(l.page);  /* not protected any more: retried */
+	uffdwp_close(ctx);
+}
+
+TEST_MEM(late_sigbus_after_engine_stop_waits, ON_KERNEL, ON_ALLMEM)
+{
+	check_exited_0(in_child(sigbus_after_stop, (void *)1, 20));
+}
+
+TEST_MEM(late_sigbus_after_engine_stop_never_touched, ON_KERNEL, ON_ANON | ON_SHMEM)
+{
+	check_exited_0(in_child(sigbus_after_stop, NULL, 20));
+}
+
+/* ------------------------------------------------------------------------
+ * Item 5: an un-protect that fails must not leave the writer asleep
+ * ------------------------------------------------------------------------ */
+
+/* hugetlbfs: the engine used to un-protect base pages of a huge page
+ * (-EINVAL) and leave the writer blocked (THREAD) or dead (kernel
+ * INTHREAD). */
+static void engine_on_huge_pages(enum uffdwp_backend backend, enum uffdwp_engine_mode mode)
+{
+	size_t len = 2 * test_mem_page();
+	char *mem = test_mem_map(len, true);
+	struct uffdwp *ctx = test_open(backend, features_for(backend, mode));
+	struct uffdwp_engine_stats st = { .sz = sizeof(st) };
+	struct uffdwp_engine *eng;
+	struct test_writer *w;
+
+	CHECK_OK(uffdwp_register(ctx, mem, len, UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, len, UFFDWP_WRITEPROTECT_MODE_WP));
+	eng = start_engine(ctx, mode, NULL, NULL);
+	w = test_writer_start(mem + test_mem_page() + 4096 + 5, 9);
+	if (!test_writer_done(w, 10000))
+		FAIL("the writer is still blocked after 10 s");
+	test_writer_join(w);
+	CHECK_EQ(mem[test_mem_page() + 4096 + 5], 9);
+	CHECK_OK(uffdwp_engine_stats(eng, &st));
+	CHECK_EQ(st.errors, 0);
+	CHECK_EQ(st.resolved, 1);
+	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+}
+
+TEST_MEM(engine_thread_resolves_huge_pages, ON_BOTH, ON_HUGETLB)
+{
+	engine_on_huge_pages(backend, UFFDWP_ENGINE_THREAD);
+}
+
+TEST_MEM(engine_inthread_resolves_huge_pages, ON_BOTH, ON_HUGETLB)
+{
+	engine_on_huge_pages(backend, UFFDWP_ENGINE_INTHREAD);
+}
+
+/* ------------------------------------------------------------------------
+ * Item 6: siglongjmp out of a handler that interrupted a blocked writer
+ * ------------------------------------------------------------------------ */
+
+struct jumper {
+	char *mem;  /* two pages: A, B */
+	size_t page;
+	sigjmp_buf env;
+	sem_t go;  /* posted when a round's pages are protected */
+	_Atomic pid_t tid;
+	_Atomic int rounds_done;
+};
+
+static struct jumper *the_jumper;
+
+static void jump_out(int sig)
+{
+	siglongjmp(the_jumper->env, 1);
+}
+
+/* Each round: write A (blocks); the program's signal handler leaves that
+ * wait with siglongjmp; write B instead (blocks until resolved). */
+static void *jumper_main(void *arg)
+{
+	struct jumper *j = arg;
+
+	atomic_store(&j->tid, gettid());
+	for (volatile int round = 0; round < 3; round++) {
+		while (sem_wait(&j->go) < 0)
+			;
+		if (sigsetjmp(j->env, 1) == 0)
+			((volatile char *)j->mem)[0] = (char)round;
+		((volatile char *)j->mem)[j->page] = (char)round;
+		atomic_store(&j->rounds_done, round + 1);
+	}
+	return NULL;
+}
+
+TEST_MEM(siglongjmp_out_of_blocked_write, ON_BOTH, ON_ALLMEM)
+{
+	struct jumper j = { .page = test_mem_page() };
+	struct sigaction sa = { .sa_handler = jump_out };
+	struct uffdwp *ctx = test_open(backend, features_for(backend, UFFDWP_ENGINE_THREAD));
+	struct uffdwp_event ev;
+	pthread_t t;
+
+	if (UFFDWP__UNDER_TSAN)
+		SKIP("TSan defers signal handlers past the fault");
+	j.mem = test_mem_map(2 * j.page, true);
+	sem_init(&j.go, 0, 0);
+	the_jumper = &j;
+	CHECK_OK(sigaction(SIGUSR1, &sa, NULL));
+	CHECK_OK(uffdwp_register(ctx, j.mem, 2 * j.page, UFFDWP_REGISTER_MODE_WP));
+	CHECK_EQ(pthread_create(&t, NULL, jumper_main, &j), 0);
+	for (int round = 0; round < 3; round++) {
+		CHECK_OK(uffdwp_writeprotect(ctx, j.mem, 2 * j.page, UFFDWP_WRITEPROTECT_MODE_WP));
+		sem_post(&j.go);
+		ev = test_read_event(ctx);
+		CHECK_EQ(ev.pagefault.address, (uintptr_t)j.mem);
+		wait_asleep(&j.tid);
+		CHECK_EQ(pthread_kill(t, SIGUSR1), 0);
+		ev = test_read_event(ctx);
+		CHECK_EQ(ev.pagefault.address, (uintptr_t)j.mem + j.page);
+		CHECK_OK(uffdwp_writeprotect(ctx, j.mem + j.page, j.page, 0));
+		for (int tries = 0; atomic_load(&j.rounds_done) <= round; tries++) {
+			CHECK(tries < 5000);
+			usleep(1000);
+		}
+		/* The abandoned wait on A: whatever is left of it goes. */
+		CHECK_OK(uffdwp_writeprotect(ctx, j.mem, j.page, 0));
+		CHECK_RET(uffdwp_read_events(ctx, &ev, 1), -EAGAIN);
+	}
+	pthread_join(t, NULL);
+	CHECK_EQ(j.mem[j.page], 2);
+	uffdwp_close(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Item 7: a sleeping in-thread callback stops nobody else
+ * ------------------------------------------------------------------------ */
+
+struct sleeper {
+	sem_t entered, release, others_done;
+};
+
+static int sleep_in_callback(void *arg, const struct uffdwp_event *ev)
+{
+	struct sleeper *s = arg;
+
+	if (ev->type == UFFDWP_EVENT_PAGEFAULT) {
+		sem_post(&s->entered);
+		while (sem_wait(&s->release) < 0)
+			;
+	}
+	return UFFDWP_RESOLVE;
+}
+
+/* Register on an unrelated context, and fork, while the callback sleeps. */
+static void *unrelated_work(void *arg)
+{
+	struct sleeper *s = arg;
+	struct uffdwp *other = test_open(UFFDWP_BACKEND_EMULATED, 0);
+	char *mem = test_map(2, true);
+	int status;
+	pid_t pid;
+
+	CHECK_OK(uffdwp_register(other, mem, 2 * test_page(), UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_unregister(other, mem, 2 * test_page()));
+	uffdwp_close(other);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0)
+		_exit(0);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	sem_post(&s->others_done);
+	return NULL;
+}
+
+TEST(sleeping_inthread_callback_blocks_nobody_else, ON_EMULATED)
+{
+	struct uffdwp *ctx = test_open(backend, 0);
+	char *mem = test_map(1, true);
+	struct uffdwp_engine *eng;
+	struct test_writer *w;
+	struct sleeper s;
+	pthread_t t;
+	bool done;
+
+	sem_init(&s.entered, 0, 0);
+	sem_init(&s.release, 0, 0);
+	sem_init(&s.others_done, 0, 0);
+	CHECK_OK(uffdwp_register(ctx, mem, test_page(), UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	eng = start_engine(ctx, UFFDWP_ENGINE_INTHREAD, sleep_in_callback, &s);
+	w = test_writer_start(mem, 3);
+	CHECK(test_sem_wait(&s.entered, 10000));
+	CHECK_EQ(pthread_create(&t, NULL, unrelated_work, &s), 0);
+	done = test_sem_wait(&s.others_done, 10000);
+	sem_post(&s.release);
+	pthread_join(t, NULL);
+	if (!done)
+		FAIL("register and fork waited for a sleeping callback of another context");
+	test_writer_join(w);
+	CHECK_EQ(mem[0], 3);
+	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Item 8: engine start and stop across fork()
+ * ------------------------------------------------------------------------ */
+
+struct churner {
+	enum uffdwp_backend backend;
+	struct uffdwp *ctx;
+	_Atomic bool stop;
+	_Atomic unsigned long cycles;
+};
+
+static void *start_stop_loop(void *arg)
+{
+	struct churner *c = arg;
+
+	while (!atomic_load(&c->stop)) {
+		uffdwp_engine_stop(start_engine(c->ctx, UFFDWP_ENGINE_THREAD, NULL, NULL));
+		atomic_fetch_add(&c->cycles, 1);
+	}
+	return NULL;
+}
+
+static void child_starts_an_engine(void *arg)
+{
+	struct churner *c = arg;
+	struct uffdwp *ctx = test_open(c->backend, 0);
+
+	uffdwp_engine_stop(start_engine(ctx, UFFDWP_ENGINE_THREAD, NULL, NULL));
+	uffdwp_close(ctx);
+}
+
+TEST_TIMEOUT(engine_start_stop_across_fork, ON_BOTH, 120)
+{
+	struct churner c = { .backend = backend, .ctx = test_open(backend, 0) };
+	pthread_t t;
+
+	CHECK_EQ(pthread_create(&t, NULL, start_stop_loop, &c), 0);
+	for (int i = 0; i < 200; i++)
+		check_exited_0(in_child(child_starts_an_engine, &c, 10));
+	atomic_store(&c.stop, true);
+	pthread_join(t, NULL);
+	printf("%lu start/stop cycles during 200 forks\n", atomic_load(&c.cycles));
+	uffdwp_close(c.ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Item 15: the program protects its own heap
+ * ------------------------------------------------------------------------ */
+
+/* The [heap] mapping, page-aligned. */
+static bool find_heap(uintptr_t *start, uintptr_t *end)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[256];
+	bool found = false;
+
+	CHECK(f != NULL);
+	while (!found && fgets(line, sizeof(line), f))
+		if (strstr(line, "[heap]"))
+			found = sscanf(line, "%lx-%lx", start, end) == 2;
+	fclose(f);
+	return found;
+}
+
+struct heap_writer {
+	pthread_t thread;
+	char *buf;  /* in [heap] */
+	_Atomic bool stop;
+	_Atomic unsigned long writes;
+};
+
+static void *heap_writer_main(void *arg)
+{
+	struct heap_writer *h = arg;
+
+	for (unsigned long i = 0; !atomic_load(&h->stop); i++) {
+		h->buf[i % 512] = (char)i;
+		atomic_fetch_add(&h->writes, 1);
+	}
+	return NULL;
+}
+
+/*
+ * The whole [heap] protected while threads write their buffers there and
+ * this thread allocates: every fault must be resolved and the process
+ * survive. (The library kept fault-path state in the heap: its engine,
+ * its emulated tables, its waiters.)
+ */
+static void protect_the_heap(enum uffdwp_backend backend, enum uffdwp_engine_mode mode)
+{
+	struct heap_writer h[2];
+	struct uffdwp *ctx = test_open(backend, features_for(backend, mode));
+	struct uffdwp_engine *eng;
+	void *blocks[64];
+	uintptr_t start, end;
+	struct timespec t0;
+
+	for (int i = 0; i < 2; i++) {
+		memset(&h[i], 0, sizeof(h[i]));
+		h[i].buf = malloc(512);
+	}
+	if (!find_heap(&start, &end))
+		SKIP("no [heap] mapping");
+	CHECK((uintptr_t)h[0].buf >= start && (uintptr_t)h[0].buf < end);
+	CHECK_OK(uffdwp_register(ctx, (void *)start, end - start, UFFDWP_REGISTER_MODE_WP));
+	eng = start_engine(ctx, mode, NULL, NULL);
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(pthread_create(&h[i].thread, NULL, heap_writer_main, &h[i]), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int round = 0; elapsed_s(&t0) < 1; round++) {
+		CHECK_OK(uffdwp_writeprotect(ctx, (void *)start, end - start,
+					     UFFDWP_WRITEPROTECT_MODE_WP));
+		for (int i = 0; i < 64; i++)
+			blocks[i] = malloc(64 + (size_t)(i + round) % 256);
+		for (int i = 0; i < 64; i++)
+			free(blocks[i]);
+	}
+	for (int i = 0; i < 2; i++) {
+		atomic_store(&h[i].stop, true);
+		pthread_join(h[i].thread, NULL);
+		CHECK(atomic_load(&h[i].writes) > 0);
+	}
+	CHECK_OK(uffdwp_writeprotect(ctx, (void *)start, end - start, 0));
+	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+}
+
+TEST(protect_the_heap_thread, ON_BOTH)
+{
+	protect_the_heap(backend, UFFDWP_ENGINE_THREAD);
+}
+
+TEST(protect_the_heap_inthread, ON_BOTH)
+{
+	protect_the_heap(backend, UFFDWP_ENGINE_INTHREAD);
+}
+
+/* ------------------------------------------------------------------------
+ * Item 16: uffdwp_close() while its engine runs
+ * ------------------------------------------------------------------------ */
+
+static void close_then_stop(enum uffdwp_backend backend, enum uffdwp_engine_mode mode)
+{
+	size_t len = 4 * test_mem_page();
+	char *mem = test_mem_map(len, true);
+	struct uffdwp *ctx = test_open(backend, features_for(backend, mode));
+	struct writers w = { 0 };
+	struct uffdwp_engine *eng;
+
+	CHECK_OK(uffdwp_register(ctx, mem, len, UFFDWP_REGISTER_MODE_WP));
+	eng = start_engine(ctx, mode, NULL, NULL);
+	writers_start(&w, mem, len, 2);
+	for (int i = 0; i < 200; i++) {
+		CHECK_OK(uffdwp_writeprotect(ctx, mem, len, UFFDWP_WRITEPROTECT_MODE_WP));
+		if (mode == UFFDWP_ENGINE_CALLER)
+			CHECK(uffdwp_engine_dispatch(eng) >= 0);
+		sched_yield();
+	}
+	uffdwp_close(ctx);  /* the engine still runs */
+	writers_join(&w);
+	if (mode == UFFDWP_ENGINE_CALLER)
+		CHECK_RET(uffdwp_engine_dispatch(eng), -EBADF);
+	CHECK_OK(uffdwp_engine_flush(eng));
+	uffdwp_engine_stop(eng);
+}
+
+TEST_MEM(close_with_engine_running_thread, ON_BOTH, ON_ANON | ON_SHMEM)
+{
+	close_then_stop(backend, UFFDWP_ENGINE_THREAD);
+}
+
+TEST_MEM(close_with_engine_running_inthread, ON_BOTH, ON_ANON | ON_SHMEM)
+{
+	close_then_stop(backend, UFFDWP_ENGINE_INTHREAD);
+}
+
+TEST_MEM(close_with_engine_running_caller, ON_BOTH, ON_ANON | ON_SHMEM)
+{
+	close_then_stop(backend, UFFDWP_ENGINE_CALLER);
+}
