@@ -301,8 +301,9 @@ int uffdwp_register_ioctls(struct uffdwp *ctx, void *addr, size_t len, unsigned 
 	if (!(mode & UFFDWP_REGISTER_MODE_WP) ||
 	    (mode & ~(UFFDWP_REGISTER_MODE_WP | UFFDWP_REGISTER_MODE_MISSING)))
 		return -EINVAL;
-	/* The library's own state: protecting it would stop its fault path. */
-	if (uffdwp__private_overlaps((uintptr_t)addr, len))
+	/* The library's own state: protecting it would stop its fault path.
+	 * (Another process's addresses are not ours.) */
+	if (!ctx->pid && uffdwp__private_overlaps((uintptr_t)addr, len))
 		return -EBUSY;
 	if (tracks_ranges(ctx)) {
 		ret = change_ranges(ctx, (uintptr_t)addr, (uintptr_t)addr + len, true);

@@ -153,11 +153,13 @@ static int add_thread(struct uffdwp_remote *r, pid_t tid)
 }
 
 /*
- * Wait until thread t is in a ptrace stop. A signal arriving meanwhile
- * (signal-delivery-stop) is kept to be raised again at resume and the
- * thread let go on towards its stop with request (PTRACE_CONT, or
- * PTRACE_SYSCALL while it runs a call of ours). Returns the wait status,
- * or -ESRCH when the thread is gone.
+ * Wait until thread t is in a ptrace stop, letting it go on towards it
+ * with request: PTRACE_CONT, or PTRACE_SYSCALL while it runs a call of
+ * ours. A signal arriving meanwhile (signal-delivery-stop) is delivered as
+ * it came, siginfo and all, when the thread runs its own code (PTRACE_CONT);
+ * during a call of ours (every signal blocked but SIGKILL and SIGSTOP) it
+ * is kept and raised again at resume. Returns the wait status, or -ESRCH
+ * when the thread is gone.
  */
 static int wait_stop(struct uffdwp__remote_thread *t, enum __ptrace_request request)
 {
@@ -174,9 +176,9 @@ static int wait_stop(struct uffdwp__remote_thread *t, enum __ptrace_request requ
 		sig = WSTOPSIG(status);
 		if (sig == (SIGTRAP | 0x80) || (status >> 16) != 0)
 			return status;
-		/* A signal-delivery-stop: suppress it now, raise it at resume. */
-		t->stop_signal = sig;
-		if (ptrace(request, t->tid, 0, 0) < 0)
+		if (request == PTRACE_SYSCALL)
+			t->stop_signal = sig;
+		if (ptrace(request, t->tid, 0, request == PTRACE_CONT ? sig : 0) < 0)
 			return -ESRCH;
 	}
 }

@@ -18,7 +18,7 @@ struct uffdwp__remote_thread {
 	size_t xstate_len;
 	char state;              /* /proc state letter before the stop */
 	uint64_t sigmask;
-	int stop_signal;         /* a signal that arrived while we held it, re-raised at resume */
+	int stop_signal;         /* a signal that arrived during a call of ours, re-raised at resume */
 };
 
 /* Thread i (0: the thread group leader when it lives) of a stopped target,

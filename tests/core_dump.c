@@ -428,6 +428,59 @@ TEST_TIMEOUT(core_tool_killed_anytime, ON_NONE, 180)
 	target_quit(&t);
 }
 
+struct queuer {
+	pid_t pid;
+	_Atomic int stop;
+	int sent;
+};
+
+/* Queue SIGUSR1 to the target without pause until told to stop. */
+static void *queue_signals(void *arg)
+{
+	struct queuer *q = arg;
+
+	while (!atomic_load(&q->stop))
+		if (sigqueue(q->pid, SIGUSR1, (union sigval){ .sival_int = 4242 }) == 0)
+			q->sent++;
+		else
+			sched_yield();  /* its queue is full: let it drain */
+	return NULL;
+}
+
+/* Signals sent to the target while cores are taken arrive as they were
+ * sent (bank.c checks si_code and the value): none is lost or remade. */
+TEST_TIMEOUT(core_signals_arrive_as_sent, ON_NONE, 120)
+{
+	struct target t;
+	struct queuer q = { 0 };
+	char path[64], pid[16], err[512], line[64];
+	pthread_t thread;
+	int seen = 0;
+
+	need_remote();
+	target_start(&t);
+	core_path(path, sizeof(path));
+	test_cleanup(remove_core);
+	snprintf(pid, sizeof(pid), "%d", t.pid);
+	q.pid = t.pid;
+	CHECK(pthread_create(&thread, NULL, queue_signals, &q) == 0);
+	for (int round = 0; round < 5; round++) {
+		char *args[] = { "core", "-q", "-o", path, pid, NULL };
+		int st = run_tool(args, err, sizeof(err), NULL, true);
+
+		if (st != 0)
+			FAIL("uffdwp core exited %d: %s", st, err);
+	}
+	atomic_store(&q.stop, 1);
+	pthread_join(thread, NULL);
+	CHECK(q.sent > 0);
+	CHECK(write(t.in, "s", 1) == 1);
+	CHECK(read_line(t.out, line, sizeof(line), REPLY_MS));
+	CHECK(sscanf(line, "signals %d", &seen) == 1);
+	CHECK(seen > 0);
+	target_quit(&t);  /* fails if a signal arrived changed */
+}
+
 /* A caller who may not trace the target gets the reason; the target goes on. */
 TEST_TIMEOUT(core_unprivileged_caller, ON_NONE, 60)
 {

@@ -12,7 +12,9 @@
  *  - a sleeper in nanosleep(2), a reader blocked in read(2) on a pipe and a
  *    thread holding values in callee-saved and vector registers check that
  *    whatever is done to them (a stop, an injected system call) changes
- *    nothing: no EINTR, the right byte, the same registers, the same mask.
+ *    nothing: no EINTR, the right byte, the same registers, the same mask;
+ *  - SIGUSR1 queued to it (sigqueue, value SIGNAL_VALUE) arrives as sent:
+ *    si_code SI_QUEUE and the value, counted (the 's' command says how many).
  *
  * Prints one line "ready PID PAIRS SWEEP NPAGES SPARE" (addresses in hex),
  * then obeys single-letter commands on stdin, answering one line each:
@@ -23,6 +25,7 @@
  *   f  fork a child that exits at once; reply when reaped
  *   d  MADV_DONTNEED the first SPARE_PAGES / 4 pages of the spare region
  *   u  munmap its last SPARE_PAGES / 2 pages
+ *   s  print how many SIGUSR1 arrived (all as sent, or a failure is noted)
  * (the spare region: SPARE_PAGES pages written once at start, then left)
  */
 #include <errno.h>
@@ -59,6 +62,16 @@ static char *spare;
 static atomic_int stop, failures;
 static int pipefd[2];
 static atomic_int got_byte = -1;
+#define SIGNAL_VALUE 4242
+static atomic_int signals_seen, signals_wrong;
+
+static void on_usr1(int sig, siginfo_t *si, void *uc)
+{
+	if (si->si_code == SI_QUEUE && si->si_value.sival_int == SIGNAL_VALUE)
+		atomic_fetch_add(&signals_seen, 1);
+	else
+		atomic_fetch_add(&signals_wrong, 1);
+}
 
 static void fail(const char *what)
 {
@@ -96,8 +109,20 @@ static void *sweeper(void *arg)
 	return NULL;
 }
 
+/* SIGUSR1 goes to the other threads: here a handler would end the sleep
+ * or the read with EINTR by design, which is not what they check. */
+static void block_usr1(void)
+{
+	sigset_t usr1;
+
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+}
+
 static void *sleeper(void *arg)
 {
+	block_usr1();
 	while (!atomic_load(&stop)) {
 		struct timespec ts = { 0, 20 * 1000 * 1000 };
 
@@ -113,6 +138,7 @@ static void *reader(void *arg)
 	char c;
 	ssize_t n;
 
+	block_usr1();
 	for (;;) {
 		n = read(pipefd[0], &c, 1);
 		if (n == 1 && c == 'q')
@@ -171,6 +197,9 @@ int main(void)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	struct sigaction sa = { .sa_sigaction = on_usr1, .sa_flags = SA_SIGINFO | SA_RESTART };
+
+	sigaction(SIGUSR1, &sa, NULL);
 	/* First, so above the others: a save in address order reaches it last. */
 	spare = mmap(NULL, SPARE_PAGES * page, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -220,6 +249,9 @@ int main(void)
 		}
 		case 'x':
 			_exit(3);
+		case 's':
+			printf("signals %d\n", atomic_load(&signals_seen));
+			break;
 		case 'd':
 			printf("%s\n", madvise(spare, SPARE_PAGES / 4 * page, MADV_DONTNEED) ?
 					       "madvise failed" : "discarded");
@@ -242,6 +274,8 @@ int main(void)
 			pthread_sigmask(SIG_BLOCK, NULL, &now);
 			if (!sigismember(&now, SIGUSR2) || sigismember(&now, SIGUSR1))
 				fail("the signal mask changed");
+			if (atomic_load(&signals_wrong))
+				fail("a SIGUSR1 arrived changed (si_code or value)");
 			printf("bye %d\n", atomic_load(&failures));
 			return atomic_load(&failures) ? 1 : 0;
 		}
