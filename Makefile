@@ -30,6 +30,8 @@ TOOL_SRCS  := $(wildcard tools/*.c bench/*.c)
 TEST_SRCS  := $(wildcard tests/*.c)
 MANSECTIONS := $(sort $(subst .,,$(suffix $(wildcard man/*))))
 EXAMPLES   := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+# Programs the tests run as other processes (uffdwp core's targets).
+TARGETS    := $(patsubst tests/targets/%.c,$(BUILD)/tests/targets/%,$(wildcard tests/targets/*.c))
 
 LIB_OBJS   := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
 PIC_OBJS   := $(patsubst %.c,$(BUILD)/pic/%.o,$(LIB_SRCS))
@@ -63,7 +65,7 @@ $(DEPS_STAMP):
 	@touch $@
 
 .PHONY: all check run install clean soak
-all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES)
+all: $(STATIC) $(SHARED) $(BUILD)/libuffdwp.so $(TOOL) $(TESTRUN) $(EXAMPLES) $(TARGETS)
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/*.h src/*.h tests/*.h bench/*.h tools/*.h) Makefile | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -95,6 +97,12 @@ $(TESTRUN): $(TEST_OBJS) $(STATIC)
 $(BUILD)/examples/%: examples/%.c $(STATIC) include/uffdwp.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+# Plain programs, as the processes uffdwp core meets are: no sanitizer (their
+# deliberate unsynchronised writes are what a core must catch at one instant).
+$(BUILD)/tests/targets/%: tests/targets/%.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -D_GNU_SOURCE -pthread $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # TESTFLAGS passes options to the runner, e.g. TESTFLAGS='-f wp -b kernel'.
 check: all

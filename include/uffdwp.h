@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -239,6 +240,79 @@ struct uffdwp_event {
  */
 UFFDWP_API int uffdwp_read_events(struct uffdwp *ctx, struct uffdwp_event *ev, size_t max);
 
+
+/* ------------------------------------------------------------------------
+ * Another process (src/remote.c; x86_64 Linux)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * A running, unmodified process whose memory a context can write-protect:
+ * uffdwp_remote_open() creates a userfaultfd inside it (a system call made
+ * by one of its threads, stopped for that moment only, whose registers,
+ * signal mask and FPU state are restored exactly) and hands it to us as a
+ * context acting on the target's address space: register, protect and read
+ * faults with the usual calls, addresses being the target's; a
+ * uffdwp_snapshot_begin() given it (opts.context) saves the target's
+ * memory. uffdwp_remote_attach() stops all its threads (ptrace: no signal
+ * is sent) for a consistent instant, uffdwp_remote_resume() lets them run
+ * on from where they stopped. The target keeps no descriptor of ours: if
+ * we die, the kernel un-protects everything and wakes its writers; if it
+ * dies, calls on the context fail with -ESRCH.
+ */
+struct uffdwp_remote;
+
+/*
+ * Open a context on process pid's address space (kernel backend only,
+ * faults read by a handler thread: UFFDWP_FEATURE_SIGBUS and
+ * UFFDWP_BACKEND_EMULATED are refused with -EOPNOTSUPP). opts as for
+ * uffdwp_open(); features 0 asks UFFDWP_FEATURES_DEFAULT where available.
+ * One thread of the target (a running one if any) is stopped for the
+ * moment of the call; if we die meanwhile it is put back all the same.
+ * Errors: -EINVAL bad arguments, pid <= 0 or our own; -ESRCH no such
+ * process; -EPERM we may not trace it (another user, not dumpable, Yama
+ * ptrace_scope, traced by someone else: nothing was changed); -EOPNOTSUPP
+ * as above, a requested feature is missing, or not x86_64; -EACCES the
+ * target may not create a userfaultfd (its userfaultfd(2) answered EPERM:
+ * vm.unprivileged_userfaultfd, seccomp), -ENOSYS its kernel has none;
+ * -ENOEXEC no rt_sigreturn trampoline found in the target
+ * (needed to undo the call should we die meanwhile); -EBUSY every thread
+ * is stopped by job control (SIGSTOP); -ENOMEM.
+ */
+UFFDWP_API int uffdwp_remote_open(pid_t pid, struct uffdwp **ctx, const struct uffdwp_opts *opts);
+
+/*
+ * Stop every thread of process pid (threads born meanwhile too); *r is
+ * set. Keep the stop short: call uffdwp_remote_resume() as soon as
+ * possible. If we are killed while it is stopped, the kernel lets it run
+ * on. Errors: -EINVAL r NULL, pid <= 0 or our own process; -ESRCH no such
+ * process (or it exited meanwhile); -EPERM as for uffdwp_remote_open()
+ * (nothing was changed); -EOPNOTSUPP not x86_64; -ENOMEM.
+ */
+UFFDWP_API int uffdwp_remote_attach(struct uffdwp_remote **r, pid_t pid);
+
+/*
+ * Let every thread run on from where it stopped (a system call it was in is
+ * restarted as after any stop) and detach. Calling it again does nothing.
+ * Returns 0, or -ESRCH when the target died meanwhile.
+ */
+UFFDWP_API int uffdwp_remote_resume(struct uffdwp_remote *r);
+
+/* The target's pid. */
+UFFDWP_API pid_t uffdwp_remote_pid(const struct uffdwp_remote *r);
+
+/* How many threads were stopped. */
+UFFDWP_API size_t uffdwp_remote_threads(const struct uffdwp_remote *r);
+
+/* How long the target was stopped, first thread stopped to last resumed
+ * (ns); 0 while it is still stopped. */
+UFFDWP_API uint64_t uffdwp_remote_pause_ns(const struct uffdwp_remote *r);
+
+/* A pidfd of the target: poll(2) reports it readable once the target has
+ * exited. Valid until uffdwp_remote_free(); do not close it. */
+UFFDWP_API int uffdwp_remote_pidfd(const struct uffdwp_remote *r);
+
+/* Resume the target if still stopped and free r. NULL is fine. */
+UFFDWP_API void uffdwp_remote_free(struct uffdwp_remote *r);
 
 /* ------------------------------------------------------------------------
  * Probe: what this machine supports, and why
@@ -820,6 +894,22 @@ struct uffdwp_snapshot_opts {
 	 */
 	enum uffdwp_codec codec;
 	int codec_level;
+	/*
+	 * A context of yours to snapshot through instead of one of the
+	 * snapshot's own (no tracker; backend and engine_mode are then
+	 * ignored): typically one on another process (uffdwp_remote_open()),
+	 * whose memory the regions then name and is read with
+	 * process_vm_readv(2). The snapshot registers the regions with it,
+	 * runs a handler-thread engine on it and unregisters them at end; the
+	 * context stays yours. A remote target that exits makes the snapshot
+	 * fail with -ESRCH; pages it unmapped meanwhile are skipped, not
+	 * failed (events says which ranges).
+	 */
+	struct uffdwp *context;
+	/* With context: called from the engine thread for each event other
+	 * than a page fault that the context reports (REMOVE, UNMAP ... when
+	 * opened with their UFFDWP_FEATURE_EVENT_* bits); NULL: ignored. */
+	uffdwp_fault_fn events;
 };
 
 /*

@@ -13,6 +13,7 @@
 #include <ucontext.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include "uffdwp.h"
 
 #define UFFDWP__HIDDEN __attribute__((visibility("hidden")))
@@ -65,6 +66,7 @@ struct uffdwp {
 	int fd;
 	uint64_t features;
 	void *priv;  /* the backend's own state */
+	pid_t pid;   /* 0: this process; else the process whose memory it acts on */
 
 	/* SIGBUS contexts: what is registered; readers count lookups. */
 	_Atomic(struct uffdwp__range_set *) sigbus_ranges;
@@ -198,6 +200,15 @@ struct uffdwp__fork_hooks {
 
 void uffdwp__at_fork(enum uffdwp__fork_order order,
 		     const struct uffdwp__fork_hooks *hooks) UFFDWP__HIDDEN;
+
+/* A kernel context over fd, a userfaultfd of process pid that no
+ * UFFDIO_API has touched yet (remote.c): the handshake asks for features
+ * (0: UFFDWP_FEATURES_DEFAULT where available). On success ctx owns fd; on
+ * failure fd is closed. Errors as for uffdwp_open() (context.c). */
+int uffdwp__open_fd(struct uffdwp **ctx, int fd, pid_t pid, uint64_t features) UFFDWP__HIDDEN;
+
+/* The kernel backend's open over a given fd (kernel.c): as ops->open. */
+int uffdwp__kernel_adopt(struct uffdwp *ctx, int fd, uint64_t features) UFFDWP__HIDDEN;
 
 /* The kernel half of uffdwp_probe() (kernel.c). */
 void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;

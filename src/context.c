@@ -159,8 +159,11 @@ static void init_once_per_process(void)
  * Open and close
  * ------------------------------------------------------------------------- */
 
-static int open_backend(struct uffdwp **out, const struct uffdwp__backend_ops *ops,
-			enum uffdwp_backend backend, uint64_t features)
+/* A context on a new descriptor of the backend's, or (kernel, adopt >= 0)
+ * on a userfaultfd of process pid that no handshake has touched yet
+ * (uffdwp__open_fd). */
+static int open_context(struct uffdwp **out, const struct uffdwp__backend_ops *ops,
+			enum uffdwp_backend backend, uint64_t features, int adopt, pid_t pid)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	struct uffdwp *ctx;
@@ -168,13 +171,17 @@ static int open_backend(struct uffdwp **out, const struct uffdwp__backend_ops *o
 
 	pthread_once(&once, init_once_per_process);
 	ctx = uffdwp__private_alloc(sizeof(*ctx));
-	if (!ctx)
+	if (!ctx) {
+		if (adopt >= 0)
+			close(adopt);
 		return -ENOMEM;
+	}
 	ctx->ops = ops;
 	ctx->backend = backend;
 	ctx->fd = -1;
 	ctx->registry_slot = -1;
-	ret = ops->open(ctx, features);
+	ctx->pid = pid;
+	ret = adopt >= 0 ? uffdwp__kernel_adopt(ctx, adopt, features) : ops->open(ctx, features);
 	if (ret == 0 && tracks_ranges(ctx)) {
 		ret = uffdwp__sigbus_join(ctx);
 		if (ret < 0)
@@ -186,6 +193,18 @@ static int open_backend(struct uffdwp **out, const struct uffdwp__backend_ops *o
 	}
 	*out = ctx;
 	return 0;
+}
+
+static int open_backend(struct uffdwp **out, const struct uffdwp__backend_ops *ops,
+			enum uffdwp_backend backend, uint64_t features)
+{
+	return open_context(out, ops, backend, features, -1, 0);
+}
+
+int uffdwp__open_fd(struct uffdwp **out, int fd, pid_t pid, uint64_t features)
+{
+	return open_context(out, &uffdwp__kernel_ops, UFFDWP_BACKEND_KERNEL,
+			    features ? features | UFFDWP_FEATURE_PAGEFAULT_FLAG_WP : 0, fd, pid);
 }
 
 int uffdwp_open(struct uffdwp **ctx, const struct uffdwp_opts *opts)
@@ -281,8 +300,9 @@ int uffdwp_register_ioctls(struct uffdwp *ctx, void *addr, size_t len, unsigned 
 	if (!(mode & UFFDWP_REGISTER_MODE_WP) ||
 	    (mode & ~(UFFDWP_REGISTER_MODE_WP | UFFDWP_REGISTER_MODE_MISSING)))
 		return -EINVAL;
-	/* The library's own state: protecting it would stop its fault path. */
-	if (uffdwp__private_overlaps((uintptr_t)addr, len))
+	/* The library's own state: protecting it would stop its fault path.
+	 * (Another process's addresses are not ours.) */
+	if (!ctx->pid && uffdwp__private_overlaps((uintptr_t)addr, len))
 		return -EBUSY;
 	if (tracks_ranges(ctx)) {
 		ret = change_ranges(ctx, (uintptr_t)addr, (uintptr_t)addr + len, true);

@@ -220,39 +220,62 @@ static void forget_context(struct uffdwp *ctx)
 	pthread_mutex_unlock(&open_contexts.lock);
 }
 
-static int kernel_open(struct uffdwp *ctx, uint64_t want)
+/* Agree on features over fd (a fresh userfaultfd, not yet handshaken) and
+ * make it ctx's. On failure fd is left to the caller. */
+static int adopt(struct uffdwp *ctx, int fd, uint64_t want)
 {
-	struct open_attempt why;
 	uint64_t available, got;
-	bool defaults = want == 0;
-	int fd, ret;
+	int ret;
 
 	ret = available_features(&available);
 	if (ret < 0)
 		return ret;
 	if (!(available & UFFDWP_FEATURE_PAGEFAULT_FLAG_WP))
 		return -EOPNOTSUPP;  /* before 5.7: no write-protect at all */
-	if (defaults)
+	if (want == 0)
 		want = UFFDWP_FEATURES_DEFAULT & available;
 	if (want & ~available)
 		return -EOPNOTSUPP;
-	fd = new_uffd(&why);
-	if (fd < 0)
-		return fd;
 	ret = handshake(fd, want, &got, NULL);
 	/* Older kernels dropped known-but-disabled bits silently: trust only
 	 * what came back. */
 	if (ret == 0 && (want & ~got))
 		ret = -EOPNOTSUPP;
-	if (ret < 0) {
-		close(fd);
+	if (ret < 0)
 		return ret;
-	}
 	ctx->fd = fd;
 	/* The kernel answers with every feature it has; those in force are
 	 * the ones asked for. */
 	ctx->features = want;
-	ret = remember_context(ctx);
+	return remember_context(ctx);
+}
+
+static int kernel_open(struct uffdwp *ctx, uint64_t want)
+{
+	struct open_attempt why;
+	uint64_t available;
+	int fd, ret;
+
+	/* Refuse before creating anything when the kernel cannot do it. */
+	ret = available_features(&available);
+	if (ret < 0)
+		return ret;
+	fd = new_uffd(&why);
+	if (fd < 0)
+		return fd;
+	ret = adopt(ctx, fd, want);
+	if (ret < 0)
+		close(fd);
+	return ret;
+}
+
+/* A userfaultfd of another process (remote.c) is kept like our own: a fork
+ * child gets an empty one of its own in its place (fork_child()), so that
+ * the target is never left protected by a copy of ours. */
+int uffdwp__kernel_adopt(struct uffdwp *ctx, int fd, uint64_t want)
+{
+	int ret = adopt(ctx, fd, want);
+
 	if (ret < 0)
 		close(fd);
 	return ret;

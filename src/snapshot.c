@@ -158,6 +158,9 @@ struct uffdwp_snapshot {
 	/* Where the faults come from. */
 	struct uffdwp *ctx;
 	bool own_ctx;
+	bool borrowed_ctx;  /* own_ctx, but the caller's context (opts.context) */
+	pid_t pid;          /* whose memory: 0 this process, else the context's target */
+	uffdwp_fault_fn events;  /* opts.events (borrowed context) */
 	struct uffdwp_engine *eng;
 	struct uffdwp_tracker *tracker;
 	size_t granule;  /* tracker: bytes the interposer is called for */
@@ -215,6 +218,7 @@ struct uffdwp_snapshot {
 	pthread_t thread;
 	bool thread_started;
 	bool vm_readv;  /* process_vm_readv works here */
+	bool unread[BATCH];  /* remote: pages of the batch that were unmapped */
 	bool frozen;    /* nobody writes the memory: encode it in place */
 	unsigned char *copy;  /* ASYNC incremental: the set, copied at begin */
 	bool interposed;      /* SYNC/EMULATED tracker: our interposer is in */
@@ -273,6 +277,16 @@ static void copy_held_page(void *dst, const void *src, size_t len)
 	memcpy(dst, src, len);
 }
 #endif
+
+/* Another process's page, held still by its protection: a target that
+ * died or unmapped it leaves zeros (the saver finds out on its own read). */
+static void read_remote(struct uffdwp_snapshot *s, void *dst, uint64_t addr, size_t len)
+{
+	struct iovec local = { dst, len }, remote = { (void *)(uintptr_t)addr, len };
+
+	if (process_vm_readv(s->pid, &local, 1, &remote, 1, 0) != (ssize_t)len)
+		memset(dst, 0, len);
+}
 
 /* Tell every waiter that a page became DONE (or that the snapshot stops). */
 static void wake_done_waiters(struct uffdwp_snapshot *s)
@@ -457,7 +471,10 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 
 	if (s->resident && !check_resident(s, (uint64_t)idx, addr, 1))
 		stop_with(s, -ESTALE);
-	copy_held_page(s->side + slot * s->page, (const void *)(uintptr_t)addr, s->page);
+	if (s->pid)
+		read_remote(s, s->side + slot * s->page, addr, s->page);
+	else
+		copy_held_page(s->side + slot * s->page, (const void *)(uintptr_t)addr, s->page);
 	s->slot_addr[slot] = addr;
 	atomic_store_explicit(&s->slot_seq[slot], k + 1, memory_order_release);
 	atomic_fetch_add_explicit(&s->copied, 1, memory_order_relaxed);
@@ -480,6 +497,10 @@ static void on_change(void *arg, uintptr_t start, uintptr_t end)
 {
 	struct uffdwp_snapshot *s = arg;
 
+	/* Another process's snapshot whose caller takes the events (uffdwp
+	 * core notes the ranges): it goes on, skipping what is gone. */
+	if (s->pid && s->events)
+		return;
 	for (size_t i = 0; i < s->nregions; i++)
 		if (start < s->regions[i].addr + s->regions[i].len && s->regions[i].addr < end) {
 			stop_with(s, -ESTALE);
@@ -492,6 +513,8 @@ static int on_fault(void *arg, const struct uffdwp_event *ev)
 {
 	struct uffdwp_snapshot *s = arg;
 
+	if (ev->type != UFFDWP_EVENT_PAGEFAULT && s->events)
+		s->events(s->arg, ev);
 	switch (ev->type) {
 	case UFFDWP_EVENT_PAGEFAULT:
 		before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1));
@@ -782,6 +805,37 @@ static uint64_t addr_of(const struct uffdwp_snapshot *s, const struct run *r, ui
 	return r->addr + (idx - r->first) * s->page;
 }
 
+/* Another process's pages: what it unmapped meanwhile is marked in
+ * s->unread and skipped (its UNMAP event went to opts.events); -ESRCH when
+ * it is gone. */
+static int read_pages_remote(struct uffdwp_snapshot *s, const struct iovec *remote,
+			     size_t nremote)
+{
+	unsigned char *to = s->bounce;
+	size_t i = 0;
+
+	memset(s->unread, 0, sizeof(s->unread));
+	for (size_t k = 0; k < nremote; k++) {
+		for (size_t off = 0; off < remote[k].iov_len;) {
+			struct iovec local = { to, remote[k].iov_len - off };
+			struct iovec from = { (char *)remote[k].iov_base + off, local.iov_len };
+			ssize_t got = process_vm_readv(s->pid, &local, 1, &from, 1, 0);
+
+			if (got < 0 && errno == ESRCH)
+				return -ESRCH;
+			if (got <= 0) {  /* the first page is gone: skip it */
+				s->unread[i] = true;
+				got = (ssize_t)s->page;
+			}
+			got -= got % (ssize_t)s->page;
+			to += got;
+			off += (size_t)got;
+			i += (size_t)got / s->page;
+		}
+	}
+	return 0;
+}
+
 /* Emulated backend: before the n claimed pages are copied, -ESTALE if one
  * of them was discarded (check_resident()), else 0. */
 static int still_resident(struct uffdwp_snapshot *s, size_t n)
@@ -812,6 +866,8 @@ static int read_pages(struct uffdwp_snapshot *s, size_t n)
 		else
 			remote[nremote++] = (struct iovec){ at, s->page };
 	}
+	if (s->pid)
+		return read_pages_remote(s, remote, nremote);
 	if (still_resident(s, n))
 		return -ESTALE;
 	if (s->vm_readv) {
@@ -831,6 +887,26 @@ static int read_pages(struct uffdwp_snapshot *s, size_t n)
 	return 0;
 }
 
+/* Un-protect [addr, addr + len) once saved. -EAGAIN: an event on the
+ * regions is unread; the engine reads it (and, for a change to the
+ * regions, stops us). Another process's range partly unmapped meanwhile
+ * (its snapshot goes on: on_change()) is un-protected page by page. */
+static int unprotect(struct uffdwp_snapshot *s, uint64_t addr, uint64_t len)
+{
+	int ret;
+
+	while ((ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)addr, len, 0)) == -EAGAIN &&
+	       !atomic_load(&s->stop))
+		sched_yield();
+	if (ret != -ENOENT || !s->pid)
+		return ret;
+	for (uint64_t off = 0; off < len; off += s->page)
+		while (uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)(addr + off), s->page, 0) ==
+			       -EAGAIN && !atomic_load(&s->stop))
+			sched_yield();
+	return 0;
+}
+
 /* Save the n pages claimed in s->claimed, in address order. */
 static int save_batch(struct uffdwp_snapshot *s, size_t n)
 {
@@ -847,12 +923,7 @@ static int save_batch(struct uffdwp_snapshot *s, size_t n)
 	if (s->own_ctx) {
 		uint64_t first = s->claimed_addr[0], last = s->claimed_addr[n - 1];
 
-		/* -EAGAIN: an event on the regions is unread; the engine
-		 * reads it (and, for a change to the regions, stops us). */
-		while ((ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)first,
-						  last + s->page - first, 0)) == -EAGAIN &&
-		       !atomic_load(&s->stop))
-			sched_yield();
+		ret = unprotect(s, first, last + s->page - first);
 		if (ret)
 			return atomic_load(&s->stop) ? atomic_load(&s->stop) : ret;
 	}
@@ -868,8 +939,13 @@ static int save_batch(struct uffdwp_snapshot *s, size_t n)
 
 		/* A stretch [i, j) contiguous in memory and in one run: one
 		 * call of the callback sink. */
+		if (s->pid && s->unread[i]) {
+			j = i + 1;
+			continue;
+		}
 		for (j = i + 1; j < n && s->claimed_run[j] == s->claimed_run[i] &&
-				s->claimed_addr[j] == s->claimed_addr[j - 1] + s->page; j++)
+				s->claimed_addr[j] == s->claimed_addr[j - 1] + s->page &&
+				!(s->pid && s->unread[j]); j++)
 			;
 		if (s->fn) {
 			ret = s->fn(s->arg, addr, data, (j - i) * s->page);
@@ -1031,7 +1107,8 @@ static void release_memory(struct uffdwp_snapshot *s)
 		for (size_t i = 0; i < s->nregions; i++)
 			uffdwp_unregister(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
 					  s->regions[i].len);
-		uffdwp_close(s->ctx);
+		if (!s->borrowed_ctx)
+			uffdwp_close(s->ctx);
 		s->ctx = NULL;
 		s->own_ctx = false;
 	}
@@ -1303,9 +1380,17 @@ static int open_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts
 					 .fn = on_fault, .arg = s };
 	int ret = -EOPNOTSUPP;
 
-	if (o->engine_mode == UFFDWP_ENGINE_CALLER)
+	if (o->context) {
+		/* In-thread modes would run in the context's process, which
+		 * may not be ours: a handler thread of ours serves it. */
+		s->ctx = o->context;
+		s->borrowed_ctx = true;
+		s->events = o->events;
+		eo.mode = UFFDWP_ENGINE_THREAD;
+		ret = 0;
+	} else if (o->engine_mode == UFFDWP_ENGINE_CALLER) {
 		return -EINVAL;
-	if (o->backend == UFFDWP_BACKEND_AUTO || o->backend == UFFDWP_BACKEND_KERNEL) {
+	} else if (o->backend == UFFDWP_BACKEND_AUTO || o->backend == UFFDWP_BACKEND_KERNEL) {
 		/* Never-touched pages must fault too (WP_UNPOPULATED); SIGBUS
 		 * lets the faulting thread copy its own page (in-thread). */
 		/* The events tell of a region discarded, unmapped or moved
@@ -1409,6 +1494,8 @@ static bool live_atfork;
 /* Whether two snapshots' sorted regions overlap. */
 static bool overlaps(const struct uffdwp_snapshot *a, const struct uffdwp_snapshot *b)
 {
+	if (a->pid != b->pid)
+		return false;  /* addresses of different processes */
 	for (size_t i = 0, j = 0; i < a->nregions && j < b->nregions;) {
 		const struct uffdwp_snapshot_region *x = &a->regions[i], *y = &b->regions[j];
 
@@ -1460,8 +1547,8 @@ static void fork_prepare(void)
 
 	pthread_mutex_lock(&live_lock);
 	for (struct uffdwp_snapshot *s = live; s; s = s->next_live)
-		if (s->owner == self && !atomic_load(&s->finished) && !atomic_load(&s->stop) &&
-		    shares_memory(s))
+		if (s->owner == self && !s->pid && !atomic_load(&s->finished) &&
+		    !atomic_load(&s->stop) && shares_memory(s))
 			stop_with(s, -ESTALE);
 }
 
@@ -1961,7 +2048,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 		return ret;
 	UFFDWP__OPTS_COPY(o, opts);
 	/* fd 0 means "unset" (a zeroed struct names no sink, never stdin). */
-	if ((!o.fn && o.fd <= 0) || (o.parent_id && !o.tracker))
+	if ((!o.fn && o.fd <= 0) || (o.parent_id && !o.tracker) || (o.context && o.tracker))
 		return -EINVAL;
 	if (uffdwp__codec_choose(o.codec, o.codec_level, &codec) < 0)
 		return -EINVAL;
@@ -1974,6 +2061,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	s->parent_id = o.parent_id;
 	s->codec = codec;
 	s->codec_level = o.codec_level;
+	s->pid = o.context ? o.context->pid : 0;  /* before list_live(): overlaps() */
 	ret = take_regions(s, regions, nregions);
 	if (!ret) {
 		struct uffdwp__format_header h = {

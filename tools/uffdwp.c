@@ -12,6 +12,7 @@ static const struct {
 	{ "probe", cmd_probe, "what this machine supports, and why [--json]" },
 	{ "bench", cmd_bench, "benchmarks: fault, track, snapshot [SUITE...] [--json] [--quick]" },
 	{ "snapshot", cmd_snapshot, "snapshot files: info|verify|restore FILE..." },
+	{ "core", cmd_core, "an ELF core of a running process, paused for ms [-o FILE] [--json] PID" },
 	{ "demo", cmd_demo, "a live snapshot of a busy store, beside fork() [--size MIB]" },
 };
 
