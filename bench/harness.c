@@ -583,7 +583,12 @@ int cmd_bench(int argc, char **argv)
 		} else if (!strcmp(a, "--rows") && i + 1 < argc) {
 			opts.rows = argv[++i];
 		} else if (!strcmp(a, "--repeat") && i + 1 < argc) {
-			opts.repeat = (unsigned)atoi(argv[++i]);
+			char *end;
+			unsigned long repeat = strtoul(argv[++i], &end, 10);
+
+			/* 1..1000: strtoul would take "-1" as ULONG_MAX */
+			opts.repeat = *end || end == argv[i] || argv[i][0] == '-' || repeat > 1000
+					      ? 0 : (unsigned)repeat;
 			if (opts.repeat == 0) {
 				fprintf(stderr, "uffdwp bench: bad repeat '%s'\n", argv[i]);
 				free(chosen);

@@ -111,14 +111,15 @@ UFFDWP_API void uffdwp_close(struct uffdwp *ctx);
 /*
  * The context's file descriptor, always valid while the context is open:
  * poll(2) reports POLLIN while events are pending. It is non-blocking and
- * close-on-exec; do not read or close it yourself.
+ * close-on-exec; do not read or close it yourself. -EINVAL for NULL.
  */
 UFFDWP_API int uffdwp_fd(const struct uffdwp *ctx);
 
-/* The features in force (UFFDWP_FEATURE_*). */
+/* The features in force (UFFDWP_FEATURE_*); 0 for NULL. */
 UFFDWP_API uint64_t uffdwp_features(const struct uffdwp *ctx);
 
-/* The backend in use: UFFDWP_BACKEND_KERNEL or UFFDWP_BACKEND_EMULATED. */
+/* The backend in use: UFFDWP_BACKEND_KERNEL or UFFDWP_BACKEND_EMULATED;
+ * UFFDWP_BACKEND_AUTO for NULL. */
 UFFDWP_API enum uffdwp_backend uffdwp_backend(const struct uffdwp *ctx);
 
 /* Name of a backend ("auto", "kernel", "emulated"), or "?" for others. */
@@ -337,6 +338,7 @@ struct uffdwp_engine_opts {
  *    THREAD; uffdwp_engine_mode() says which.
  * One engine per context.
  * Errors: -EINVAL eng or ctx NULL, opts->sz too small, unknown mode;
+ * -E2BIG non-zero bytes in opts past the fields this library knows;
  * -EOPNOTSUPP INTHREAD on a kernel context without SIGBUS, or THREAD/CALLER
  * on a SIGBUS context (its faults are never queued); -EBUSY ctx already has
  * an engine; -ENOMEM; -EAGAIN, -EMFILE (no
@@ -471,7 +473,8 @@ struct uffdwp_tracker_opts {
 
 /*
  * Create a tracker with no ranges. Errors: -EINVAL bad opts (sz, method,
- * unknown flags); -EOPNOTSUPP the method is not available here (ASYNC needs
+ * unknown flags); -E2BIG non-zero bytes in opts past the fields this
+ * library knows; -EOPNOTSUPP the method is not available here (ASYNC needs
  * Linux 6.7's WP_ASYNC, WP_UNPOPULATED and PAGEMAP_SCAN; SYNC a usable
  * kernel userfaultfd); the errors of uffdwp_open() and
  * uffdwp_engine_start(); -ENOMEM.
@@ -571,7 +574,8 @@ UFFDWP_API int uffdwp_tracker_reset(struct uffdwp_tracker *t, void *addr, size_t
  * around them (open, memory, the restore target): then the errno says it.
  *
  * Errors common to them: -EINVAL bad arguments (NULL path, sz too small);
- * -ESPIPE (info, restore) the file is not a regular file;
+ * -ESPIPE (info, restore) the file is not a regular file (a FIFO is never
+ * waited for: verify reads one without a writer as an empty stream);
  * -EBADMSG the file is corrupt (bad magic, checksum mismatch, a record
  * outside the regions, totals that do not match); -ENODATA it ends before
  * its trailer (truncated, or still being written); -ENOTSUP a format
@@ -635,12 +639,15 @@ UFFDWP_API int uffdwp_snapshot_file_verify(const char *path, struct uffdwp_snaps
 /*
  * Restoring a chain: paths[0] must be a full snapshot, and each later file
  * an incremental whose parent_id is the snapshot_id of the file before it,
- * with the same page size and regions. The chain's headers and trailers
- * are checked before anything is written; a corrupt record found while
- * replaying stops the restore with an error, leaving the target partly
- * restored (verify first when that matters). Errors, besides the common
- * ones: -EINVAL npaths is 0, or the files do not form a chain (err says
- * which link is broken).
+ * with the same page size and regions; all regular files. A restore reads
+ * the chain twice, one file open at a time (any length of chain, bounded
+ * memory): first every file is checked whole, as
+ * uffdwp_snapshot_file_verify() checks it, with the links; only then is the
+ * target written. So a corrupt, truncated or broken chain changes nothing.
+ * Errors, besides the common ones: -EINVAL npaths is 0, or the files do not
+ * form a chain (err says which link is broken); -ESTALE a file was replaced
+ * or changed between the check and the replay (the target is then partly
+ * restored).
  *
  * The image of a snapshot is its regions laid end to end in address order:
  * the byte at address A of region i is at offset (len of regions 0..i-1) +
@@ -651,7 +658,11 @@ UFFDWP_API int uffdwp_snapshot_file_verify(const char *path, struct uffdwp_snaps
  * Restore the chain into the regular file open for writing as fd: it is
  * truncated to the image size, zero pages are left as holes (or punched
  * out when a later file zeroes them), and it is not synced. Returns 0 or a
- * negative errno (above; -EBADF, -ENOSPC, -EFBIG ... from the writes).
+ * negative errno (above; -EBADF fd is not open for writing (O_RDONLY,
+ * O_PATH); -EINVAL fd is open with O_APPEND, or is one of the chain's files
+ * (same inode, under any name: err->message says which), both refused
+ * before anything is written; -ESPIPE fd is not a regular file; -ENOSPC,
+ * -EFBIG ... from the writes).
  */
 UFFDWP_API int uffdwp_snapshot_restore_fd(const char *const *paths, size_t npaths, int fd,
 					  struct uffdwp_snapshot_error *err);
@@ -659,8 +670,9 @@ UFFDWP_API int uffdwp_snapshot_restore_fd(const char *const *paths, size_t npath
 /*
  * Restore the chain into a fresh private anonymous mapping holding the
  * image: on success *mapping and *mapping_len describe it (yours to
- * munmap(2)); on failure nothing stays mapped. Returns 0 or a negative
- * errno (above; -ENOMEM when the image cannot be mapped).
+ * munmap(2)); on failure nothing stays mapped. Zero pages (also those a
+ * later file zeroes) are never populated. Returns 0 or a negative errno
+ * (above; -ENOMEM when the image cannot be mapped).
  */
 UFFDWP_API int uffdwp_snapshot_restore_mapping(const char *const *paths, size_t npaths,
 					       void **mapping, size_t *mapping_len,
@@ -669,11 +681,13 @@ UFFDWP_API int uffdwp_snapshot_restore_mapping(const char *const *paths, size_t 
 /*
  * Restore the chain into the memory at the addresses it was taken from
  * (a program restoring its own state): every region must be mapped
- * writable in this process, with the recorded page size, or the process
- * crashes. The regions are zeroed first (the full snapshot at the head of
- * the chain says that a page no record names is zero). Returns 0 or a
- * negative errno (above; -EINVAL the recorded page size is not this
- * machine's).
+ * writable in this process (mapped: checked, -EFAULT; writable: a
+ * read-only region crashes the process). Pages the chain says are zero
+ * are made zero without populating memory: private anonymous memory is
+ * dropped (MADV_DONTNEED), shared memory punched out (MADV_REMOVE), other
+ * memory written where it is not zero already. Returns 0 or a negative
+ * errno (above; -EINVAL the recorded page size is not this machine's;
+ * -EFAULT a region is not mapped).
  */
 UFFDWP_API int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t npaths,
 						struct uffdwp_snapshot_error *err);
@@ -703,10 +717,20 @@ UFFDWP_API int uffdwp_snapshot_restore_in_place(const char *const *paths, size_t
  * under UFFDWP_FEATURE_SIGBUS and the emulated backend; with
  * UFFDWP_ENGINE_THREAD they wait like any writer.
  *
- * Discarding or unmapping a region (munmap, MADV_DONTNEED) while its
- * snapshot runs makes the snapshot fail cleanly (-EFAULT or -ENOENT), never
- * hang; the pages already discarded cannot be saved. A child forked during a
- * snapshot gets its memory writable and is not part of the snapshot.
+ * Discarding, unmapping or moving part of a region (MADV_DONTNEED, munmap,
+ * mremap) while its snapshot runs makes the snapshot fail with -ESTALE
+ * (-EFAULT or -ENOENT when the saver finds the memory gone first), never
+ * hang and never report success: the kernel lets the discarding thread go
+ * before the old contents can be saved. The emulated backend sees no such
+ * call and checks each page as it copies it (uffdwp_snapshot(3) says what
+ * that check cannot see). A child forked during a snapshot gets its
+ * memory writable and is not part of the snapshot; if part of the regions
+ * is MAP_SHARED, the child could write pages not yet saved, so a fork(2)
+ * while such a snapshot runs fails it with -ESTALE.
+ *
+ * Options structs: sz is the caller's sizeof; the fields a smaller sz
+ * leaves out get their defaults, and bytes past what this library knows
+ * (a newer caller's fields) must be zero, or the call fails with -E2BIG.
  */
 
 struct uffdwp_snapshot;
@@ -727,17 +751,21 @@ typedef int (*uffdwp_snapshot_sink_fn)(void *arg, uint64_t addr, const void *dat
 struct uffdwp_snapshot_opts {
 	size_t sz;                  /* sizeof(struct uffdwp_snapshot_opts) */
 	/*
-	 * The sink: fn if not NULL, else the file descriptor fd, which
-	 * receives a snapshot file (uffdwp-snapshot(5)) written sequentially:
-	 * a regular file, a pipe or a socket (blocking or not). The fd stays
-	 * the caller's; it is neither closed nor synced.
+	 * The sink: fn if not NULL, else the file descriptor fd (> 0: 0
+	 * means "unset", so a zeroed struct names no sink; to write to
+	 * descriptor 0, pass a dup(2) of it), which receives a snapshot
+	 * file (uffdwp-snapshot(5)) written sequentially: a regular file, a
+	 * pipe or a socket (blocking or not). The fd stays the caller's; it
+	 * is neither closed nor synced, nor are its flags changed.
 	 */
 	int fd;
 	uffdwp_snapshot_sink_fn fn;
 	void *arg;
 	/* Bytes of side buffer for copy-before-write, rounded down to pages
 	 * (at least one); 0: UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT. Allocated
-	 * lazily: only what writers use is ever touched. */
+	 * lazily: only what writers use is ever touched. Begin checks that
+	 * the process's memory cgroup has room for it (or for the regions,
+	 * if smaller): -ENOMEM rather than the OOM killer mid-snapshot. */
 	size_t side_buffer;
 	/*
 	 * Without a tracker the snapshot opens its own context on the regions
@@ -756,9 +784,12 @@ struct uffdwp_snapshot_opts {
 	 * the next snapshot can be incremental:
 	 *   parent_id 0: a full snapshot;
 	 *   parent_id = uffdwp_snapshot_id() of the previous snapshot taken
-	 *   with this tracker (which must have succeeded): an incremental
-	 *   snapshot holding only the pages written since; its begin pause
-	 *   grows with the written pages, not with the regions.
+	 *   with this tracker, which must have succeeded and been ended,
+	 *   with no reset of the tracker since (uffdwp_tracker_reset(), a
+	 *   collect or bitmap with reset, a range added or removed): an
+	 *   incremental snapshot holding only the pages written since; its
+	 *   begin pause grows with the written pages, not with the regions.
+	 *   Any other parent_id (older, made up) is refused with -EINVAL.
 	 * A snapshot that failed or was cancelled leaves the tracker reset
 	 * without a saved parent: the next one must be full (a begin refused
 	 * by its argument checks, -EINVAL or -EBUSY, leaves it untouched).
@@ -772,13 +803,17 @@ struct uffdwp_snapshot_opts {
  * non-overlapping, in any order): returns once every page to save is
  * write-protected (the snapshot instant), with *snap set and the saving
  * under way in a thread of the snapshot's own.
- * Errors: -EINVAL bad arguments (no sink, unaligned or overlapping regions,
- * nregions 0, sz too small, engine mode CALLER, parent_id without tracker,
- * a tracker whose ranges are not exactly the regions: checked before
- * anything changes, the tracker keeps its answer);
- * -EBUSY a region is registered with another context, or the tracker
- * serves a snapshot not yet ended; -EOPNOTSUPP the backend or tracker
- * method cannot copy-before-write; -ENOMEM; -EAGAIN (no
+ * Errors: -EINVAL bad arguments (no sink: fn NULL and fd <= 0; unaligned
+ * or overlapping regions, nregions 0, sz too small, engine mode CALLER,
+ * parent_id without tracker or not the tracker's last saved snapshot, a
+ * tracker whose ranges are not exactly the regions: checked before
+ * anything changes, the tracker keeps its answer); -E2BIG non-zero bytes
+ * in opts past the fields this library knows;
+ * -EBUSY a region overlaps one of a snapshot of this process not yet
+ * ended (whatever its backend), or is registered with another context,
+ * or the tracker serves a snapshot not yet ended; -EOPNOTSUPP the backend
+ * or tracker method cannot copy-before-write; -ENOMEM (also: the memory
+ * cgroup has less room than the side buffer); -EAGAIN (no
  * thread); -EFAULT or -ENOENT (tracker) a region was unmapped or
  * discarded while begin collected; and what uffdwp_open(),
  * uffdwp_register() and uffdwp_writeprotect() return. On failure nothing
@@ -789,22 +824,41 @@ UFFDWP_API int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 				     size_t nregions, const struct uffdwp_snapshot_opts *opts);
 
 /* The snapshot's id (non-zero): the file's snapshot_id, and the parent_id
- * of the next incremental snapshot. */
+ * of the next incremental snapshot. 0 for NULL. */
 UFFDWP_API uint64_t uffdwp_snapshot_id(const struct uffdwp_snapshot *snap);
+
+/* How a snapshot works. */
+struct uffdwp_snapshot_method {
+	size_t sz;                              /* sizeof(struct uffdwp_snapshot_method) */
+	enum uffdwp_backend backend;            /* KERNEL or EMULATED */
+	enum uffdwp_engine_mode engine_mode;    /* without tracker: its own engine's
+						   mode (never AUTO); with one: AUTO */
+	enum uffdwp_track_method track_method;  /* with tracker: the tracker's
+						   method; without: AUTO */
+	int incremental;                        /* 1: parent_id was given */
+};
+
+/* Fill *m (m->sz set by the caller; fields past it are left alone).
+ * Returns 0, or -EINVAL (NULL, or sz smaller than up to track_method). */
+UFFDWP_API int uffdwp_snapshot_method(const struct uffdwp_snapshot *snap,
+				      struct uffdwp_snapshot_method *m);
 
 /*
  * A file descriptor that poll(2) reports readable (POLLIN) once the
  * snapshot has finished (saved, failed or cancelled). Do not read or close
- * it; it is valid until uffdwp_snapshot_end().
+ * it; it is valid until uffdwp_snapshot_end(). -EINVAL for NULL.
  */
 UFFDWP_API int uffdwp_snapshot_fd(const struct uffdwp_snapshot *snap);
 
 /*
  * Wait up to timeout_ms (-1: without limit) for the snapshot to finish.
  * Returns 0 when it has been saved completely (the sink has every byte),
- * -ETIMEDOUT when it is still running, or the error that stopped it
- * (-ECANCELED after uffdwp_snapshot_cancel(); the sink's errno, e.g.
- * -EPIPE, -ENOSPC; -EFAULT or -ENOENT a region was unmapped), or -ECHILD
+ * -ETIMEDOUT when it is still running, -EINVAL for NULL, or the error that
+ * stopped it (the first one: -ECANCELED after uffdwp_snapshot_cancel(),
+ * even if the sink failed after it; the sink's errno, e.g. -EPIPE,
+ * -ENOSPC; -ESTALE part of a region was discarded, unmapped or moved, or
+ * MAP_SHARED memory of it was shared with a forked child; -EFAULT or
+ * -ENOENT a region was unmapped), or -ECHILD
  * in a child forked during the snapshot: the snapshot belongs to the
  * parent, and the child's copy is inert (cancel does nothing there, end
  * returns -ECHILD and frees nothing; the child's memory is not protected).
@@ -821,7 +875,8 @@ struct uffdwp_snapshot_progress {
 	uint64_t side_peak;       /* most bytes of side buffer memory at once (slots
 				     in use, or populated just ahead of the writers) */
 	uint64_t bytes_out;       /* bytes written to the fd sink */
-	uint64_t begin_ns;        /* how long uffdwp_snapshot_begin() took */
+	uint64_t begin_ns;        /* how long uffdwp_snapshot_begin() took, from its
+				     call to its return: the caller's pause */
 	int finished;             /* 1 once uffdwp_snapshot_wait() would not block */
 };
 
@@ -832,7 +887,9 @@ UFFDWP_API int uffdwp_snapshot_progress(const struct uffdwp_snapshot *snap,
 
 /* Stop a running snapshot: pages not yet saved are let go unsaved and
  * waiting writers released; the snapshot finishes with -ECANCELED (unless
- * it had already finished). The fd sink is left incomplete (no trailer). */
+ * it had already finished), even while its saver waits for room in a
+ * stalled pipe or socket (not inside a callback sink, which it waits
+ * for). The fd sink is left incomplete (no trailer). */
 UFFDWP_API void uffdwp_snapshot_cancel(struct uffdwp_snapshot *snap);
 
 /*

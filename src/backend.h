@@ -199,33 +199,6 @@ struct uffdwp__fork_hooks {
 void uffdwp__at_fork(enum uffdwp__fork_order order,
 		     const struct uffdwp__fork_hooks *hooks) UFFDWP__HIDDEN;
 
-/* ---------------------------------------------------------------------------
- * /proc/self/maps and smaps without malloc (maps.c): async-signal-safe
- * ------------------------------------------------------------------------- */
-
-/* One mapping, as /proc/self/maps (or smaps) describes it. */
-struct mapping {
-	uintptr_t start, end;
-	int prot;
-	bool shared;
-	size_t page;  /* its page size: KernelPageSize from smaps, else the system's */
-};
-
-/* Called for each mapping overlapping the walked interval, clipped to it;
- * returns false to stop the walk. */
-typedef bool (*mapping_fn)(void *arg, const struct mapping *m);
-
-/* Walk the mappings overlapping [lo, hi) in address order, from path
- * (/proc/self/maps, or smaps to learn each one's page size: slower, it
- * walks page tables). Returns 0, or a negative errno when the file cannot
- * be read. */
-int uffdwp__walk_mappings(const char *path, uintptr_t lo, uintptr_t hi, mapping_fn fn,
-			  void *arg) UFFDWP__HIDDEN;
-
-/* The page size of the mapping holding addr (huge on hugetlbfs), or the
- * system's when it cannot be told. */
-size_t uffdwp__page_size_at(uintptr_t addr) UFFDWP__HIDDEN;
-
 /* The kernel half of uffdwp_probe() (kernel.c). */
 void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;
 

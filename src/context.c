@@ -245,17 +245,17 @@ void uffdwp_close(struct uffdwp *ctx)
 
 int uffdwp_fd(const struct uffdwp *ctx)
 {
-	return ctx->fd;
+	return ctx ? ctx->fd : -EINVAL;
 }
 
 uint64_t uffdwp_features(const struct uffdwp *ctx)
 {
-	return ctx->features;
+	return ctx ? ctx->features : 0;
 }
 
 enum uffdwp_backend uffdwp_backend(const struct uffdwp *ctx)
 {
-	return ctx->backend;
+	return ctx ? ctx->backend : UFFDWP_BACKEND_AUTO;
 }
 
 /* The seed's range rules: page-aligned start and length, not empty, no

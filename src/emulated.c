@@ -54,6 +54,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "backend.h"
+#include "maps.h"
 
 #define BITS_PER_WORD (8 * sizeof(unsigned long))
 
@@ -220,40 +221,12 @@ static struct emu_range *find_range(const struct emu_table *t, uintptr_t addr)
 }
 
 /* ---------------------------------------------------------------------------
- * /proc/self/maps, read without malloc or stdio (usable in the handler)
+ * The kernel's view of the mappings (maps.c)
  * ------------------------------------------------------------------------- */
 
-static int walk_mappings(uintptr_t lo, uintptr_t hi, mapping_fn fn, void *arg)
+static int walk_mappings(uintptr_t lo, uintptr_t hi, uffdwp__mapping_fn fn, void *arg)
 {
-	return uffdwp__walk_mappings("/proc/self/maps", lo, hi, fn, arg);
-}
-
-/* The first run of contiguous mapped memory in [lo, hi). */
-struct mapped_run {
-	uintptr_t start, end;
-};
-
-static bool extend_run(void *arg, const struct mapping *m)
-{
-	struct mapped_run *run = arg;
-	uintptr_t start = m->start, end = m->end;
-
-	if (run->end == 0) {
-		run->start = start;
-		run->end = end;
-		return true;
-	}
-	if (start != run->end)
-		return false;
-	run->end = end;
-	return true;
-}
-
-/* Returns true and the run when some of [lo, hi) is mapped. */
-static bool first_mapped_run(uintptr_t lo, uintptr_t hi, struct mapped_run *run)
-{
-	run->start = run->end = 0;
-	return walk_mappings(lo, hi, extend_run, run) == 0 && run->end != 0;
+	return uffdwp__walk_mappings(lo, hi, 0, fn, arg);
 }
 
 /* Whether [lo, hi) is mapped without holes (msync reports holes as ENOMEM). */
@@ -266,21 +239,25 @@ static bool fully_mapped(uintptr_t lo, uintptr_t hi)
  * Protection changes (callers hold emu.lock)
  * ------------------------------------------------------------------------- */
 
-/* Bits made true to the kernel's page protections after a failed mprotect:
- * a page is protected iff it is mapped and read-only while its range is
- * writable. Holes lose their bits (the memory is gone). */
+/* Bits made true to the kernel's page protections after a failed mprotect
+ * (which may have changed part of its range): a bit stays set only where
+ * the page is mapped read-only while its range is writable. A failed call
+ * never sets a bit: bits are set before protecting, so a page we protected
+ * has one. Holes lose their bits (the memory is gone). */
 struct resync {
 	struct emu_range *r;
 	uintptr_t cursor;
 };
 
-static bool resync_mapping(void *arg, const struct mapping *m)
+static bool resync_mapping(void *arg, const struct uffdwp__mapping *m)
 {
 	struct resync *rs = arg;
-	bool protected_by_us = (rs->r->prot & PROT_WRITE) && !(m->prot & PROT_WRITE);
+	bool protected_by_us = (rs->r->prot & PROT_WRITE) &&
+			       m->prot == (rs->r->prot & ~PROT_WRITE);
 
 	set_bits(rs->r, rs->cursor, m->start, false);
-	set_bits(rs->r, m->start, m->end, protected_by_us);
+	if (!protected_by_us)
+		set_bits(rs->r, m->start, m->end, false);
 	rs->cursor = m->end;
 	return true;
 }
@@ -313,36 +290,134 @@ static int mprotect_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool pr
 	return ret == 0 ? 0 : -errno;
 }
 
-/*
- * Protect or un-protect [a, b) of r. Unmapped holes are skipped, as the
- * kernel skips them. Returns 0; -ENOENT when nothing in [a, b) is mapped;
- * -ENOMEM when the split mappings would exceed vm.max_map_count; another
- * -errno from mprotect. On failure the bits are re-read from the kernel, so
- * every page reported protected is read-only and vice versa.
- */
-static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool protect)
+/* The first page of r in [from, to) whose bit is `value`, or to. */
+static uintptr_t next_page_with_bit(struct emu_range *r, uintptr_t from, uintptr_t to, bool value)
 {
-	struct mapped_run run;
-	uintptr_t cursor = a;
-	bool any = false;
-	int ret = mprotect_pages(r, a, b, protect);
+	size_t i = page_index(r, from), n = page_index(r, to);
 
-	if (ret == 0)
-		return 0;
-	resync_bits(r, a, b);
-	if (ret != -ENOMEM || fully_mapped(a, b))
-		return ret;
-	/* ENOMEM because of holes: one mprotect per mapped run. */
-	while (cursor < b && first_mapped_run(cursor, b, &run)) {
-		any = true;
-		ret = mprotect_pages(r, run.start, run.end, protect);
-		if (ret < 0) {
-			resync_bits(r, run.start, run.end);
-			return ret;
+	while (i < n) {
+		unsigned long word = atomic_load(&r->bits[i / BITS_PER_WORD]);
+		unsigned long look = (value ? word : ~word) >> (i % BITS_PER_WORD);
+
+		if (look) {
+			i += (size_t)__builtin_ctzl(look);
+			break;
 		}
-		cursor = run.end;
+		i += BITS_PER_WORD - i % BITS_PER_WORD;
 	}
-	return any ? 0 : -ENOENT;
+	return i < n ? r->start + i * r->page : to;
+}
+
+/*
+ * A protection change over [a, b) of r, mapping by mapping. Only memory
+ * that is ours is changed. A mapping is ours when its protection is one we
+ * set: the registered one (writable, not protected), or the registered one
+ * without PROT_WRITE on the pages whose bit says we protected them. Anything
+ * else inside r was put there by the program after unmapping part of the
+ * registration (a PROT_NONE guard page; a read-only mapping where we had
+ * protected nothing): the kernel forgets a registration on munmap, and so
+ * do we, and we never touch it. Adjacent memory that is ours is changed
+ * with one mprotect, so a checkerboard is merged back in one call.
+ */
+struct change {
+	struct emu_range *r;
+	bool protect;
+	bool stop_at_foreign;        /* as UFFDIO_WRITEPROTECT: -ENOENT there */
+	bool foreign;                /* met a mapping that is not ours */
+	bool any;                    /* some of [a, b) is ours */
+	uintptr_t cursor;            /* the end of the last mapping seen */
+	uintptr_t run_start, run_end;  /* ours, not yet changed */
+	int error;
+};
+
+static bool flush_run(struct change *c)
+{
+	if (c->run_end > c->run_start)
+		c->error = mprotect_pages(c->r, c->run_start, c->run_end, c->protect);
+	c->run_start = c->run_end = 0;
+	return c->error == 0;
+}
+
+static bool extend_run_of_ours(struct change *c, uintptr_t a, uintptr_t b)
+{
+	c->any = true;
+	if (c->run_end != a && !flush_run(c))
+		return false;
+	if (c->run_end == 0)
+		c->run_start = a;
+	c->run_end = b;
+	return true;
+}
+
+/* The kernel stops a protection change at the first mapping that is not
+ * registered (having changed those before it); close goes on past it. */
+static bool found_foreign(struct change *c)
+{
+	c->foreign = true;
+	return flush_run(c) && !c->stop_at_foreign;
+}
+
+static bool change_mapping(void *arg, const struct uffdwp__mapping *m)
+{
+	struct change *c = arg;
+	struct emu_range *r = c->r;
+	bool writable_range = r->prot & PROT_WRITE;
+
+	set_bits(r, c->cursor, m->start, false);  /* a hole: that memory is gone */
+	c->cursor = m->end;
+	if (m->prot == r->prot) {
+		/* As registered: none of it is protected, whatever its bits say. */
+		if (writable_range)
+			set_bits(r, m->start, m->end, false);
+		return extend_run_of_ours(c, m->start, m->end);
+	}
+	if (!writable_range || m->prot != (r->prot & ~PROT_WRITE)) {
+		set_bits(r, m->start, m->end, false);
+		return found_foreign(c);
+	}
+	/* Read-only: ours where the bit is set, the program's elsewhere. */
+	for (uintptr_t x = m->start; x < m->end;) {
+		uintptr_t y = next_page_with_bit(r, x, m->end, false);
+
+		if (y > x && !extend_run_of_ours(c, x, y))
+			return false;
+		if (y < m->end && !found_foreign(c))
+			return false;
+		x = next_page_with_bit(r, y, m->end, true);
+	}
+	return true;
+}
+
+/*
+ * Protect or un-protect what is ours in [a, b) of r (see struct change).
+ * Unmapped holes are skipped, as the kernel skips them. Returns 0; 1 when
+ * nothing in [a, b) is ours; -ENOENT at a mapping that is not ours when
+ * stop_at_foreign (what came before it is changed, as the kernel does);
+ * -ENOMEM when the split mappings would
+ * exceed vm.max_map_count; another -errno from mprotect or from reading
+ * the mappings. On failure the bits are re-read from the kernel, so every
+ * page reported protected is read-only and vice versa.
+ */
+static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool protect,
+			bool stop_at_foreign)
+{
+	struct change c = { .r = r, .protect = protect, .stop_at_foreign = stop_at_foreign,
+			    .cursor = a };
+	int ret = walk_mappings(a, b, change_mapping, &c);
+
+	if (ret == 0 && c.error == 0 && !(c.foreign && stop_at_foreign)) {
+		flush_run(&c);
+		set_bits(r, c.cursor, b, false);
+	}
+	if (ret == 0)
+		ret = c.error;
+	if (ret < 0) {
+		resync_bits(r, a, b);
+		return ret;
+	}
+	if (c.foreign && stop_at_foreign)
+		return -ENOENT;
+	return c.any ? 0 : 1;
 }
 
 /* Close and the fork child: the whole of r writable again, holes and all.
@@ -350,7 +425,7 @@ static int change_pages(struct emu_range *r, uintptr_t a, uintptr_t b, bool prot
  * vm.max_map_count; what still fails is left as it is (bits resynced). */
 static void unprotect_all(struct emu_range *r)
 {
-	change_pages(r, r->start, r->end, false);
+	change_pages(r, r->start, r->end, false, false);
 }
 
 /* Whether the ranges of ec cover [start, end) without gaps. */
@@ -376,7 +451,7 @@ struct ownership_check {
 	bool any_mapped, all_ours;
 };
 
-static bool check_mapping_ours(void *arg, const struct mapping *m)
+static bool check_mapping_ours(void *arg, const struct uffdwp__mapping *m)
 {
 	struct ownership_check *oc = arg;
 
@@ -428,8 +503,8 @@ static int change_protection(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 			break;
 		if (r->owner != ec)
 			continue;
-		ret = change_pages(r, a, b, protect);
-		if (ret == -ENOENT)
+		ret = change_pages(r, a, b, protect, true);
+		if (ret == 1)
 			continue;  /* a hole: skipped, as the kernel does */
 		if (ret < 0)
 			return ret;
@@ -770,23 +845,24 @@ static void *private_grow(void *old, size_t used, size_t size)
 }
 
 struct mapping_list {
-	struct mapping *v;
+	struct uffdwp__mapping *v;
 	size_t n, cap;
 	int error;
 };
 
-static bool collect_mapping(void *arg, const struct mapping *m)
+static bool collect_mapping(void *arg, const struct uffdwp__mapping *m)
 {
 	struct mapping_list *l = arg;
-	struct mapping *last = l->n ? &l->v[l->n - 1] : NULL;
+	struct uffdwp__mapping *last = l->n ? &l->v[l->n - 1] : NULL;
 
-	if (last && last->end == m->start && last->prot == m->prot && last->page == m->page) {
+	if (last && last->end == m->start && last->prot == m->prot && last->page == m->page &&
+	    last->file == m->file) {
 		last->end = m->end;
 		return true;
 	}
 	if (l->n == l->cap) {
 		size_t cap = l->cap ? 2 * l->cap : 16;
-		struct mapping *v = private_grow(l->v, l->n * sizeof(*v), cap * sizeof(*v));
+		struct uffdwp__mapping *v = private_grow(l->v, l->n * sizeof(*v), cap * sizeof(*v));
 
 		if (!v) {
 			l->error = -ENOMEM;
@@ -815,7 +891,7 @@ static void range_list_free(struct range_list *l)
 }
 
 static int range_list_add(struct range_list *l, uintptr_t start, uintptr_t end,
-			  const struct mapping *m, struct emu_ctx *owner)
+			  const struct uffdwp__mapping *m, struct emu_ctx *owner)
 {
 	struct emu_range **v = private_grow(l->v, l->n * sizeof(*v), (l->n + 1) * sizeof(*v));
 
@@ -874,9 +950,14 @@ static int emu_register_range(struct uffdwp *ctx, uintptr_t start, size_t len,
 		return -EOPNOTSUPP;
 	lock(&emu.lock);
 	t = atomic_load(&emu.table);
-	ret = uffdwp__walk_mappings("/proc/self/smaps", start, start + len, collect_mapping, &maps);
+	ret = uffdwp__walk_mappings(start, start + len,
+				    UFFDWP__MAPS_CLASSIFY | UFFDWP__MAPS_PAGE_SIZES, collect_mapping,
+				    &maps);
 	if (ret == 0)
 		ret = maps.error;
+	for (size_t m = 0; ret == 0 && m < maps.n; m++)
+		if (maps.v[m].file)
+			ret = -EINVAL;  /* the kernel's answer: only anonymous, shmem, hugetlbfs */
 	for (size_t m = 0; ret == 0 && m < maps.n; m++)
 		if ((maps.v[m].start | maps.v[m].end) & (maps.v[m].page - 1))
 			ret = -EINVAL;  /* not aligned to the huge pages */
@@ -911,7 +992,7 @@ static int emu_register_range(struct uffdwp *ctx, uintptr_t start, size_t len,
  * Unregister
  * ------------------------------------------------------------------------- */
 
-static bool any_mapping(void *arg, const struct mapping *m)
+static bool any_mapping(void *arg, const struct uffdwp__mapping *m)
 {
 	*(bool *)arg = true;
 	return false;
@@ -937,8 +1018,8 @@ static int remove_ranges(struct emu_ctx *ec, uintptr_t start, uintptr_t end,
 
 		if (r->owner != ec)
 			continue;
-		ret = change_pages(r, a, b, false);
-		if (ret < 0 && ret != -ENOENT)
+		ret = change_pages(r, a, b, false, false);
+		if (ret < 0)
 			return ret;
 		overlapping++;
 	}

@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "backend.h"
+#include "maps.h"
+#include "opts.h"
 
 /* Events read at once (the kernel backend reads at most 64 per call). */
 #define BATCH_MAX 64
@@ -694,8 +696,10 @@ int uffdwp_engine_start(struct uffdwp_engine **out, struct uffdwp *ctx,
 	if (!out || !ctx)
 		return -EINVAL;
 	if (opts) {
-		if (opts->sz < offsetof(struct uffdwp_engine_opts, arg) + sizeof(opts->arg))
-			return -EINVAL;
+		ret = uffdwp__opts_check(opts, opts->sz,
+					 UFFDWP__OPTS_END(struct uffdwp_engine_opts, arg), sizeof(o));
+		if (ret)
+			return ret;
 		o.mode = opts->mode;
 		o.fn = opts->fn;
 		o.arg = opts->arg;

@@ -173,6 +173,25 @@ static bool run_inside(const struct uffdwp__format_header *h, uint64_t addr, uin
 	return r && npages <= (r->addr + r->len - addr) / h->page_size;
 }
 
+bool uffdwp__format_totals_fit(const struct uffdwp__format_header *h,
+			       const struct uffdwp__format_totals *t)
+{
+	uint64_t pages = 0, named;
+
+	/* Regions are sorted and disjoint inside 2^64 bytes: no overflow. */
+	for (uint32_t i = 0; i < h->region_count; i++)
+		pages += h->regions[i].len / h->page_size;
+	return t->page_count <= t->record_count &&
+	       !__builtin_add_overflow(t->page_count, t->zero_count, &named) && named <= pages;
+}
+
+bool uffdwp__format_is_zero(const void *data, size_t len)
+{
+	const unsigned char *p = data;
+
+	return len == 0 || (p[0] == 0 && !memcmp(p, p + 1, len - 1));
+}
+
 static void put_head(unsigned char *head, uint32_t tag, uint64_t addr)
 {
 	store32(head, tag);
@@ -591,6 +610,11 @@ static int check_trailer(struct uffdwp__decoder *dec, const struct uffdwp__forma
 	unsigned char extra;
 	ssize_t got;
 
+	if (!uffdwp__format_totals_fit(&dec->header, t))
+		return fail(dec, -EBADMSG, start,
+			    "the trailer counts %llu records, %llu pages and %llu zero pages: "
+			    "more than the regions hold", (unsigned long long)t->record_count,
+			    (unsigned long long)t->page_count, (unsigned long long)t->zero_count);
 	if (t->record_count != seen->record_count || t->page_count != seen->page_count ||
 	    t->zero_count != seen->zero_count)
 		return fail(dec, -EBADMSG, start,

@@ -38,6 +38,7 @@
 #ifndef UFFDWP_FORMAT_H
 #define UFFDWP_FORMAT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -105,6 +106,18 @@ struct uffdwp__format_totals {
 	uint64_t zero_count;    /* pages covered by ZERO records */
 	uint64_t stream_sum;    /* the chain of the header's and records' checksums */
 };
+
+/*
+ * True when totals t can describe a stream of header h with no page named
+ * twice: no more PAGE records than records, and no more pages (stored and
+ * zero) than the regions hold. A reader checks it before it trusts a
+ * trailer's counts (a zero count of 2^60 over 12 pages is a lie).
+ */
+bool uffdwp__format_totals_fit(const struct uffdwp__format_header *h,
+			       const struct uffdwp__format_totals *t) UFFDWP__FORMAT_HIDDEN;
+
+/* True when len bytes at data are all zero. */
+bool uffdwp__format_is_zero(const void *data, size_t len) UFFDWP__FORMAT_HIDDEN;
 
 /* ---- encoding -------------------------------------------------------------
  * An encoder turns one snapshot into bytes, one piece at a time, into the

@@ -5,7 +5,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -116,6 +118,108 @@ static int available_features(uint64_t *out)
 	return 0;
 }
 
+/*
+ * fork(). A child inherits every descriptor, and a userfaultfd acts on the
+ * address space it was created in: a child holding a copy of ours could
+ * change the parent's protections, and it keeps the file open, so the
+ * parent's close would no longer release it: the parent's memory would stay
+ * registered and protected, its writers blocked until the child exits. So
+ * in the child each open context gets a new, empty userfaultfd of its own
+ * (with the same features) in place of the inherited one, as the emulated
+ * backend gives the child empty contexts. The parent's memory in the child
+ * is the kernel's business: without EVENT_FORK it is neither registered nor
+ * protected; with it, the parent receives the child's context as an event.
+ * (Only fork(): a raw clone() without CLONE_VM runs no atfork handlers.)
+ */
+static struct {
+	pthread_mutex_t lock;
+	struct uffdwp **ctx;  /* the open kernel contexts */
+	size_t n, cap;
+} open_contexts = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&open_contexts.lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&open_contexts.lock);
+}
+
+/* Replace the inherited fd of ctx. When no new userfaultfd can be had, the
+ * descriptor is pointed at /dev/null: every call then fails (-ENOTTY), and
+ * still none reaches the parent. */
+static void replace_in_child(struct uffdwp *ctx)
+{
+	struct open_attempt why;
+	uint64_t got;
+	int fd = new_uffd(&why);
+
+	if (fd >= 0 && handshake(fd, ctx->features, &got, NULL) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0)
+		fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (fd < 0 || dup3(fd, ctx->fd, O_CLOEXEC) < 0)
+		close(ctx->fd);  /* at least let go of the parent's */
+	if (fd >= 0)
+		close(fd);
+}
+
+static void fork_child(void)
+{
+	for (size_t i = 0; i < open_contexts.n; i++)
+		replace_in_child(open_contexts.ctx[i]);
+	pthread_mutex_unlock(&open_contexts.lock);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_handlers_error;
+
+static void install_fork_handlers(void)
+{
+	fork_handlers_error = -pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static int remember_context(struct uffdwp *ctx)
+{
+	int ret = 0;
+
+	pthread_once(&fork_once, install_fork_handlers);
+	if (fork_handlers_error)
+		return fork_handlers_error;
+	pthread_mutex_lock(&open_contexts.lock);
+	if (open_contexts.n == open_contexts.cap) {
+		size_t cap = open_contexts.cap ? 2 * open_contexts.cap : 8;
+		struct uffdwp **grown = realloc(open_contexts.ctx, cap * sizeof(*grown));
+
+		if (grown) {
+			open_contexts.ctx = grown;
+			open_contexts.cap = cap;
+		} else {
+			ret = -ENOMEM;
+		}
+	}
+	if (ret == 0)
+		open_contexts.ctx[open_contexts.n++] = ctx;
+	pthread_mutex_unlock(&open_contexts.lock);
+	return ret;
+}
+
+static void forget_context(struct uffdwp *ctx)
+{
+	pthread_mutex_lock(&open_contexts.lock);
+	for (size_t i = 0; i < open_contexts.n; i++) {
+		if (open_contexts.ctx[i] == ctx) {
+			open_contexts.ctx[i] = open_contexts.ctx[--open_contexts.n];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&open_contexts.lock);
+}
+
 static int kernel_open(struct uffdwp *ctx, uint64_t want)
 {
 	struct open_attempt why;
@@ -148,13 +252,18 @@ static int kernel_open(struct uffdwp *ctx, uint64_t want)
 	/* The kernel answers with every feature it has; those in force are
 	 * the ones asked for. */
 	ctx->features = want;
-	return 0;
+	ret = remember_context(ctx);
+	if (ret < 0)
+		close(fd);
+	return ret;
 }
 
 static void kernel_close(struct uffdwp *ctx)
 {
+	forget_context(ctx);
 	/* Releasing the fd unregisters every range, clears their protection
-	 * and wakes every waiting thread (userfaultfd_release). */
+	 * and wakes every waiting thread (userfaultfd_release). fork() made no
+	 * other reference to it: see fork_child(). */
 	close(ctx->fd);
 }
 

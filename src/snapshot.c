@@ -55,24 +55,30 @@
  * the collect ends, begin returns the error.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #include "backend.h"
 #include "format.h"
+#include "opts.h"
 #include "snapshot.h"
 #include "tracker.h"
 
@@ -124,6 +130,10 @@ struct uffdwp_snapshot {
 
 	/* The sink. */
 	int fd;
+	int sink_fd;        /* what the saver writes: fd, or (a pipe) a non-blocking
+			       description of its own for the same pipe, so that
+			       a stop can interrupt a wait for room */
+	bool sink_socket;   /* send(2) with MSG_DONTWAIT */
 	uffdwp_snapshot_sink_fn fn;
 	void *arg;
 	struct uffdwp__encoder enc;
@@ -135,6 +145,23 @@ struct uffdwp_snapshot {
 	struct uffdwp_engine *eng;
 	struct uffdwp_tracker *tracker;
 	size_t granule;  /* tracker: bytes the interposer is called for */
+	uint64_t tracker_resets;  /* the tracker's reset count at the instant */
+	enum uffdwp_backend backend;
+	enum uffdwp_engine_mode engine_mode;  /* own context: the engine's */
+	enum uffdwp_track_method tracker_method;
+
+	/*
+	 * Emulated backend (which sees no madvise(2)): which pages of the set
+	 * were present or swapped at the instant (a bitmap by set index), and
+	 * /proc/self/pagemap to tell, after a copy, that such a page was not
+	 * discarded meanwhile (see check_resident()).
+	 */
+	int pagemap_fd;
+	uint64_t *resident;
+	uint64_t zero_pfn;  /* the shared zero page's frame, 0 if hidden */
+
+	struct uffdwp_snapshot *next_live;  /* the registry of live snapshots */
+	bool listed;
 
 	/* The side buffer: a ring of nslots page-sized slots (see the top). */
 	unsigned char *side;
@@ -157,6 +184,7 @@ struct uffdwp_snapshot {
 				     the context's fd edge-triggered (see the top) */
 	_Atomic uint32_t gate;    /* GATE_*: the saver may start */
 	_Atomic int stop;         /* 0, or the error that stops the snapshot */
+	int stop_efd;             /* readable once stop is set */
 
 	/* Progress. */
 	_Atomic uint64_t done, copied, waits, bytes_out;
@@ -239,6 +267,7 @@ static void set_ready(struct uffdwp_snapshot *s)
 	const uint64_t one = 1;
 
 	atomic_store(&s->ready, 1);
+	futex_wake_all(&s->ready);
 	if (s->ready_efd >= 0)
 		while (write(s->ready_efd, &one, sizeof(one)) < 0 && errno == EINTR)
 			;
@@ -248,9 +277,13 @@ static void set_ready(struct uffdwp_snapshot *s)
  * thread waiting on it. */
 static void stop_with(struct uffdwp_snapshot *s, int err)
 {
+	const uint64_t one = 1;
 	int none = 0;
 
 	atomic_compare_exchange_strong(&s->stop, &none, err);
+	if (s->stop_efd >= 0)
+		while (write(s->stop_efd, &one, sizeof(one)) < 0 && errno == EINTR)
+			;
 	wake_done_waiters(s);
 	atomic_fetch_add(&s->avail_gen, 1);
 	futex_wake_all(&s->avail_gen);
@@ -328,6 +361,50 @@ static bool reserve_slot(struct uffdwp_snapshot *s)
 	return true;
 }
 
+/* Bits of a /proc/self/pagemap entry (Documentation/admin-guide/mm/pagemap.rst). */
+#define PM_PRESENT  (UINT64_C(1) << 63)
+#define PM_SWAPPED  (UINT64_C(1) << 62)
+#define PM_PFN_MASK ((UINT64_C(1) << 55) - 1)  /* 0 without CAP_SYS_ADMIN */
+
+/*
+ * The emulated backend sees no madvise(MADV_DONTNEED): a discarded page
+ * keeps its PROT_READ, its next write faults and would copy zeros into
+ * the snapshot. So, just before a page that held memory at the instant
+ * (present, and not the shared zero page where its frame number can be
+ * read, or swapped) is copied, it must still hold memory: present or
+ * swapped. Not caught (uffdwp_snapshot(3)): a page discarded during the
+ * copy itself; one discarded and then read (the zero page is mapped, and
+ * without CAP_SYS_ADMIN its frame number reads 0); a shared page punched
+ * out (MADV_REMOVE) and re-read; a region replaced by a new mapping that
+ * the program wrote before we copied it. Checks entries [first, first + n)
+ * of the set, at addr; async-signal-safe. False when one was discarded.
+ */
+static bool check_resident(struct uffdwp_snapshot *s, uint64_t first, uint64_t addr, size_t n)
+{
+	uint64_t e[64];
+
+	while (n) {
+		size_t k = n < 64 ? n : 64;
+		ssize_t got = pread(s->pagemap_fd, e, k * sizeof(e[0]),
+				    (off_t)(addr / s->page * sizeof(e[0])));
+
+		if (got != (ssize_t)(k * sizeof(e[0])))
+			return false;
+		for (size_t i = 0; i < k; i++) {
+			uint64_t bit = first + i;
+			bool held = s->resident[bit / 64] & (UINT64_C(1) << (bit % 64));
+			bool zero = s->zero_pfn && (e[i] & PM_PFN_MASK) == s->zero_pfn;
+
+			if (held && !(e[i] & PM_SWAPPED) && (!(e[i] & PM_PRESENT) || zero))
+				return false;
+		}
+		first += k;
+		addr += k * s->page;
+		n -= k;
+	}
+	return true;
+}
+
 /*
  * A writer is about to write the page at addr (a fault on a protected
  * page): make sure the snapshot has its contents first. Runs in the faulting
@@ -339,6 +416,10 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 	uint8_t expected = PAGE_PENDING;
 	int64_t idx;
 
+	/* Own context: a fault raised while begin still protects waits
+	 * for the instant (begin's pause). */
+	while (!atomic_load(&s->ready))
+		futex_wait(&s->ready, 0);
 	if (atomic_load(&s->stop))
 		return;
 	idx = page_index(s, addr);
@@ -356,6 +437,8 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 	uint64_t k = atomic_fetch_add(&s->head, 1);
 	size_t slot = (size_t)(k % s->nslots);
 
+	if (s->resident && !check_resident(s, (uint64_t)idx, addr, 1))
+		stop_with(s, -ESTALE);
 	copy_held_page(s->side + slot * s->page, (const void *)(uintptr_t)addr, s->page);
 	s->slot_addr[slot] = addr;
 	atomic_store_explicit(&s->slot_seq[slot], k + 1, memory_order_release);
@@ -367,13 +450,45 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 		futex_wake_all(&s->pub_gen);
 }
 
+/*
+ * [start, end) of the regions was discarded (MADV_DONTNEED), unmapped or
+ * moved: the kernel tells before it discards, and lets the caller go on
+ * as soon as the event is read, so a page there that is not saved yet is
+ * lost, and one being saved may be read after the discard. Which of the
+ * two happened first cannot be told in time, so any such change to the
+ * regions while the snapshot runs makes it fail.
+ */
+static void on_change(void *arg, uintptr_t start, uintptr_t end)
+{
+	struct uffdwp_snapshot *s = arg;
+
+	for (size_t i = 0; i < s->nregions; i++)
+		if (start < s->regions[i].addr + s->regions[i].len && s->regions[i].addr < end) {
+			stop_with(s, -ESTALE);
+			return;
+		}
+}
+
 /* The engine's callback (own context). */
 static int on_fault(void *arg, const struct uffdwp_event *ev)
 {
 	struct uffdwp_snapshot *s = arg;
 
-	if (ev->type == UFFDWP_EVENT_PAGEFAULT)
+	switch (ev->type) {
+	case UFFDWP_EVENT_PAGEFAULT:
 		before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1));
+		break;
+	case UFFDWP_EVENT_REMOVE:
+	case UFFDWP_EVENT_UNMAP:
+		on_change(s, (uintptr_t)ev->remove.start, (uintptr_t)ev->remove.end);
+		break;
+	case UFFDWP_EVENT_REMAP:
+		on_change(s, (uintptr_t)ev->remap.from,
+			  (uintptr_t)(ev->remap.from + ev->remap.len));
+		break;
+	default:
+		break;
+	}
 	return UFFDWP_RESOLVE;
 }
 
@@ -429,20 +544,37 @@ static bool page_is_zero(const void *data, size_t len)
 	return true;
 }
 
+/* One write of the sink; a pipe or socket never blocks (see open_sink()). */
+static ssize_t sink_write(struct uffdwp_snapshot *s, struct iovec *iov, int cnt)
+{
+	if (s->sink_socket) {
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
+
+		return sendmsg(s->sink_fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	return writev(s->sink_fd, iov, cnt);
+}
+
 static int write_all(struct uffdwp_snapshot *s, struct iovec *iov, int cnt)
 {
 	while (cnt > 0) {
-		ssize_t n = writev(s->fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt);
+		int stop = atomic_load(&s->stop);
+		ssize_t n;
 
+		/* Cancelled (or failed elsewhere): the sink stays incomplete. */
+		if (stop)
+			return stop;
+		n = sink_write(s, iov, cnt > IOV_MAX ? IOV_MAX : cnt);
 		if (n < 0) {
-			struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+			struct pollfd p[2] = { { .fd = s->sink_fd, .events = POLLOUT },
+					       { .fd = s->stop_efd, .events = POLLIN } };
 
 			if (errno == EINTR)
 				continue;
 			if (errno != EAGAIN)
 				return -errno;
-			/* A non-blocking pipe or socket: wait for room. */
-			if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			/* No room in the pipe or socket: wait for room or stop. */
+			if (poll(p, s->stop_efd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
 				return -errno;
 			continue;
 		}
@@ -606,8 +738,22 @@ static uint64_t addr_of(const struct uffdwp_snapshot *s, const struct run *r, ui
 	return r->addr + (idx - r->first) * s->page;
 }
 
+/* Emulated backend: before the n claimed pages are copied, -ESTALE if one
+ * of them was discarded (check_resident()), else 0. */
+static int still_resident(struct uffdwp_snapshot *s, size_t n)
+{
+	for (size_t i = 0, j; s->resident && i < n; i = j) {
+		for (j = i + 1; j < n && s->claimed[j] == s->claimed[j - 1] + 1 &&
+				s->claimed_addr[j] == s->claimed_addr[j - 1] + s->page; j++)
+			;
+		if (!check_resident(s, s->claimed[i], s->claimed_addr[i], j - i))
+			return -ESTALE;
+	}
+	return 0;
+}
+
 /* Copy the n claimed pages into the bounce buffer, one after the other:
- * -EFAULT when part of them is no longer mapped. */
+ * -EFAULT when part of them is no longer mapped, -ESTALE when discarded. */
 static int read_pages(struct uffdwp_snapshot *s, size_t n)
 {
 	struct iovec remote[BATCH];
@@ -622,6 +768,8 @@ static int read_pages(struct uffdwp_snapshot *s, size_t n)
 		else
 			remote[nremote++] = (struct iovec){ at, s->page };
 	}
+	if (still_resident(s, n))
+		return -ESTALE;
 	if (s->vm_readv) {
 		struct iovec local = { s->bounce, n * s->page };
 		ssize_t got = process_vm_readv(getpid(), &local, 1, remote, nremote, 0);
@@ -655,10 +803,14 @@ static int save_batch(struct uffdwp_snapshot *s, size_t n)
 	if (s->own_ctx) {
 		uint64_t first = s->claimed_addr[0], last = s->claimed_addr[n - 1];
 
-		ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)first,
-					  last + s->page - first, 0);
+		/* -EAGAIN: an event on the regions is unread; the engine
+		 * reads it (and, for a change to the regions, stops us). */
+		while ((ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)first,
+						  last + s->page - first, 0)) == -EAGAIN &&
+		       !atomic_load(&s->stop))
+			sched_yield();
 		if (ret)
-			return ret;
+			return atomic_load(&s->stop) ? atomic_load(&s->stop) : ret;
 	}
 	for (size_t i = 0; i < n; i++)
 		atomic_store(&s->state[s->claimed[i]], PAGE_DONE);
@@ -776,6 +928,13 @@ static int save_all(struct uffdwp_snapshot *s)
 			break;
 		wait_published(s);
 	}
+	/* Every page is read. An event read before now (a discard, unmap or
+	 * remap: its memory may have changed before we read it) must have
+	 * stopped us before the trailer says the snapshot is whole. */
+	if (s->eng && (uffdwp_features(s->ctx) & UFFDWP_FEATURE_EVENT_REMOVE))
+		uffdwp_engine_flush(s->eng);
+	else if (s->tracker)
+		uffdwp__tracker_flush(s->tracker);
 	ret = atomic_load(&s->stop);
 	if (ret)
 		return ret;
@@ -823,7 +982,11 @@ static void release_memory(struct uffdwp_snapshot *s)
 		s->own_ctx = false;
 	} else if (s->tracker) {
 		/* On return our interposer is not running and never will. */
-		uffdwp__tracker_set_interposer(s->tracker, NULL, NULL);
+		uffdwp__tracker_set_interposer(s->tracker, NULL, NULL, NULL);
+		/* Saved whole: the next snapshot may be its incremental, unless
+		 * the tracker was reset since our instant. */
+		if (atomic_load(&s->finished) && s->result == 0)
+			uffdwp__tracker_set_parent(s->tracker, s->id, s->tracker_resets);
 		s->tracker = NULL;
 	}
 }
@@ -845,11 +1008,19 @@ static void *saver_main(void *arg)
 	ret = save_all(s);
 	if (ret)
 		stop_with(s, ret);
+	/* Our own description of a pipe: its reader sees the end of the
+	 * stream once the caller closes theirs. */
+	if (s->sink_fd != s->fd) {
+		close(s->sink_fd);
+		s->sink_fd = -1;
+	}
 	/* The memory is let go in uffdwp_snapshot_end(), not here: a writer
 	 * whose fault was raised while its page was protected but whose
 	 * signal handler runs late (the thread was preempted in between)
-	 * must still find the engine that recognises the fault as ours. */
-	s->result = ret;
+	 * must still find the engine that recognises the fault as ours.
+	 * The first error wins: a cancel that interrupted a write to the
+	 * sink is -ECANCELED, not the write's error. */
+	s->result = ret ? atomic_load(&s->stop) : 0;
 	atomic_store(&s->finished, 1);
 	while (write(s->efd, &one, sizeof(one)) < 0 && errno == EINTR)
 		;
@@ -1001,8 +1172,13 @@ static int open_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts
 	if (o->backend == UFFDWP_BACKEND_AUTO || o->backend == UFFDWP_BACKEND_KERNEL) {
 		/* Never-touched pages must fault too (WP_UNPOPULATED); SIGBUS
 		 * lets the faulting thread copy its own page (in-thread). */
+		/* The events tell of a region discarded, unmapped or moved
+		 * under us (on_change()). */
 		struct uffdwp_opts uo = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_KERNEL,
-					  .features = need | UFFDWP_FEATURE_THREAD_ID };
+					  .features = need | UFFDWP_FEATURE_THREAD_ID |
+						      UFFDWP_FEATURE_EVENT_REMOVE |
+						      UFFDWP_FEATURE_EVENT_UNMAP |
+						      UFFDWP_FEATURE_EVENT_REMAP };
 
 		if (o->engine_mode != UFFDWP_ENGINE_THREAD)
 			uo.features |= UFFDWP_FEATURE_SIGBUS;
@@ -1033,7 +1209,10 @@ static int open_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts
 		if (ret)
 			return ret;
 	}
-	return uffdwp_engine_start(&s->eng, s->ctx, &eo);
+	ret = uffdwp_engine_start(&s->eng, s->ctx, &eo);
+	if (!ret)
+		s->engine_mode = uffdwp_engine_mode(s->eng);
+	return ret;
 }
 
 /* The side buffer and the saver's bounce buffer. */
@@ -1078,6 +1257,311 @@ static int watch_context(struct uffdwp_snapshot *s)
 	return 0;
 }
 
+/* ---- the live snapshots of this process --------------------------------- */
+
+/*
+ * Every snapshot from begin to end, whatever its backend: two snapshots of
+ * the same memory are refused (-EBUSY) even where their backends cannot
+ * see each other's protection (a kernel context and the emulation), and a
+ * fork(2) finds the running ones (fork_prepare()).
+ */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uffdwp_snapshot *live;
+static pthread_once_t live_once = PTHREAD_ONCE_INIT;
+static bool live_atfork;
+
+/* Whether two snapshots' sorted regions overlap. */
+static bool overlaps(const struct uffdwp_snapshot *a, const struct uffdwp_snapshot *b)
+{
+	for (size_t i = 0, j = 0; i < a->nregions && j < b->nregions;) {
+		const struct uffdwp_snapshot_region *x = &a->regions[i], *y = &b->regions[j];
+
+		if (x->addr + x->len <= y->addr)
+			i++;
+		else if (y->addr + y->len <= x->addr)
+			j++;
+		else
+			return true;
+	}
+	return false;
+}
+
+/* Whether part of s's regions is a MAP_SHARED mapping; true when
+ * /proc/self/maps cannot be read (it cannot be ruled out). */
+static bool shares_memory(const struct uffdwp_snapshot *s)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool shared = false;
+
+	if (!f)
+		return true;
+	while (!shared && getline(&line, &cap, f) > 0) {
+		unsigned long lo, hi;
+		char perms[5];
+
+		if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3 || perms[3] != 's')
+			continue;
+		for (size_t i = 0; i < s->nregions && !shared; i++)
+			shared = lo < s->regions[i].addr + s->regions[i].len &&
+				 s->regions[i].addr < hi;
+	}
+	free(line);
+	fclose(f);
+	return shared;
+}
+
+/*
+ * A child forked while a snapshot runs shares the MAP_SHARED part of its
+ * regions, unprotected (protection is per process): its writes would reach
+ * pages not yet saved. Such a snapshot fails with -ESTALE before the child
+ * exists. Private memory is the child's own copy and needs nothing.
+ */
+static void fork_prepare(void)
+{
+	pid_t self = getpid();
+
+	pthread_mutex_lock(&live_lock);
+	for (struct uffdwp_snapshot *s = live; s; s = s->next_live)
+		if (s->owner == self && !atomic_load(&s->finished) && !atomic_load(&s->stop) &&
+		    shares_memory(s))
+			stop_with(s, -ESTALE);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* The child's copies are inert (uffdwp_snapshot_wait(): -ECHILD) and
+ * never ended: they must not make its own snapshots -EBUSY. */
+static void fork_child(void)
+{
+	live = NULL;
+	pthread_mutex_unlock(&live_lock);
+}
+
+static void register_atfork(void)
+{
+	live_atfork = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0;
+}
+
+/* Enter s in the registry: -EBUSY if a live snapshot overlaps it. */
+static int list_live(struct uffdwp_snapshot *s)
+{
+	int ret = 0;
+
+	pthread_once(&live_once, register_atfork);
+	if (!live_atfork)
+		return -ENOMEM;  /* pthread_atfork()'s only failure */
+	pthread_mutex_lock(&live_lock);
+	for (struct uffdwp_snapshot *o = live; o && !ret; o = o->next_live)
+		if (overlaps(o, s))
+			ret = -EBUSY;
+	if (!ret) {
+		s->next_live = live;
+		live = s;
+		s->listed = true;
+	}
+	pthread_mutex_unlock(&live_lock);
+	return ret;
+}
+
+static void unlist_live(struct uffdwp_snapshot *s)
+{
+	pthread_mutex_lock(&live_lock);
+	for (struct uffdwp_snapshot **p = &live; *p; p = &(*p)->next_live)
+		if (*p == s) {
+			*p = s->next_live;
+			break;
+		}
+	pthread_mutex_unlock(&live_lock);
+	s->listed = false;
+}
+
+/* ---- room for the side buffer ------------------------------------------- */
+
+static bool read_text(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, size - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	return true;
+}
+
+/*
+ * What the memory cgroup at dir can still take, in bytes: its limit less
+ * its usage, inactive page cache counted as free (it is reclaimed first);
+ * UINT64_MAX without a limit.
+ */
+static uint64_t cgroup_room(const char *dir, bool v2)
+{
+	char path[PATH_MAX + 32], buf[8192];
+	unsigned long long limit, usage, cache = 0;
+	const char *p;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.max" : "memory.limit_in_bytes");
+	if (!read_text(path, buf, sizeof(buf)) || sscanf(buf, "%llu", &limit) != 1)
+		return UINT64_MAX;  /* "max", or no such file: no limit here */
+	snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.current" : "memory.usage_in_bytes");
+	if (!read_text(path, buf, sizeof(buf)) || sscanf(buf, "%llu", &usage) != 1)
+		return UINT64_MAX;
+	snprintf(path, sizeof(path), "%s/memory.stat", dir);
+	if (read_text(path, buf, sizeof(buf)) &&
+	    (p = strstr(buf, v2 ? "\ninactive_file " : "\ntotal_inactive_file ")))
+		sscanf(strchr(p + 1, ' '), "%llu", &cache);
+	if (cache > usage)
+		cache = usage;
+	return usage - cache >= limit ? 0 : limit - (usage - cache);
+}
+
+/*
+ * -ENOMEM when the process's memory cgroup (v1 or v2, this one and its
+ * ancestors) has less room than need: the side buffer filling up would
+ * then have the process killed by the OOM killer in the middle of a
+ * snapshot, where failing at begin is a clean error. The room can shrink
+ * later (other processes of the cgroup); this catches the configuration
+ * that can never work.
+ */
+static int check_room(uint64_t need)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	char *line = NULL, dir[PATH_MAX], cg[PATH_MAX] = "";
+	size_t cap = 0;
+	const char *base = NULL;
+	uint64_t room = UINT64_MAX;
+	bool v2 = false;
+
+	if (!f)
+		return 0;
+	while (getline(&line, &cap, f) > 0) {
+		char *ctrl = strchr(line, ':'), *path = ctrl ? strchr(ctrl + 1, ':') : NULL;
+
+		if (!path)
+			continue;
+		*path++ = '\0';
+		path[strcspn(path, "\n")] = '\0';
+		ctrl++;
+		if (!strcmp(ctrl, "memory") || strstr(ctrl, ",memory") ||
+		    !strncmp(ctrl, "memory,", 7)) {
+			base = "/sys/fs/cgroup/memory";  /* v1 wins: it is the one in force */
+			v2 = false;
+			snprintf(cg, sizeof(cg), "%s", path);
+			break;
+		}
+		if (!*ctrl && line[0] == '0') {
+			base = access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0 ?
+				       "/sys/fs/cgroup" : "/sys/fs/cgroup/unified";
+			v2 = true;
+			snprintf(cg, sizeof(cg), "%s", path);
+		}
+	}
+	free(line);
+	fclose(f);
+	while (base && *cg) {
+		char *slash = strrchr(cg, '/');
+		uint64_t r;
+
+		snprintf(dir, sizeof(dir), "%s%s", base, cg);
+		r = cgroup_room(dir, v2);
+		room = r < room ? r : room;
+		if (!slash || slash == cg)
+			break;
+		*slash = '\0';
+	}
+	return room < need ? -ENOMEM : 0;
+}
+
+/* ---- the sink and the instant ------------------------------------------- */
+
+/*
+ * What the saver writes to. A blocking pipe or FIFO would keep it in a
+ * write(2) for as long as the reader stalls, where no cancel can reach it:
+ * it gets a non-blocking description of its own for the same pipe
+ * (/proc/self/fd; the caller's O_NONBLOCK flag, shared with the caller,
+ * is left alone), a socket send(2)s with MSG_DONTWAIT, and either then
+ * waits in poll(2) for room or for a stop. A regular file never stalls.
+ * Without /proc the pipe is written as given and a cancel waits for room.
+ */
+static void open_sink(struct uffdwp_snapshot *s)
+{
+	struct stat st;
+	char path[64];
+	int fd;
+
+	s->sink_fd = s->fd;
+	if (s->fn || fstat(s->fd, &st) < 0)
+		return;
+	if (S_ISSOCK(st.st_mode)) {
+		s->sink_socket = true;
+		return;
+	}
+	if (!S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode))
+		return;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
+	fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd >= 0)
+		s->sink_fd = fd;
+}
+
+/* Emulated backend: which pages of the set hold memory at the instant
+ * (check_resident()). Without /proc/self/pagemap nothing is checked. */
+static int note_resident(struct uffdwp_snapshot *s)
+{
+	uint64_t e[512];
+	void *scratch = mmap(NULL, s->page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (s->pagemap_fd < 0) {
+		if (scratch != MAP_FAILED)
+			munmap(scratch, s->page);
+		return 0;
+	}
+	/* A page read and never written maps the zero page. */
+	if (scratch != MAP_FAILED) {
+		if (*(volatile char *)scratch == 0 &&
+		    pread(s->pagemap_fd, e, sizeof(e[0]),
+			  (off_t)((uintptr_t)scratch / s->page * sizeof(e[0]))) == sizeof(e[0]) &&
+		    (e[0] & PM_PRESENT))
+			s->zero_pfn = e[0] & PM_PFN_MASK;
+		munmap(scratch, s->page);
+	}
+	s->resident = calloc((size_t)(s->total + 63) / 64, sizeof(*s->resident));
+	if (!s->resident)
+		return -ENOMEM;
+	for (size_t r = 0; r < s->nruns; r++) {
+		const struct run *run = &s->runs[r];
+
+		for (uint64_t done = 0; done < run->npages;) {
+			uint64_t k = run->npages - done < 512 ? run->npages - done : 512;
+			uint64_t addr = run->addr + done * s->page;
+			ssize_t got = pread(s->pagemap_fd, e, k * sizeof(e[0]),
+					    (off_t)(addr / s->page * sizeof(e[0])));
+
+			if (got != (ssize_t)(k * sizeof(e[0])))
+				return got < 0 ? -errno : -EFAULT;
+			for (uint64_t i = 0; i < k; i++) {
+				uint64_t bit = run->first + done + i;
+
+				bool zero = s->zero_pfn && (e[i] & PM_PFN_MASK) == s->zero_pfn;
+
+				if ((e[i] & PM_SWAPPED) || ((e[i] & PM_PRESENT) && !zero))
+					s->resident[bit / 64] |= UINT64_C(1) << (bit % 64);
+			}
+			done += k;
+		}
+	}
+	return 0;
+}
+
 static int start_saver(struct uffdwp_snapshot *s)
 {
 	sigset_t all, old;
@@ -1104,6 +1588,14 @@ static void destroy(struct uffdwp_snapshot *s)
 	}
 	if (s->tracker || s->own_ctx)
 		release_memory(s);
+	if (s->listed)
+		unlist_live(s);
+	if (s->sink_fd >= 0 && s->sink_fd != s->fd)
+		close(s->sink_fd);
+	if (s->pagemap_fd >= 0)
+		close(s->pagemap_fd);
+	if (s->stop_efd >= 0)
+		close(s->stop_efd);
 	if (s->efd >= 0)
 		close(s->efd);
 	if (s->ready_ep >= 0)
@@ -1114,12 +1606,91 @@ static void destroy(struct uffdwp_snapshot *s)
 		munmap(s->state, s->state_len);
 	if (s->side)
 		munmap(s->side, s->nslots * s->page);
+	free(s->resident);
 	free(s->slot_addr);
 	free(s->slot_seq);
 	free(s->bounce);
 	free(s->runs);
 	free(s->regions);
 	free(s);
+}
+
+/* A snapshot with nothing opened yet (destroy() may take it from here). */
+static struct uffdwp_snapshot *create(void)
+{
+	struct uffdwp_snapshot *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->page = uffdwp__page_size();
+	s->fd = s->sink_fd = -1;
+	s->efd = s->stop_efd = s->ready_efd = s->ready_ep = s->pagemap_fd = -1;
+	s->vm_readv = true;
+	s->id = new_id();
+	s->owner = getpid();
+	return s;
+}
+
+/* The instant with a tracker: reset it (full) or collect what was written
+ * since the parent (incremental); every page of the set ends protected. */
+static int begin_tracked(struct uffdwp_snapshot *s, struct uffdwp_tracker *t)
+{
+	int ret;
+
+	s->ctx = uffdwp__tracker_context(t);
+	if (!s->ctx)
+		return -EOPNOTSUPP;
+	s->backend = uffdwp_backend(s->ctx);
+	s->tracker_method = uffdwp_tracker_method(t);
+	s->granule = uffdwp_tracker_granule(t);
+	/* Before anything changes: a reset of more than the regions would
+	 * lose the tracker's answer for the rest, and an incremental of
+	 * another parent would restore to the wrong memory. */
+	if (!uffdwp__tracker_tracks_exactly(t, s->regions, s->nregions) ||
+	    (s->parent_id && s->parent_id != uffdwp__tracker_parent(t)))
+		return -EINVAL;
+	ret = watch_context(s);
+	if (!ret)
+		ret = uffdwp__tracker_set_interposer(t, on_tracked_write, on_change, s);
+	if (ret)
+		return ret;
+	s->tracker = t;
+	ret = start_saver(s);
+	if (ret)
+		return ret;
+	if (s->parent_id) {
+		ret = set_from_tracker(s);
+	} else {
+		ret = uffdwp_tracker_reset(t, NULL, 0);
+		if (!ret)
+			ret = set_from_regions(s);
+	}
+	s->time_ns = now_ns(CLOCK_REALTIME);
+	s->tracker_resets = uffdwp__tracker_resets(t);
+	if (!ret && s->backend == UFFDWP_BACKEND_EMULATED)
+		ret = note_resident(s);
+	return ret ? ret : atomic_load(&s->stop);  /* a writer gave up waiting */
+}
+
+/* The instant without a tracker: our own context protects the regions. */
+static int begin_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opts *o)
+{
+	int ret = set_from_regions(s);
+
+	if (!ret)
+		ret = open_own(s, o);
+	if (!ret)
+		ret = start_saver(s);
+	if (ret)
+		return ret;
+	s->backend = uffdwp_backend(s->ctx);
+	for (size_t i = 0; i < s->nregions && !ret; i++)
+		ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
+					  s->regions[i].len, UFFDWP_WRITEPROTECT_MODE_WP);
+	s->time_ns = now_ns(CLOCK_REALTIME);
+	if (!ret && s->backend == UFFDWP_BACKEND_EMULATED)
+		ret = note_resident(s);
+	return ret;
 }
 
 int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
@@ -1129,25 +1700,26 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	uint64_t t0 = now_ns(CLOCK_MONOTONIC);
 	struct uffdwp_snapshot_opts o = { 0 };
 	struct uffdwp_snapshot *s;
+	uint64_t bytes = 0;
+	size_t side;
 	int ret;
 
-	if (!snap || !opts || opts->sz < offsetof(struct uffdwp_snapshot_opts, parent_id) +
-						 sizeof(opts->parent_id))
+	if (!snap || !opts)
 		return -EINVAL;
-	o = *opts;
-	if ((!o.fn && o.fd < 0) || (o.parent_id && !o.tracker))
+	ret = uffdwp__opts_check(opts, opts->sz,
+				 UFFDWP__OPTS_END(struct uffdwp_snapshot_opts, parent_id), sizeof(o));
+	if (ret)
+		return ret;
+	UFFDWP__OPTS_COPY(o, opts);
+	/* fd 0 means "unset" (a zeroed struct names no sink, never stdin). */
+	if ((!o.fn && o.fd <= 0) || (o.parent_id && !o.tracker))
 		return -EINVAL;
-	s = calloc(1, sizeof(*s));
+	s = create();
 	if (!s)
 		return -ENOMEM;
-	s->page = uffdwp__page_size();
 	s->fd = o.fd;
 	s->fn = o.fn;
 	s->arg = o.arg;
-	s->efd = s->ready_efd = s->ready_ep = -1;
-	s->vm_readv = true;
-	s->id = new_id();
-	s->owner = getpid();
 	s->parent_id = o.parent_id;
 	ret = take_regions(s, regions, nregions);
 	if (!ret) {
@@ -1161,98 +1733,72 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 		 * protected (the saver encodes it again with the instant). */
 		ret = uffdwp__encoder_init(&s->enc, &h);
 	}
+	side = o.side_buffer ? o.side_buffer : UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT;
+	for (size_t i = 0; !ret && i < s->nregions; i++)
+		bytes += s->regions[i].len;
+	/* The side buffer never holds more than the regions. */
 	if (!ret)
-		ret = alloc_buffers(s, o.side_buffer ? o.side_buffer
-						     : UFFDWP_SNAPSHOT_SIDE_BUFFER_DEFAULT);
+		ret = check_room((bytes < side ? bytes : side) + BATCH * s->page);
+	if (!ret)
+		ret = alloc_buffers(s, side);
 	if (!ret) {
 		s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		if (s->efd < 0)
+		s->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (s->efd < 0 || s->stop_efd < 0)
 			ret = -errno;
 	}
+	if (!ret)
+		ret = list_live(s);
 	if (ret)
 		goto fail;
-
-	if (o.tracker) {
-		s->ctx = uffdwp__tracker_context(o.tracker);
-		if (!s->ctx) {
-			ret = -EOPNOTSUPP;
-			goto fail;
-		}
-		s->granule = uffdwp_tracker_granule(o.tracker);
-		/* Before anything changes: a reset of more than the regions
-		 * would lose the tracker's answer for the rest. */
-		if (!uffdwp__tracker_tracks_exactly(o.tracker, s->regions, s->nregions)) {
-			ret = -EINVAL;
-			goto fail;
-		}
-		ret = watch_context(s);
-		if (!ret)
-			ret = uffdwp__tracker_set_interposer(o.tracker, on_tracked_write, s);
-		if (ret)
-			goto fail;
-		s->tracker = o.tracker;
-		ret = start_saver(s);
-		if (ret)
-			goto fail;
-		/* The instant. A full snapshot: reset makes every page clean,
-		 * hence protected. An incremental one: what was written since
-		 * the parent, re-protected as it is reported. */
-		if (s->parent_id) {
-			ret = set_from_tracker(s);
-		} else {
-			ret = uffdwp_tracker_reset(o.tracker, NULL, 0);
-			if (!ret)
-				ret = set_from_regions(s);
-		}
-		s->time_ns = now_ns(CLOCK_REALTIME);
-		if (!ret)
-			ret = atomic_load(&s->stop);  /* a writer gave up waiting */
-		if (ret) {
-			stop_with(s, ret);
-			goto fail;
-		}
-		set_ready(s);
-	} else {
-		set_ready(s);
-		ret = set_from_regions(s);
-		if (!ret)
-			ret = open_own(s, &o);
-		if (!ret)
-			ret = start_saver(s);
-		if (ret)
-			goto fail;
-		/* The instant: every region protected. */
-		for (size_t i = 0; i < s->nregions && !ret; i++)
-			ret = uffdwp_writeprotect(s->ctx, (void *)(uintptr_t)s->regions[i].addr,
-						  s->regions[i].len, UFFDWP_WRITEPROTECT_MODE_WP);
-		s->time_ns = now_ns(CLOCK_REALTIME);
-		if (ret)
-			goto fail;
-	}
-	s->begin_ns = now_ns(CLOCK_MONOTONIC) - t0;
+	open_sink(s);
+	ret = o.tracker ? begin_tracked(s, o.tracker) : begin_own(s, &o);
+	if (ret)
+		goto fail;
+	set_ready(s);
 	atomic_store(&s->gate, GATE_GO);
 	futex_wake_all(&s->gate);
 	*snap = s;
+	/* The pause as the caller sees it: from the call to the return. */
+	s->begin_ns = now_ns(CLOCK_MONOTONIC) - t0;
 	return 0;
 fail:
+	stop_with(s, ret);  /* releases writers waiting for the instant */
 	destroy(s);
 	return ret;
 }
 
 uint64_t uffdwp_snapshot_id(const struct uffdwp_snapshot *snap)
 {
-	return snap->id;
+	return snap ? snap->id : 0;
 }
 
 int uffdwp_snapshot_fd(const struct uffdwp_snapshot *snap)
 {
-	return snap->efd;
+	return snap ? snap->efd : -EINVAL;
+}
+
+int uffdwp_snapshot_method(const struct uffdwp_snapshot *snap, struct uffdwp_snapshot_method *m)
+{
+	struct uffdwp_snapshot_method out = { 0 };
+
+	if (!snap || !m || m->sz < UFFDWP__OPTS_END(struct uffdwp_snapshot_method, track_method))
+		return -EINVAL;
+	out.sz = m->sz;
+	out.backend = snap->backend;
+	out.engine_mode = snap->engine_mode;
+	out.track_method = snap->tracker_method;
+	out.incremental = snap->parent_id != 0;
+	memcpy(m, &out, m->sz < sizeof(out) ? m->sz : sizeof(out));
+	return 0;
 }
 
 int uffdwp_snapshot_wait(struct uffdwp_snapshot *snap, int timeout_ms)
 {
-	struct pollfd p = { .fd = snap->efd, .events = POLLIN };
+	struct pollfd p = { .fd = snap ? snap->efd : -1, .events = POLLIN };
 
+	if (!snap)
+		return -EINVAL;
 	if (getpid() != snap->owner)
 		return -ECHILD;  /* its saver thread runs in the parent only */
 
@@ -1306,16 +1852,13 @@ int uffdwp_snapshot_end(struct uffdwp_snapshot *snap)
 int uffdwp__snapshot_write_frozen(int fd, const struct uffdwp_snapshot_region *regions,
 				  size_t nregions)
 {
-	struct uffdwp_snapshot *s = calloc(1, sizeof(*s));
+	struct uffdwp_snapshot *s = create();
 	int ret;
 
 	if (!s)
 		return -ENOMEM;
-	s->page = uffdwp__page_size();
-	s->fd = fd;
-	s->efd = s->ready_efd = s->ready_ep = -1;
+	s->fd = s->sink_fd = fd;
 	s->frozen = true;
-	s->id = new_id();
 	s->time_ns = now_ns(CLOCK_REALTIME);
 	set_ready(s);
 	ret = take_regions(s, regions, nregions);

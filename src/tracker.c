@@ -60,6 +60,7 @@
 #include <unistd.h>
 #include "backend.h"
 #include "kernel_abi.h"
+#include "opts.h"
 #include "tracker.h"
 
 /* Output vector of one PAGEMAP_SCAN call, on the stack (6 KiB). */
@@ -97,13 +98,23 @@ struct uffdwp_tracker {
 	size_t nranges;
 	uintptr_t stash[STASH_MAX];  /* engine thread only */
 	size_t nstash;
+	/* EMULATED: blocks un-protected and not re-protected since, each
+	 * about two mappings of the process's (fault_lock). */
+	size_t unprotected_blocks;
 
 	/* Held by the fault handler from reading the interposer until its
 	 * page is marked and un-protected (see the top); taken before
 	 * fault_lock. */
 	pthread_mutex_t interposer_lock;
 	void (*interposer)(void *arg, uintptr_t page);
+	void (*interposer_change)(void *arg, uintptr_t start, uintptr_t end);
 	void *interposer_arg;
+
+	/* Lineage for incremental snapshots (collect_lock): resets counts
+	 * every reset and every change of the ranges; parent_id is the
+	 * snapshot that saved every page as of reset number parent_at. */
+	uint64_t resets;
+	uint64_t parent_id, parent_at;
 };
 
 /* --- fork detection --- */
@@ -194,7 +205,9 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t)
 }
 
 int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
-				   void (*fn)(void *arg, uintptr_t page), void *arg)
+				   void (*fn)(void *arg, uintptr_t page),
+				   void (*change)(void *arg, uintptr_t start, uintptr_t end),
+				   void *arg)
 {
 	int ret = 0;
 
@@ -205,10 +218,41 @@ int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
 		ret = -EBUSY;  /* one snapshot at a time per tracker */
 	} else {
 		t->interposer = fn;
+		t->interposer_change = fn ? change : NULL;
 		t->interposer_arg = arg;
 	}
 	pthread_mutex_unlock(&t->interposer_lock);
 	return ret;
+}
+
+uint64_t uffdwp__tracker_resets(struct uffdwp_tracker *t)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&t->collect_lock);
+	n = t->resets;
+	pthread_mutex_unlock(&t->collect_lock);
+	return n;
+}
+
+void uffdwp__tracker_set_parent(struct uffdwp_tracker *t, uint64_t id, uint64_t resets)
+{
+	pthread_mutex_lock(&t->collect_lock);
+	if (t->resets == resets) {
+		t->parent_id = id;
+		t->parent_at = resets;
+	}
+	pthread_mutex_unlock(&t->collect_lock);
+}
+
+uint64_t uffdwp__tracker_parent(struct uffdwp_tracker *t)
+{
+	uint64_t id;
+
+	pthread_mutex_lock(&t->collect_lock);
+	id = t->parent_at == t->resets ? t->parent_id : 0;
+	pthread_mutex_unlock(&t->collect_lock);
+	return id;
 }
 
 bool uffdwp__tracker_tracks_exactly(struct uffdwp_tracker *t,
@@ -315,7 +359,8 @@ static struct range *find_range(struct uffdwp_tracker *t, uintptr_t addr)
 
 /* --- the fault handler (SYNC, EMULATED), in the engine thread --- */
 
-/* Apply a non-fault event to the ranges it overlaps (fault_lock held). */
+/* Apply a non-fault event to the ranges it overlaps (interposer_lock and
+ * fault_lock held). */
 static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_event *ev)
 {
 	uintptr_t lo, hi;
@@ -334,6 +379,10 @@ static void apply_event_locked(struct uffdwp_tracker *t, const struct uffdwp_eve
 	} else {
 		return;
 	}
+	/* Both locks held (see on_event and absorb_events): the snapshot's
+	 * pages there may already be gone. */
+	if (t->interposer_change)
+		t->interposer_change(t->interposer_arg, lo, hi);
 	for (size_t k = first_range_after(t, lo); k < t->nranges && t->ranges[k].start < hi; k++) {
 		struct range *r = &t->ranges[k];
 		uintptr_t a = lo > r->start ? lo : r->start, b = hi < r->end ? hi : r->end;
@@ -368,34 +417,97 @@ static bool absorb_events(struct uffdwp_tracker *t)
 	return n > 0;
 }
 
-static void mark_and_unprotect(struct uffdwp_tracker *t, uintptr_t addr)
+/*
+ * EMULATED: mprotect splits a mapping around every page it un-protects,
+ * and the process may hold only vm.max_map_count mappings (65,530 by
+ * default), which the program needs for itself: past the limit its own
+ * mmap() fails. So once COARSE_AFTER blocks are un-protected since their
+ * reset, a fault un-protects and reports COARSE_GRANULES granules around
+ * it (like UFFDWP_TRACK_HUGE: coarser answers, never a missed write), and
+ * when mprotect still says -ENOMEM the block widens until the kernel
+ * accepts it: un-protecting a block that reaches a writable neighbour adds
+ * no mapping.
+ */
+#define COARSE_AFTER 8192
+#define COARSE_GRANULES 64
+
+/* The block of width granules * t->granule around addr, clipped to the
+ * range holding it (fault_lock held). */
+static void block_around(struct uffdwp_tracker *t, uintptr_t addr, size_t granules,
+			 uintptr_t *lo, uintptr_t *hi)
 {
-	uintptr_t block = addr & ~(uintptr_t)(t->granule - 1);
-	struct range *r;
-	size_t i = 0;
+	uintptr_t width = (uintptr_t)granules * t->granule;
+	struct range *r = find_range(t, addr);
+
+	*lo = addr & ~(width - 1);
+	*hi = *lo + width;
+	if (r && *lo < r->start)
+		*lo = r->start;
+	if (r && *hi > r->end)
+		*hi = r->end;
+}
+
+/* Un-protect [lo, hi) and mark what of it is tracked (fault_lock held).
+ * The ranges may have changed since the block was chosen: it is clipped
+ * again to the range that holds lo now. */
+static int mark_and_unprotect_block(struct uffdwp_tracker *t, uintptr_t lo, uintptr_t hi)
+{
+	struct range *r = find_range(t, lo);
+	size_t i, j;
 	int ret;
 
-	pthread_mutex_lock(&t->interposer_lock);
-	if (t->interposer)
-		t->interposer(t->interposer_arg, block);
-	pthread_mutex_lock(&t->fault_lock);
+	if (r && hi > r->end)
+		hi = r->end;
+	i = r ? (lo - r->start) / t->granule : 0;
+	j = r ? (hi - r->start) / t->granule : 0;
+
 	/* Not tracked (a fault left over from a removed range, or memory
 	 * unmapped under us): un-protect all the same, so nobody stays
 	 * asleep on a page we will never mark; the writer retries and sees
 	 * what is there now. */
-	r = find_range(t, block);
-	if (r) {
-		i = (block - r->start) / t->granule;
-		change_bits(r->bits, i, i + 1, true);
-	}
-	while ((ret = uffdwp_writeprotect(t->ctx, (void *)block, t->granule, 0)) == -EAGAIN)
+	if (r)
+		change_bits(r->bits, i, j, true);
+	while ((ret = uffdwp_writeprotect(t->ctx, (void *)lo, hi - lo, 0)) == -EAGAIN)
 		if (!absorb_events(t))
 			sched_yield();  /* read; the changing thread must run */
-	/* Protected until this fault: a discard is behind us. */
-	if (ret == 0 && r && r->discarded)
-		change_bits(r->discarded, i, i + 1, false);
+	if (ret == 0 && r) {
+		t->unprotected_blocks++;
+		/* Protected until this fault: a discard is behind us. */
+		if (r->discarded)
+			change_bits(r->discarded, i, j, false);
+	}
+	return ret;
+}
+
+static void mark_and_unprotect(struct uffdwp_tracker *t, uintptr_t addr)
+{
+	uintptr_t block = addr & ~(uintptr_t)(t->granule - 1), lo = block, hi = block + t->granule;
+	size_t granules = 1;
+	int ret;
+
+	pthread_mutex_lock(&t->interposer_lock);
+	pthread_mutex_lock(&t->fault_lock);
+	if (find_range(t, block) && t->method == UFFDWP_TRACK_EMULATED &&
+	    t->unprotected_blocks >= COARSE_AFTER)
+		granules = COARSE_GRANULES;
+	for (;;) {
+		struct range *r;
+
+		block_around(t, block, granules, &lo, &hi);
+		/* The interposer sees every page before it becomes writable
+		 * (without fault_lock: it may wait for the snapshot's saver). */
+		pthread_mutex_unlock(&t->fault_lock);
+		for (uintptr_t g = lo; t->interposer && g < hi; g += t->granule)
+			t->interposer(t->interposer_arg, g);
+		pthread_mutex_lock(&t->fault_lock);
+		ret = mark_and_unprotect_block(t, lo, hi);
+		r = find_range(t, block);
+		if (ret != -ENOMEM || !r || (lo <= r->start && hi >= r->end))
+			break;
+		granules *= COARSE_GRANULES;
+	}
 	if (ret < 0)
-		uffdwp_wake(t->ctx, (void *)block, t->granule);
+		uffdwp_wake(t->ctx, (void *)lo, hi - lo);
 	pthread_mutex_unlock(&t->fault_lock);
 	pthread_mutex_unlock(&t->interposer_lock);
 }
@@ -407,9 +519,11 @@ static int on_event(void *arg, const struct uffdwp_event *ev)
 	if (ev->type != UFFDWP_EVENT_PAGEFAULT) {
 		if (ev->type == UFFDWP_EVENT_FORK)
 			close(ev->fork.fd);  /* not asked for; never tracked */
+		pthread_mutex_lock(&t->interposer_lock);
 		pthread_mutex_lock(&t->fault_lock);
 		apply_event_locked(t, ev);
 		pthread_mutex_unlock(&t->fault_lock);
+		pthread_mutex_unlock(&t->interposer_lock);
 		return UFFDWP_RESOLVE;
 	}
 	mark_and_unprotect(t, (uintptr_t)ev->pagefault.address);
@@ -493,6 +607,8 @@ static int scan_bits(struct uffdwp_tracker *t, struct range *r, uintptr_t from, 
 			}
 			if (ret < 0)
 				break;
+			if (t->unprotected_blocks)
+				t->unprotected_blocks--;
 			/* Discarded pages stay reported (see the top). */
 			change_bits(r->bits, i, j, false);
 		}
@@ -554,6 +670,8 @@ int uffdwp_tracker_collect(struct uffdwp_tracker *t, uintptr_t *cursor,
 		return ret;
 	pthread_mutex_lock(&t->collect_lock);
 	ret = collect_locked(t, cursor, UINTPTR_MAX, &o, flags & UFFDWP_COLLECT_RESET);
+	if (flags & UFFDWP_COLLECT_RESET)
+		t->resets++;
 	pthread_mutex_unlock(&t->collect_lock);
 	return ret < 0 ? ret : (int)o.n;
 }
@@ -596,6 +714,8 @@ static long collect_window(struct uffdwp_tracker *t, uintptr_t base, uintptr_t l
 			count += (long)((b - a) / t->page);
 		}
 	} while (more == 1);
+	if (reset)
+		t->resets++;
 	pthread_mutex_unlock(&t->collect_lock);
 	return more < 0 ? more : count;
 }
@@ -698,8 +818,10 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 		memmove(&t->ranges[k], &t->ranges[k + 1], (t->nranges - k) * sizeof(r));
 	}
 	pthread_mutex_unlock(&t->fault_lock);
-	if (ret == 0)
+	if (ret == 0) {
+		t->resets++;  /* a new range has no parent's pages */
 		goto out;
+	}
 out_unregister:
 	uffdwp_unregister(t->ctx, addr, len);
 out_free:
@@ -733,6 +855,7 @@ int uffdwp_tracker_remove(struct uffdwp_tracker *t, void *addr, size_t len)
 	t->nranges--;
 	memmove(r, r + 1, (size_t)(&t->ranges[t->nranges] - r) * sizeof(*r));
 	pthread_mutex_unlock(&t->fault_lock);
+	t->resets++;
 	pthread_mutex_unlock(&t->collect_lock);
 	return 0;
 }
@@ -847,8 +970,11 @@ int uffdwp_tracker_create(struct uffdwp_tracker **out, const struct uffdwp_track
 	if (!out)
 		return -EINVAL;
 	if (opts) {
-		if (opts->sz < offsetof(struct uffdwp_tracker_opts, flags) + sizeof(opts->flags))
-			return -EINVAL;
+		ret = uffdwp__opts_check(opts, opts->sz,
+					 UFFDWP__OPTS_END(struct uffdwp_tracker_opts, flags),
+					 sizeof(*opts));
+		if (ret)
+			return ret;
 		method = opts->method;
 		flags = opts->flags;
 	}

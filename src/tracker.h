@@ -36,7 +36,9 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
  * resolves it (the tracker's engine thread), before the tracker marks the
  * page written and un-protects it; the faulting writer stays blocked until
  * fn returns. page is the start of the faulting page (of its huge page with
- * UFFDWP_TRACK_HUGE). fn may block (snapshot back-pressure): meanwhile other
+ * UFFDWP_TRACK_HUGE). change (may be NULL) is called, in the same thread,
+ * for every remove, unmap or remap event over [start, end) before the
+ * tracker applies it: the memory there may be discarded or gone. fn may block (snapshot back-pressure): meanwhile other
  * faults of this tracker wait, collects and resets do not. fn must not call
  * the tracker itself. NULL removes the interposer; on return from a call
  * that removes it, the old fn is not running and will not run again. There
@@ -48,8 +50,24 @@ struct uffdwp *uffdwp__tracker_context(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
  * an ASYNC tracker.
  */
 int uffdwp__tracker_set_interposer(struct uffdwp_tracker *t,
-				   void (*fn)(void *arg, uintptr_t page), void *arg)
+				   void (*fn)(void *arg, uintptr_t page),
+				   void (*change)(void *arg, uintptr_t start, uintptr_t end),
+				   void *arg) UFFDWP__HIDDEN;
+
+/*
+ * Lineage, for incremental snapshots. uffdwp__tracker_resets() counts the
+ * tracker's resets (collects with reset, uffdwp_tracker_reset(), bitmaps
+ * with reset) and changes of its ranges: "written since" means since the
+ * last of them. A snapshot that saved every tracked page as of reset
+ * number `resets` records itself with uffdwp__tracker_set_parent(), which
+ * is ignored if another reset came since; uffdwp__tracker_parent() is the
+ * id an incremental snapshot may name as its parent now, or 0 (any reset
+ * after it: the pages written before that reset are unknown).
+ */
+uint64_t uffdwp__tracker_resets(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
+void uffdwp__tracker_set_parent(struct uffdwp_tracker *t, uint64_t id, uint64_t resets)
 	UFFDWP__HIDDEN;
+uint64_t uffdwp__tracker_parent(struct uffdwp_tracker *t) UFFDWP__HIDDEN;
 
 /*
  * Whether the tracker's ranges cover exactly the union of regions (sorted

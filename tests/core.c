@@ -45,6 +45,10 @@ TEST(open_close, ON_BOTH)
 
 TEST(open_bad_arguments, ON_NONE)
 {
+	CHECK_RET(uffdwp_fd(NULL), -EINVAL);
+	CHECK_EQ(uffdwp_features(NULL), 0);
+	CHECK_EQ(uffdwp_backend(NULL), UFFDWP_BACKEND_AUTO);
+	uffdwp_close(NULL);
 	struct uffdwp_opts o = { .sz = sizeof(o) };
 	struct uffdwp *ctx = NULL;
 
@@ -391,4 +395,108 @@ TEST_MEM(register_busy, ON_BOTH, ON_ALLMEM)
 	CHECK_RET(uffdwp_register(b, mem, test_mem_page(), UFFDWP_REGISTER_MODE_WP), -EBUSY);
 	uffdwp_close(b);
 	uffdwp_close(a);
+}
+
+/* A fork() child that lives on (no exec) must not hold the parent's memory:
+ * after the parent's close, its writers run at once. (The child kept the
+ * inherited userfaultfd open, so close released nothing and writers slept
+ * until the child exited.) */
+TEST_MEM(close_with_forked_child_alive, ON_BOTH, ON_ALLMEM)
+{
+	char *mem = map_pages(2);
+	struct uffdwp *ctx = open_registered(backend, 0, mem, 2);
+	struct test_writer *w;
+	int go[2], status;
+	pid_t child;
+	char c = 0;
+
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, 2 * test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	CHECK_OK(pipe(go));
+	child = fork();
+	CHECK(child >= 0);
+	if (child == 0) {
+		close(go[1]);
+		_exit(read(go[0], &c, 1) == 0 ? 0 : 1);  /* lives until the parent is done */
+	}
+	close(go[0]);
+	uffdwp_close(ctx);
+	w = test_writer_start(mem + test_mem_page(), 9);
+	CHECK(test_writer_done(w, 5000));
+	test_writer_join(w);
+	CHECK_EQ(mem[test_mem_page()], 9);
+	close(go[1]);
+	CHECK_EQ(waitpid(child, &status, 0), child);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* The child's copy of a context is empty and its own: it cannot un-protect
+ * the parent's memory (a userfaultfd acts on the address space it was
+ * created in, so the inherited one would have). */
+TEST_MEM(forked_child_context_is_its_own, ON_BOTH, ON_ALLMEM)
+{
+	char *mem = map_pages(1);
+	struct uffdwp *ctx = open_registered(backend, 0, mem, 1);
+	struct test_writer *w;
+	struct uffdwp_event ev;
+	int status;
+	pid_t child;
+
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	child = fork();
+	CHECK(child >= 0);
+	if (child == 0) {
+		int ret = uffdwp_writeprotect(ctx, mem, test_mem_page(), 0);
+
+		uffdwp_close(ctx);
+		_exit(ret == -ENOENT ? 0 : 10 + (ret < 0 ? -ret : 0));
+	}
+	CHECK_EQ(waitpid(child, &status, 0), child);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 0);
+	/* Still protected in the parent, still ours to resolve. */
+	w = test_writer_start(mem, 4);
+	ev = test_read_event(ctx);
+	CHECK_EQ(ev.pagefault.address, (uintptr_t)mem);
+	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_mem_page(), 0));
+	test_writer_join(w);
+	CHECK_EQ(mem[0], 4);
+	uffdwp_close(ctx);
+}
+
+/* The same for a write tracker's own context: destroying it with a forked
+ * child alive leaves the tracked memory writable. */
+TEST(tracker_destroy_with_forked_child_alive, ON_BOTH)
+{
+	struct uffdwp_tracker_opts o = {
+		.sz = sizeof(o),
+		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
+							   : UFFDWP_TRACK_EMULATED,
+	};
+	char *mem = test_map(4, true);
+	struct uffdwp_tracker *t;
+	struct test_writer *w;
+	int go[2], status, ret;
+	pid_t child;
+	char c = 0;
+
+	ret = uffdwp_tracker_create(&t, &o);
+	if (ret == -EOPNOTSUPP)
+		SKIP("the %s tracker is not available here", uffdwp_track_method_name(o.method));
+	CHECK_OK(ret);
+	CHECK_OK(uffdwp_tracker_add(t, mem, 4 * test_page()));
+	CHECK_OK(pipe(go));
+	child = fork();
+	CHECK(child >= 0);
+	if (child == 0) {
+		close(go[1]);
+		_exit(read(go[0], &c, 1) == 0 ? 0 : 1);
+	}
+	close(go[0]);
+	uffdwp_tracker_destroy(t);
+	w = test_writer_start(mem + 2 * test_page(), 5);
+	CHECK(test_writer_done(w, 5000));
+	test_writer_join(w);
+	close(go[1]);
+	CHECK_EQ(waitpid(child, &status, 0), child);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }

@@ -5,10 +5,8 @@
  * fuzzer found without clang. Files named good-* must decode cleanly.
  */
 #include <dirent.h>
-#include <fcntl.h>
 #include <libgen.h>
-#include <sys/stat.h>
-#include "test.h"
+#include "format_fixture.h"
 #include "../fuzz/harness.h"
 
 /* The corpus beside this source file, or under the working directory. */
@@ -24,22 +22,6 @@ static DIR *open_corpus(char *dir, size_t cap)
 		return d;
 	snprintf(dir, cap, "fuzz/corpus");
 	return opendir(dir);
-}
-
-static unsigned char *read_whole(const char *path, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	unsigned char *buf;
-
-	CHECK(fd >= 0);
-	CHECK_OK(fstat(fd, &st));
-	buf = malloc((size_t)st.st_size + 1);
-	CHECK(buf);
-	CHECK_EQ(read(fd, buf, (size_t)st.st_size), st.st_size);
-	close(fd);
-	*len = (size_t)st.st_size;
-	return buf;
 }
 
 TEST(format_corpus_replay, ON_NONE)
@@ -59,7 +41,7 @@ TEST(format_corpus_replay, ON_NONE)
 		if (e->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		data = read_whole(path, &len);
+		data = fx_read_file(path, &len);
 		ret = harness_run(data, len);  /* abort()s on a broken invariant */
 		if (!strncmp(e->d_name, "good-", 5)) {
 			if (ret != 0)

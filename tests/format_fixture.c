@@ -2,6 +2,7 @@
 /* The format tests' fixture: see format_fixture.h. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include "format_fixture.h"
 
 /* Room for the largest stream the tests build. */
@@ -156,4 +157,20 @@ void fx_cleanup(void)
 		closedir(d);
 	rmdir(scratch);
 	scratch[0] = '\0';
+}
+
+unsigned char *fx_read_file(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	unsigned char *buf;
+
+	CHECK(fd >= 0);
+	CHECK_OK(fstat(fd, &st));
+	buf = malloc((size_t)st.st_size + 1);
+	CHECK(buf);
+	CHECK_EQ(read(fd, buf, (size_t)st.st_size + 1), st.st_size);
+	close(fd);
+	*len = (size_t)st.st_size;
+	return buf;
 }

@@ -62,4 +62,7 @@ int fx_decode(const void *buf, size_t len, struct uffdwp__decoder *dec);
 char *fx_write_file(const char *name, const void *buf, size_t len);
 void fx_cleanup(void);
 
+/* The whole contents of the file at path (malloc'd, for the caller to free). */
+unsigned char *fx_read_file(const char *path, size_t *len);
+
 #endif

@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include "snapshot.h"
@@ -159,6 +160,20 @@ static struct uffdwp_snapshot_opts held_opts(enum uffdwp_backend backend, struct
 					      .fn = held_sink_fn, .arg = h, .backend = backend };
 }
 
+/* Keep mem's contents in ref, begin a snapshot of it into the held sink h
+ * and return once the saver is held inside its first batch. */
+static struct uffdwp_snapshot *begin_held(enum uffdwp_backend backend, char *mem, size_t len,
+					  char *ref, struct held_sink *h)
+{
+	memcpy(ref, mem, len);
+	held_sink_init(h, mem, len);
+	struct uffdwp_snapshot_opts o = held_opts(backend, h);
+	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+
+	held_sink_wait_entered(h);
+	return snap;
+}
+
 /* A thread writing a byte into each of npages pages, then done. */
 struct page_writer {
 	pthread_t thread;
@@ -296,12 +311,8 @@ TEST(snapshot_copy_before_write, ON_BOTH)
 	struct uffdwp_snapshot_progress p = { .sz = sizeof(p) };
 
 	fill(mem, npages, 2);
-	memcpy(ref, mem, len);
-	held_sink_init(&h, mem, len);
-	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
-	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+	struct uffdwp_snapshot *snap = begin_held(backend, mem, len, ref, &h);
 
-	held_sink_wait_entered(&h);
 	page_writer_start(&w, mem, npages, 'w');
 	if (!page_writer_done_within(&w, 5000))
 		FAIL("a writer waited for a held sink with room in the side buffer");
@@ -639,8 +650,9 @@ TEST(snapshot_region_unmapped, ON_BOTH)
 	sem_post(&h.release);
 	int ret = uffdwp_snapshot_end(snap);
 
-	if (ret != -EFAULT && ret != -ENOENT)
-		FAIL("end after munmap: %d (%s), want EFAULT or ENOENT", ret, strerror(-ret));
+	if (ret != -EFAULT && ret != -ENOENT && ret != -ESTALE)
+		FAIL("end after munmap: %d (%s), want ESTALE, EFAULT or ENOENT", ret,
+		     strerror(-ret));
 	/* The half still mapped is writable. */
 	memset(mem, 4, len / 2);
 }
@@ -658,12 +670,8 @@ TEST(snapshot_fork_during, ON_BOTH)
 	pid_t pid;
 
 	fill(mem, npages, 6);
-	memcpy(ref, mem, len);
-	held_sink_init(&h, mem, len);
-	struct uffdwp_snapshot_opts o = held_opts(backend, &h);
-	struct uffdwp_snapshot *snap = begin1(mem, len, &o);
+	struct uffdwp_snapshot *snap = begin_held(backend, mem, len, ref, &h);
 
-	held_sink_wait_entered(&h);
 	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
@@ -1020,4 +1028,522 @@ TEST_TIMEOUT(snapshot_unmap_during_incremental_begin, ON_BOTH, 30)
 		fprintf(stderr, "note: the writer was not seen blocked during begin\n");
 	close(o.fd);
 	uffdwp_tracker_destroy(t);
+}
+
+/* ---- issue 9: never call a wrong snapshot good --------------------------- */
+
+/* A region whose last memory-type page lies well past the saver's first
+ * batch (the held sink stops the saver inside it). */
+static size_t far_region_len(void)
+{
+	size_t len = 1024 * test_page();
+
+	return len > 4 * test_mem_page() ? len : 4 * test_mem_page();
+}
+
+/* The outcome of a snapshot whose memory changed behind its back: it may
+ * fail with a clear error, or hold exactly the memory at its instant. */
+static void check_failed_or_exact(int ret, const struct held_sink *h, const char *ref,
+				  const char *what)
+{
+	if (ret == -ESTALE || ret == -EFAULT || ret == -ENOENT)
+		return;
+	if (ret)
+		FAIL("%s: end returned %d (%s)", what, ret, strerror(-ret));
+	for (size_t off = 0; off < h->len; off += test_page())
+		if (memcmp(h->image + off, ref + off, test_page()))
+			FAIL("%s: end returned 0, but page %zu is not the instant's", what,
+			     off / test_page());
+}
+
+/*
+ * MADV_DONTNEED on a page not yet saved, then a write: the kernel drops
+ * the page's protection with the page and lets the madvise caller go once
+ * its event is read; the emulated backend sees no madvise at all. Never
+ * a success with the new contents or with zeros.
+ */
+TEST_MEM(snapshot_discard_during_save, ON_BOTH, ON_ANON | ON_SHMEM)
+{
+	size_t len = far_region_len(), unit = test_mem_page();
+	char *mem = test_mem_map(len, false);
+	char *ref = test_map(len / test_page(), false);
+	struct held_sink h;
+
+	memset(mem, 0x11, len);
+	struct uffdwp_snapshot *snap = begin_held(backend, mem, len, ref, &h);
+
+	CHECK_EQ(madvise(mem + len - unit, unit, MADV_DONTNEED), 0);
+	memset(mem + len - unit, 0x77, unit);
+	sem_post(&h.release);
+	check_failed_or_exact(uffdwp_snapshot_end(snap), &h, ref, "discard");
+	test_mem_unmap(mem, len);
+}
+
+/* munmap, and mremap away, of memory not yet saved (the saver finds
+ * nothing there, or an event tells of it). */
+TEST_MEM(snapshot_unmap_or_move_during_save, ON_BOTH, ON_ANON | ON_SHMEM)
+{
+	size_t len = far_region_len(), unit = test_mem_page();
+
+	for (int move = 0; move < 2; move++) {
+		char *mem = test_mem_map(len, true);
+		char *ref = test_map(len / test_page(), false);
+		struct held_sink h;
+
+		struct uffdwp_snapshot *snap = begin_held(backend, mem, len, ref, &h);
+
+		if (move) {
+			char *away = test_mem_map(unit, false);
+			char *to = mremap(mem + len - unit, unit, unit, MREMAP_MAYMOVE | MREMAP_FIXED,
+					  away);
+
+			CHECK(to == away);
+			test_mem_unmap(away, unit);
+		} else {
+			CHECK_EQ(munmap(mem + len - unit, unit), 0);
+		}
+		sem_post(&h.release);
+		check_failed_or_exact(uffdwp_snapshot_end(snap), &h, ref,
+				      move ? "mremap" : "munmap");
+		test_mem_unmap(mem, len - unit);
+	}
+}
+
+/* Unmapped and replaced by new memory in the same place, which the
+ * program writes: only the kernel backend can see it (its unmap event);
+ * uffdwp_emulated(7) says why the emulation cannot. */
+TEST(snapshot_replaced_during_save, ON_KERNEL)
+{
+	size_t len = far_region_len();
+	char *mem = test_map(len / test_page(), true);
+	char *ref = test_map(len / test_page(), false);
+	char *last = mem + len - test_page();
+	struct held_sink h;
+
+	struct uffdwp_snapshot *snap = begin_held(backend, mem, len, ref, &h);
+
+	CHECK(mmap(last, test_page(), PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == last);
+	memset(last, 0x77, test_page());
+	sem_post(&h.release);
+	check_failed_or_exact(uffdwp_snapshot_end(snap), &h, ref, "replaced");
+}
+
+/*
+ * MAP_SHARED memory written by a child forked during the snapshot: the
+ * child's mapping is not protected (protection is per process), so its
+ * writes reach pages not yet saved. The snapshot must fail, not keep them.
+ */
+TEST_MEM(snapshot_shared_written_by_child, ON_BOTH, ON_SHMEM)
+{
+	size_t len = far_region_len();
+	char *mem = test_mem_map(len, true);
+	char *ref = test_map(len / test_page(), false);
+	struct held_sink h;
+	int status;
+	pid_t pid;
+
+	struct uffdwp_snapshot *snap = begin_held(backend, mem, len, ref, &h);
+
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		alarm(10);
+		memset(mem + len / 2, 0x77, len / 2);
+		_exit(0);
+	}
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	sem_post(&h.release);
+	check_failed_or_exact(uffdwp_snapshot_end(snap), &h, ref, "child wrote shared memory");
+	test_mem_unmap(mem, len);
+}
+
+/* An incremental snapshot must name the tracker's last saved snapshot:
+ * an older one, a made-up one, or one from before a reset is refused
+ * before anything changes (the right one still works after). */
+TEST(snapshot_wrong_parent_refused, ON_BOTH)
+{
+	const size_t npages = 64;
+	size_t len = npages * test_page();
+	char *mem = test_map(npages, true);
+	struct uffdwp_tracker_opts to = {
+		.sz = sizeof(to),
+		.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
+							   : UFFDWP_TRACK_EMULATED,
+	};
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, len };
+	struct uffdwp_tracker *t;
+	struct uffdwp_snapshot *snap = NULL;
+	uint64_t first, second;
+	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	int ret = uffdwp_tracker_create(&t, &to);
+
+	if (ret == -EOPNOTSUPP)
+		SKIP("tracker method %s unavailable", uffdwp_track_method_name(to.method));
+	CHECK_OK(ret);
+	CHECK(fd > 0);
+	CHECK_OK(uffdwp_tracker_add(t, mem, len));
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = fd, .tracker = t };
+
+	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+	first = uffdwp_snapshot_id(snap);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	o.parent_id = first ^ 1;  /* made up */
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	mem[0] = 2;
+	o.parent_id = first;
+	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+	second = uffdwp_snapshot_id(snap);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	o.parent_id = first;  /* older */
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	/* The refusals changed nothing: the right parent still works. */
+	mem[test_page()] = 3;
+	o.parent_id = second;
+	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+	second = uffdwp_snapshot_id(snap);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	/* A reset by the program: the writes before it are unknown. */
+	mem[2 * test_page()] = 4;
+	CHECK_OK(uffdwp_tracker_reset(t, NULL, 0));
+	o.parent_id = second;
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	/* A cancelled snapshot is no parent either. */
+	o.parent_id = 0;
+	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+	first = uffdwp_snapshot_id(snap);
+	uffdwp_snapshot_cancel(snap);
+	ret = uffdwp_snapshot_end(snap);
+	CHECK(ret == 0 || ret == -ECANCELED);
+	o.parent_id = first;
+	if (ret == -ECANCELED)
+		CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	uffdwp_tracker_destroy(t);
+	close(fd);
+}
+
+/* A zero-initialised options struct names no sink: never descriptor 0. */
+TEST(snapshot_zeroed_opts_not_stdin, ON_NONE)
+{
+	char *mem = test_map(4, true);
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, 4 * test_page() };
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o) };
+	struct uffdwp_snapshot *snap = NULL;
+	int p[2];
+	char c;
+
+	/* Descriptor 0 of this test's process becomes a pipe we can look into. */
+	CHECK_EQ(pipe2(p, O_NONBLOCK), 0);
+	CHECK_EQ(dup2(p[1], 0), 0);
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &o), -EINVAL);
+	CHECK(snap == NULL);
+	uffdwp_snapshot_end(snap);
+	CHECK_EQ(read(p[0], &c, 1), -1);
+	CHECK_EQ(errno, EAGAIN);
+}
+
+/* Options from a newer caller: zero bytes past what the library knows are
+ * fine, anything else is refused, the same way for every options struct. */
+TEST(opts_from_a_newer_caller, ON_NONE)
+{
+	char *mem = test_map(4, true);
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem, 4 * test_page() };
+	struct {
+		struct uffdwp_snapshot_opts o;
+		uint64_t newer;
+	} so = { .o = { .sz = sizeof(so), .fd = 1, .backend = UFFDWP_BACKEND_EMULATED } };
+	struct {
+		struct uffdwp_tracker_opts o;
+		uint64_t newer;
+	} to = { .o = { .sz = sizeof(to), .method = UFFDWP_TRACK_EMULATED } };
+	struct {
+		struct uffdwp_engine_opts o;
+		uint64_t newer;
+	} eo = { .o = { .sz = sizeof(eo), .mode = UFFDWP_ENGINE_THREAD } };
+	struct uffdwp_snapshot *snap = NULL;
+	struct uffdwp_tracker *t = NULL;
+	struct uffdwp_engine *eng = NULL;
+	struct uffdwp *ctx = test_open(UFFDWP_BACKEND_EMULATED, 0);
+
+	so.o.fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	so.newer = 1;
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &r, 1, &so.o), -E2BIG);
+	to.newer = 1;
+	CHECK_RET(uffdwp_tracker_create(&t, &to.o), -E2BIG);
+	eo.newer = 1;
+	CHECK_RET(uffdwp_engine_start(&eng, ctx, &eo.o), -E2BIG);
+	CHECK(snap == NULL && t == NULL && eng == NULL);
+	so.newer = to.newer = eo.newer = 0;
+	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &so.o));
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	CHECK_OK(uffdwp_tracker_create(&t, &to.o));
+	uffdwp_tracker_destroy(t);
+	CHECK_OK(uffdwp_engine_start(&eng, ctx, &eo.o));
+	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+	close(so.o.fd);
+}
+
+/* Which backend and method a snapshot uses. */
+TEST(snapshot_method_reported, ON_BOTH)
+{
+	char *mem = test_map(4, true);
+	struct uffdwp_snapshot_opts o = file_opts(backend, open("/dev/null", O_WRONLY));
+	struct uffdwp_snapshot *snap = begin1(mem, 4 * test_page(), &o);
+	struct uffdwp_snapshot_method m = { .sz = sizeof(m) };
+
+	CHECK_OK(uffdwp_snapshot_method(snap, &m));
+	CHECK_EQ(m.backend, backend);
+	CHECK(m.engine_mode == UFFDWP_ENGINE_THREAD || m.engine_mode == UFFDWP_ENGINE_INTHREAD);
+	CHECK_EQ(m.track_method, UFFDWP_TRACK_AUTO);
+	CHECK_EQ(m.incremental, 0);
+	CHECK_RET(uffdwp_snapshot_method(NULL, &m), -EINVAL);
+	m.sz = 4;
+	CHECK_RET(uffdwp_snapshot_method(snap, &m), -EINVAL);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	close(o.fd);
+}
+
+/* Two snapshots of the same memory are refused whatever their backends
+ * (each backend alone cannot see the other's protection). */
+TEST(snapshot_overlap_across_backends, ON_KERNEL)
+{
+	char *mem = test_map(8, true);
+	struct uffdwp_snapshot_region r = { (uintptr_t)mem + 2 * test_page(), 4 * test_page() };
+	struct uffdwp_snapshot_opts k = file_opts(UFFDWP_BACKEND_KERNEL, open("/dev/null", O_WRONLY));
+	struct uffdwp_snapshot_opts e = file_opts(UFFDWP_BACKEND_EMULATED, k.fd);
+	struct uffdwp_snapshot *a = begin1(mem, 4 * test_page(), &k), *b = NULL;
+
+	CHECK_RET(uffdwp_snapshot_begin(&b, &r, 1, &e), -EBUSY);
+	CHECK_OK(uffdwp_snapshot_end(a));
+	a = begin1(mem, 4 * test_page(), &e);
+	CHECK_RET(uffdwp_snapshot_begin(&b, &r, 1, &k), -EBUSY);
+	CHECK(b == NULL);
+	/* Disjoint memory is fine. */
+	r.addr += 2 * test_page();
+	r.len = 2 * test_page();
+	CHECK_OK(uffdwp_snapshot_begin(&b, &r, 1, &k));
+	CHECK_OK(uffdwp_snapshot_end(b));
+	CHECK_OK(uffdwp_snapshot_end(a));
+	close(k.fd);
+}
+
+struct closer {
+	int fd;
+	sem_t stop;
+};
+
+/* The hang detector: closes the pipe's read end after 10 s at most. */
+static void *closer_main(void *arg)
+{
+	struct closer *c = arg;
+
+	test_sem_wait(&c->stop, 10000);
+	close(c->fd);
+	return NULL;
+}
+
+/* Cancel reaches a saver blocked on a stalled pipe (nobody reads it). */
+TEST(snapshot_cancel_stalled_pipe, ON_BOTH)
+{
+	const size_t npages = 1024;
+	char *mem = test_map(npages, false);
+	struct closer c;
+	pthread_t th;
+	int p[2];
+
+	fill(mem, npages, 9);
+	CHECK_EQ(pipe(p), 0);  /* blocking, as most callers' pipes are */
+	struct uffdwp_snapshot_opts o = file_opts(backend, p[1]);
+	struct uffdwp_snapshot *snap = begin1(mem, npages * test_page(), &o);
+	struct uffdwp_snapshot_progress pr = { .sz = sizeof(pr) };
+
+	/* The pipe holds 64 KiB: wait until the saver has filled it. */
+	for (int i = 0; i < 10000; i++) {
+		CHECK_OK(uffdwp_snapshot_progress(snap, &pr));
+		if (pr.bytes_out >= 16 * test_page())
+			break;
+		usleep(1000);
+	}
+	CHECK_RET(uffdwp_snapshot_wait(snap, 0), -ETIMEDOUT);
+	c.fd = p[0];
+	sem_init(&c.stop, 0, 0);
+	CHECK_EQ(pthread_create(&th, NULL, closer_main, &c), 0);
+	uffdwp_snapshot_cancel(snap);
+	CHECK_RET(uffdwp_snapshot_end(snap), -ECANCELED);
+	sem_post(&c.stop);
+	pthread_join(th, NULL);
+	close(p[1]);
+}
+
+/* NULL handles: a clear error, not a crash. */
+TEST(snapshot_null_handles, ON_NONE)
+{
+	struct uffdwp_snapshot_progress p = { .sz = sizeof(p) };
+
+	CHECK_RET(uffdwp_snapshot_wait(NULL, 0), -EINVAL);
+	CHECK_EQ(uffdwp_snapshot_id(NULL), 0);
+	CHECK_RET(uffdwp_snapshot_fd(NULL), -EINVAL);
+	CHECK_RET(uffdwp_snapshot_progress(NULL, &p), -EINVAL);
+	uffdwp_snapshot_cancel(NULL);
+	CHECK_OK(uffdwp_snapshot_end(NULL));
+}
+
+/* The reported pause is the caller's: from the call to the return. */
+TEST(snapshot_begin_ns_is_the_callers_pause, ON_BOTH)
+{
+	const size_t npages = 4096;
+	char *mem = test_map(npages, true);
+	struct uffdwp_snapshot_opts o = file_opts(backend, open("/dev/null", O_WRONLY));
+	struct uffdwp_snapshot_progress p = { .sz = sizeof(p) };
+	struct timespec a, b;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	struct uffdwp_snapshot *snap = begin1(mem, npages * test_page(), &o);
+
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	CHECK_OK(uffdwp_snapshot_progress(snap, &p));
+	uint64_t wall = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u +
+			(uint64_t)(b.tv_nsec - a.tv_nsec);
+
+	if (p.begin_ns == 0 || p.begin_ns > wall)
+		FAIL("begin_ns %llu outside (0, %llu]", (unsigned long long)p.begin_ns,
+		     (unsigned long long)wall);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	close(o.fd);
+}
+
+/* Our memory cgroup's directory (v1 or v2) into path; false if none. */
+static bool memory_cgroup_dir(char *path, size_t size, bool *v2)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	char line[512];
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char *ctrl = strchr(line, ':'), *cg = ctrl ? strchr(ctrl + 1, ':') : NULL;
+
+		if (!cg)
+			continue;
+		*cg++ = '\0';
+		cg[strcspn(cg, "\n")] = '\0';
+		if (strstr(ctrl + 1, "memory")) {
+			snprintf(path, size, "/sys/fs/cgroup/memory%s", cg);
+			*v2 = false;
+			found = true;
+		} else if (!ctrl[1] && access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0) {
+			snprintf(path, size, "/sys/fs/cgroup%s", cg);
+			*v2 = true;
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+static bool write_file(const char *dir, const char *name, const char *text)
+{
+	char path[600];
+	int fd;
+	bool ok;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	ok = write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+	close(fd);
+	return ok;
+}
+
+/* The cgroup's memory usage in bytes, or 0. */
+static unsigned long long cgroup_usage(const char *dir, bool v2)
+{
+	char path[700], buf[64];
+	unsigned long long n = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.current" : "memory.usage_in_bytes");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t got = read(fd, buf, sizeof(buf) - 1);
+
+	close(fd);
+	if (got > 0) {
+		buf[got] = '\0';
+		n = strtoull(buf, NULL, 10);
+	}
+	return n;
+}
+
+/*
+ * A snapshot in a memory cgroup with less room than its side buffer: begin
+ * fails with -ENOMEM instead of the OOM killer ending the process once
+ * writers fill the buffer. Runs in a child moved into a cgroup of its own
+ * holding 24 MiB of touched memory, limited to its usage plus 16 MiB, no
+ * swap.
+ */
+TEST(snapshot_side_buffer_over_cgroup_room, ON_BOTH)
+{
+	const size_t mib = 1 << 20, npages = 24 * mib / test_page();
+	char parent[512], dir[600];
+	bool v2;
+	int status;
+	pid_t pid;
+
+	if (!memory_cgroup_dir(parent, sizeof(parent), &v2))
+		SKIP("no memory cgroup controller for this process");
+	snprintf(dir, sizeof(dir), "%s/uffdwp-test-%d", parent, (int)getpid());
+	if (mkdir(dir, 0755) < 0)
+		SKIP("cannot make a memory cgroup under %s: %s", parent, strerror(errno));
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		char text[32];
+
+		alarm(20);
+		snprintf(text, sizeof(text), "%d", (int)getpid());
+		if (!write_file(dir, "cgroup.procs", text))
+			_exit(3);
+		char *mem = test_map(npages, true);
+		struct held_sink h;
+
+		held_sink_init(&h, mem, npages * test_page());
+		snprintf(text, sizeof(text), "%llu", cgroup_usage(dir, v2) + 16 * mib);
+		if (!(v2 ? write_file(dir, "memory.max", text) &&
+				   write_file(dir, "memory.swap.max", "0")
+			 : write_file(dir, "memory.limit_in_bytes", text) &&
+				   (write_file(dir, "memory.memsw.limit_in_bytes", text) ||
+				    access("/proc/swaps", F_OK) != 0)))
+			_exit(6);
+		struct uffdwp_snapshot_opts o = held_opts(backend, &h);
+		struct uffdwp_snapshot_region r = { (uintptr_t)mem, npages * test_page() };
+		struct uffdwp_snapshot *snap;
+		int ret = uffdwp_snapshot_begin(&snap, &r, 1, &o);
+
+		if (ret == -ENOMEM)
+			_exit(0);
+		if (ret)
+			_exit(4);
+		/* Fill the side buffer while the saver is held. */
+		held_sink_wait_entered(&h);
+		memset(mem, 2, npages * test_page());
+		sem_post(&h.release);
+		uffdwp_snapshot_end(snap);
+		_exit(5);
+	}
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	rmdir(dir);
+	if (WIFSIGNALED(status))
+		FAIL("the child died of signal %d (the OOM killer: SIGKILL)", WTERMSIG(status));
+	CHECK(WIFEXITED(status));
+	if (WEXITSTATUS(status) == 3)
+		SKIP("cannot move a process into %s", dir);
+	if (WEXITSTATUS(status) == 6)
+		SKIP("cannot set the memory limits of %s", dir);
+	CHECK_EQ(WEXITSTATUS(status), 0);
 }

@@ -115,6 +115,23 @@ size_t test_mem_page(void);
 char *test_mem_map(size_t len, bool touch);
 void test_mem_unmap(void *p, size_t len);
 
+/* A system call made to fail, as a sandbox or an older kernel would:
+ * syscall nr fails with errno_value; for ioctl, only request `ioctl`
+ * (0: every ioctl). */
+struct test_forbidden {
+	long nr;
+	unsigned long ioctl;
+	int errno_value;
+};
+
+/* Install a seccomp filter failing each of rules in this process (for a
+ * test's child: it cannot be undone). */
+void test_forbid(const struct test_forbidden *rules, size_t n);
+
+/* Run fn(arg) in a child process and return its exit status (0 when fn
+ * returned; a test failure inside it exits 1); -1 if it died of a signal. */
+int test_in_child(void (*fn)(void *), void *arg);
+
 /* Make sure swap is active, for tests of swapped-out pages: if none is,
  * and we are root, a swap file is made and enabled for this test only.
  * Skips when neither is possible. */

@@ -662,15 +662,15 @@ TRACK_TEST(tracker_interposer)
 
 	if (method == UFFDWP_TRACK_ASYNC) {
 		CHECK(uffdwp__tracker_context(t) == NULL);
-		CHECK_RET(uffdwp__tracker_set_interposer(t, count_fault, &in), -EOPNOTSUPP);
+		CHECK_RET(uffdwp__tracker_set_interposer(t, count_fault, NULL, &in), -EOPNOTSUPP);
 		uffdwp_tracker_destroy(t);
 		return;
 	}
 	CHECK(uffdwp__tracker_context(t) != NULL);
 	CHECK_OK(uffdwp_tracker_add(t, mem, 8 * page));
 	mem[0] = 2;  /* written before the snapshot begins */
-	CHECK_OK(uffdwp__tracker_set_interposer(t, count_fault, &in));
-	CHECK_RET(uffdwp__tracker_set_interposer(t, count_fault, &in), -EBUSY);
+	CHECK_OK(uffdwp__tracker_set_interposer(t, count_fault, NULL, &in));
+	CHECK_RET(uffdwp__tracker_set_interposer(t, count_fault, NULL, &in), -EBUSY);
 	CHECK_OK(uffdwp_tracker_reset(t, NULL, 0));
 	/* Every first write after the reset, once per page, including the
 	 * page that was written before it. */
@@ -686,7 +686,7 @@ TRACK_TEST(tracker_interposer)
 				     UFFDWP_WRITEPROTECT_MODE_WP));
 	mem[5 * page] = 4;
 	CHECK_EQ(atomic_load(&in.calls), 3);
-	CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL));
+	CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL, NULL));
 	mem[7 * page] = 3;
 	CHECK_EQ(atomic_load(&in.calls), 3);
 	CHECK_PATTERN(t, mem, 8, 0, "W....W.W");
@@ -734,10 +734,10 @@ SYNC_TRACK_TEST(tracker_interposer_installed_under_writers)
 		int n;
 
 		/* On return the previous round's calls are over. */
-		CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL));
+		CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL, NULL));
 		for (size_t p = 0; p < TX_PAGES; p++)
 			atomic_store(&ip.seen[p], false);
-		CHECK_OK(uffdwp__tracker_set_interposer(t, ip_record, &ip));
+		CHECK_OK(uffdwp__tracker_set_interposer(t, ip_record, NULL, &ip));
 		CHECK_OK(uffdwp_tracker_reset(t, NULL, 0));
 		while ((n = uffdwp_tracker_collect(t, &cur, runs, 16, 0)) > 0) {
 			for (int i = 0; i < n; i++) {
@@ -755,7 +755,7 @@ SYNC_TRACK_TEST(tracker_interposer_installed_under_writers)
 		rounds++;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 	} while (now.tv_sec - t0.tv_sec < 2);
-	CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL));
+	CHECK_OK(uffdwp__tracker_set_interposer(t, NULL, NULL, NULL));
 	tx_stop(&tx);
 	CHECK(rounds > 10);
 	CHECK(marked > 0);  /* writes did land between resets */

@@ -4,7 +4,13 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/swap.h>
 #include <time.h>
 #include "test.h"
@@ -327,4 +333,60 @@ void test_writer_join(struct test_writer *w)
 	pthread_join(w->thread, NULL);
 	sem_destroy(&w->done);
 	free(w);
+}
+
+void test_forbid(const struct test_forbidden *rules, size_t n)
+{
+	struct sock_filter filter[4 + 6 * 16];
+	struct sock_fprog prog = { 0, filter };
+	size_t k = 0;
+
+	if (n > 16)
+		FAIL("test_forbid: at most 16 rules");
+	filter[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+						   offsetof(struct seccomp_data, arch));
+	filter[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+	filter[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	for (size_t i = 0; i < n; i++) {
+		unsigned ret = SECCOMP_RET_ERRNO | (unsigned)rules[i].errno_value;
+
+		filter[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+							   offsetof(struct seccomp_data, nr));
+		if (!rules[i].ioctl) {
+			filter[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+								   (unsigned)rules[i].nr, 0, 1);
+			filter[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, ret);
+			continue;
+		}
+		filter[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+							   (unsigned)rules[i].nr, 0, 3);
+		filter[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+							   offsetof(struct seccomp_data, args[1]));
+		filter[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+							   (unsigned)rules[i].ioctl, 0, 1);
+		filter[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, ret);
+	}
+	filter[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	prog.len = (unsigned short)k;
+	CHECK_OK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+	CHECK_OK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog));
+}
+
+int test_in_child(void (*fn)(void *), void *arg)
+{
+	int status;
+	pid_t pid;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		FAIL("fork: %s", strerror(errno));
+	if (pid == 0) {
+		fn(arg);
+		fflush(NULL);
+		_exit(0);
+	}
+	if (waitpid(pid, &status, 0) != pid)
+		FAIL("waitpid: %s", strerror(errno));
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

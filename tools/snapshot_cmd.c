@@ -62,12 +62,20 @@ static const char *utc_time(uint64_t ns, char *out, size_t cap)
 	return out;
 }
 
+/* in_file: the message is about the file's bytes (else about the restore
+ * target, which has no offset to give). */
 static void print_error(const char *sub, const char *path, int ret,
-			const struct uffdwp_snapshot_error *err)
+			const struct uffdwp_snapshot_error *err, bool in_file)
 {
-	if (err->message[0])
+	if (err->message[0] && in_file)
 		fprintf(stderr, "uffdwp snapshot %s: %s: at byte %llu: %s (%s)\n", sub, path,
 			(unsigned long long)err->offset, err->message, strerror(-ret));
+	else if (err->message[0])
+		fprintf(stderr, "uffdwp snapshot %s: %s: %s (%s)\n", sub, path, err->message,
+			strerror(-ret));
+	else if (ret == -ESPIPE)
+		fprintf(stderr, "uffdwp snapshot %s: %s: not a regular file (%s needs one%s)\n",
+			sub, path, sub, strcmp(sub, "restore") ? "; verify reads pipes" : "");
 	else
 		fprintf(stderr, "uffdwp snapshot %s: %s: %s\n", sub, path, strerror(-ret));
 }
@@ -120,7 +128,7 @@ static int sub_info(int argc, char **argv)
 		int ret = uffdwp_snapshot_file_info(argv[i], &info, regions, INFO_MAX_REGIONS, &err);
 
 		if (ret < 0) {
-			print_error("info", argv[i], ret, &err);
+			print_error("info", argv[i], ret, &err, true);
 			status = 1;
 			continue;
 		}
@@ -143,7 +151,7 @@ static int sub_verify(int argc, char **argv)
 		int ret = uffdwp_snapshot_file_verify(argv[i], &info, &err);
 
 		if (ret < 0) {
-			print_error("verify", argv[i], ret, &err);
+			print_error("verify", argv[i], ret, &err, true);
 			status = 1;
 			continue;
 		}
@@ -175,14 +183,20 @@ static int sub_restore(int argc, char **argv)
 	if (!image || optind >= argc)
 		return usage_error("restore", usage);
 
-	/* An image this command created is removed again if the restore fails. */
+	/*
+	 * An image this command created is removed again if the restore fails.
+	 * An existing one is opened without O_TRUNC and O_NONBLOCK (a FIFO
+	 * nobody reads is ENXIO, not a hang): the library refuses what is not
+	 * a regular file, or is one of the inputs, before it changes anything.
+	 */
 	fd = open(image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0 && errno == EEXIST) {
 		created = false;
-		fd = open(image, O_WRONLY | O_CLOEXEC);
+		fd = open(image, O_WRONLY | O_CLOEXEC | O_NONBLOCK);
 	}
 	if (fd < 0) {
-		fprintf(stderr, "uffdwp snapshot restore: %s: %s\n", image, strerror(errno));
+		fprintf(stderr, "uffdwp snapshot restore: %s: %s\n", image,
+			errno == ENXIO ? "not a regular file (a FIFO nobody reads)" : strerror(errno));
 		return 1;
 	}
 	ret = uffdwp_snapshot_restore_fd((const char *const *)argv + optind,
@@ -193,8 +207,9 @@ static int sub_restore(int argc, char **argv)
 		close(fd);
 	if (ret < 0) {
 		/* err.file is the number of files when the image is at fault */
-		print_error("restore", optind + (int)err.file < argc ? argv[optind + err.file] : image,
-			    ret, &err);
+		bool input = optind + (int)err.file < argc;
+
+		print_error("restore", input ? argv[optind + err.file] : image, ret, &err, input);
 		if (created)
 			unlink(image);
 		return 1;
@@ -202,7 +217,7 @@ static int sub_restore(int argc, char **argv)
 	/* The layout of the image comes from the head of the chain. */
 	ret = uffdwp_snapshot_file_info(argv[optind], &info, NULL, 0, &err);
 	if (ret < 0) {
-		print_error("restore", argv[optind], ret, &err);
+		print_error("restore", argv[optind], ret, &err, true);
 		return 1;
 	}
 	printf("%s: %d file%s restored: %u region%s laid end to end in address order, %s\n",
