@@ -131,7 +131,9 @@ uint32_t uffdwp__generation(void)
 
 /* Sleep until the generation moves past seen, with the interrupted code's
  * signal mask, so that the thread still takes signals while it waits (as a
- * writer blocked in the kernel does). */
+ * writer blocked in the kernel does). A signal handler that leaves the wait
+ * with siglongjmp() leaves gen.waiters counted: every later un-protect then
+ * pays a futex wake it may not need, nothing worse. */
 static void wait_generation(uint32_t seen, const ucontext_t *uc)
 {
 	sigset_t mask;

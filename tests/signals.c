@@ -503,12 +503,49 @@ TEST_TIMEOUT(engine_start_stop_across_fork, ON_BOTH, 120)
 	pthread_t t;
 
 	CHECK_EQ(pthread_create(&t, NULL, start_stop_loop, &c), 0);
+	/* Past the engine's first start (its pthread_once): glibc restarts a
+	 * once that a fork interrupted in the child, TSan's interceptor does
+	 * not. */
+	while (atomic_load(&c.cycles) == 0)
+		sched_yield();
 	for (int i = 0; i < 200; i++)
 		check_exited_0(in_child(child_starts_an_engine, &c, 10));
 	atomic_store(&c.stop, true);
 	pthread_join(t, NULL);
 	printf("%lu start/stop cycles during 200 forks\n", atomic_load(&c.cycles));
 	uffdwp_close(c.ctx);
+}
+
+/* A fork child's copy of an in-thread engine: stopping it in the child
+ * removes its hook there, and the child's context works without it (the
+ * fault is queued and read as on any context without an engine). */
+static struct uffdwp *forked_ctx;
+static struct uffdwp_engine *forked_eng;
+
+static void child_stops_inherited_engine(void *arg)
+{
+	char *mem = test_map(1, true);
+	struct uffdwp_event ev;
+	struct test_writer *w;
+
+	uffdwp_engine_stop(forked_eng);
+	CHECK_OK(uffdwp_register(forked_ctx, mem, test_page(), UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(forked_ctx, mem, test_page(), UFFDWP_WRITEPROTECT_MODE_WP));
+	w = test_writer_start(mem, 4);
+	ev = test_read_event(forked_ctx);
+	CHECK_EQ(ev.pagefault.address, (uintptr_t)mem);
+	CHECK_OK(uffdwp_writeprotect(forked_ctx, mem, test_page(), 0));
+	test_writer_join(w);
+	uffdwp_close(forked_ctx);
+}
+
+TEST(fork_child_stops_inherited_inthread_engine, ON_EMULATED)
+{
+	forked_ctx = test_open(backend, 0);
+	forked_eng = start_engine(forked_ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
+	check_exited_0(in_child(child_stops_inherited_engine, NULL, 20));
+	uffdwp_engine_stop(forked_eng);
+	uffdwp_close(forked_ctx);
 }
 
 /* ------------------------------------------------------------------------
