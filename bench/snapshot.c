@@ -27,9 +27,10 @@
  *
  * Incremental (4 KiB pages, the async tracker): a full snapshot, then
  * 0.1 %, 1 %, 10 % of the pages written at random, then an incremental
- * snapshot; its begin against fork()'s on the same memory. Writer
- * throughput with the tracker armed (just reset) against the same memory
- * untracked.
+ * snapshot; its begin against fork()'s on the same memory, and the
+ * kernel's floor: one PAGEMAP_SCAN pass finding and re-protecting the same
+ * number of written pages ("raw-scan"). Writer throughput with the
+ * tracker armed (just reset) against the same memory untracked.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -554,6 +555,26 @@ static int incremental(struct bench *b, const char *cfg, struct load *l, const c
 		if (permille10[round] >= 10)
 			bench_target(b, name, bench_strdup(b, "%s/incremental/fork-begin", cfg),
 				     permille10[round] == 10 ? 0.1 : 0.5);
+	}
+	/* The kernel's floor for each: the same number of pages written, then
+	 * one collect-with-reset pass (PAGEMAP_SCAN get and re-protect), no
+	 * snapshot around it. */
+	for (int round = 0; round < 3 && !ret; round++) {
+		size_t nwrite = l->npages * permille10[round] / 1000;
+		uint64_t rng = 777, t0;
+
+		for (size_t i = 0; i < nwrite; i++)
+			l->mem[(xorshift(&rng) % l->npages) * l->page] += 1;
+		t0 = bench_now_ns();
+		ret = uffdwp_tracker_reset(t, NULL, 0);
+		bench_row(b, &(struct bench_row){
+			.name = bench_strdup(b, "%s/incremental/%u.%u%%/raw-scan", cfg,
+					     permille10[round] / 10, permille10[round] % 10),
+			.unit = "snapshot", .ops = 1, .ns = bench_now_ns() - t0,
+			.baseline = bench_strdup(b, "%s/incremental/fork-begin", cfg),
+			.note = bench_strdup(b, "the written pages found and re-protected "
+					     "(PAGEMAP_SCAN), nothing else; load %.2f",
+					     load_average()) });
 	}
 	uffdwp_tracker_destroy(t);
 	if (ret)
