@@ -1035,7 +1035,8 @@ UFFDWP_API int uffdwp_snapshot_end(struct uffdwp_snapshot *snap);
  * restore (uffdwp_lazy_restore_wait() says why), and its page and every
  * page not yet filled then read as zero, so no thread stays blocked.
  * Once every page is there the mapping is ordinary memory. Do not
- * discard (MADV_DONTNEED) or unmap it before the restore has finished.
+ * discard (MADV_DONTNEED) or unmap it before the restore has finished; a
+ * child forked meanwhile sees the pages not filled yet as zero.
  * On success *mapping, *mapping_len (yours to munmap(2) after
  * uffdwp_lazy_restore_end()) and *lr are set. Returns 0 or a negative
  * errno: as uffdwp_snapshot_restore_mapping(), and -EOPNOTSUPP where the
