@@ -121,6 +121,7 @@ static int query_walk(uintptr_t lo, uintptr_t hi, unsigned flags, uffdwp__mappin
 			 (q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE ? PROT_WRITE : 0) |
 			 (q.vma_flags & PROCMAP_QUERY_VMA_EXECUTABLE ? PROT_EXEC : 0);
 		m.shared = q.vma_flags & PROCMAP_QUERY_VMA_SHARED;
+		m.anonymous = q.inode == 0;
 		m.page = q.vma_page_size ? q.vma_page_size : uffdwp__page_size();
 		m.file = classify && q.inode && q.vma_name_size &&
 			 m.page == uffdwp__page_size() && plain_file(name);
@@ -176,13 +177,14 @@ static bool parse_mapping(const char *line, unsigned flags, struct uffdwp__mappi
 		  (p[2] == 'x' ? PROT_EXEC : 0);
 	m->shared = p[3] == 's';
 	m->page = uffdwp__page_size();
-	m->file = false;
-	if (!(flags & UFFDWP__MAPS_CLASSIFY))
-		return true;
 	skip_field(&p);  /* perms */
 	skip_field(&p);  /* offset */
 	skip_field(&p);  /* device */
 	inode = parse_number(&p, 10);
+	m->anonymous = inode == 0;
+	m->file = false;
+	if (!(flags & UFFDWP__MAPS_CLASSIFY))
+		return true;
 	while (*p == ' ')
 		p++;
 	m->file = inode && plain_file(p);

@@ -16,6 +16,7 @@ struct uffdwp__mapping {
 	uintptr_t start, end;
 	int prot;     /* PROT_READ | PROT_WRITE | PROT_EXEC */
 	bool shared;
+	bool anonymous;  /* no file behind it (inode 0): not shmem, not a file */
 	size_t page;  /* its page size: the huge page size on hugetlbfs
 		       * (with UFFDWP__MAPS_PAGE_SIZES) */
 	/* Backed by a file that is neither shmem nor hugetlbfs (only with

@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include "backend.h"
 #include "format.h"
+#include "maps.h"
 
 /* Read-ahead of the buffered reader the decoder pulls from. */
 #define READ_BUFFER (256 * 1024)
@@ -516,38 +517,39 @@ static void zero_mapping(uintptr_t lo, uintptr_t hi, bool shared, bool anonymous
 		zero_by_writing((unsigned char *)lo, hi - lo, page);
 }
 
+struct zero_walk {
+	uintptr_t next;  /* the first byte not zeroed yet */
+	size_t page;
+};
+
+static bool zero_one_mapping(void *arg, const struct uffdwp__mapping *m)
+{
+	struct zero_walk *z = arg;
+
+	if (m->start > z->next)
+		return false;  /* a hole: the caller checked there is none */
+	zero_mapping(m->start, m->end, m->shared, m->anonymous, z->page);
+	z->next = m->end;
+	return true;
+}
+
 /*
  * Make [p, p + len) of memory of any kind read as zero (zero_mapping() for
- * each mapping it spans, as /proc/self/maps describes them). Returns 0 or a
- * negative errno when the maps cannot be read.
+ * each mapping it spans). Returns 0 or a negative errno when the mappings
+ * cannot be read.
  */
 static int zero_memory(unsigned char *p, uint64_t len, size_t page)
 {
-	uintptr_t lo = (uintptr_t)p, hi = lo + len;
-	FILE *maps = fopen("/proc/self/maps", "re");
-	size_t cap = 0;
-	char *line = NULL;
+	uintptr_t hi = (uintptr_t)p + len;
+	struct zero_walk z = { .next = (uintptr_t)p, .page = page };
+	int ret = uffdwp__walk_mappings(z.next, hi, 0, zero_one_mapping, &z);
 
-	if (!maps)
-		return -errno;
-	while (lo < hi && getline(&line, &cap, maps) > 0) {
-		unsigned long start, end, inode;
-		char perms[5];
-
-		if (sscanf(line, "%lx-%lx %4s %*s %*s %lu", &start, &end, perms, &inode) != 4 ||
-		    end <= lo)
-			continue;
-		if (start > lo)
-			break;  /* a hole: the caller checked there is none */
-		end = end < hi ? end : hi;
-		zero_mapping(lo, end, perms[3] == 's', inode == 0, page);
-		lo = end;
-	}
-	free(line);
-	fclose(maps);
-	/* Whatever the maps did not cover (they changed under us) the slow way. */
-	if (lo < hi)
-		zero_by_writing((unsigned char *)lo, hi - lo, page);
+	if (ret < 0)
+		return ret;
+	/* Whatever the walk did not cover (the mappings changed under us)
+	 * the slow way. */
+	if (z.next < hi)
+		zero_by_writing((unsigned char *)z.next, hi - z.next, page);
 	return 0;
 }
 

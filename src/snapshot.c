@@ -78,6 +78,7 @@
 #include <unistd.h>
 #include "backend.h"
 #include "format.h"
+#include "maps.h"
 #include "opts.h"
 #include "snapshot.h"
 #include "tracker.h"
@@ -572,19 +573,6 @@ static void on_tracked_write(void *arg, uintptr_t page)
 
 /* ---- the sink ---------------------------------------------------------- */
 
-static bool page_is_zero(const void *data, size_t len)
-{
-	const uint64_t *w = data;
-
-	for (size_t i = 0; i < len / sizeof(*w); i += 8) {
-		uint64_t acc = w[i] | w[i + 1] | w[i + 2] | w[i + 3] |
-			       w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-		if (acc)
-			return false;
-	}
-	return true;
-}
-
 /* One write of the sink; a pipe or socket never blocks (see open_sink()). */
 static ssize_t sink_write(struct uffdwp_snapshot *s, struct iovec *iov, int cnt)
 {
@@ -692,7 +680,7 @@ static int emit_page(struct uffdwp_snapshot *s, struct emitter *e, const struct 
 	uint64_t sum;
 	int ret;
 
-	if (page_is_zero(data, s->page)) {
+	if (uffdwp__format_is_zero(data, s->page)) {
 		if (e->zpages && e->zrun == r && e->zaddr + e->zpages * s->page == addr) {
 			e->zpages++;
 			return 0;
@@ -1509,29 +1497,22 @@ static bool overlaps(const struct uffdwp_snapshot *a, const struct uffdwp_snapsh
 	return false;
 }
 
-/* Whether part of s's regions is a MAP_SHARED mapping; true when
- * /proc/self/maps cannot be read (it cannot be ruled out). */
+static bool found_shared(void *arg, const struct uffdwp__mapping *m)
+{
+	*(bool *)arg = m->shared;
+	return !m->shared;
+}
+
+/* Whether part of s's regions is a MAP_SHARED mapping; true when the
+ * mappings cannot be read (it cannot be ruled out). */
 static bool shares_memory(const struct uffdwp_snapshot *s)
 {
-	FILE *f = fopen("/proc/self/maps", "re");
-	char *line = NULL;
-	size_t cap = 0;
 	bool shared = false;
 
-	if (!f)
-		return true;
-	while (!shared && getline(&line, &cap, f) > 0) {
-		unsigned long lo, hi;
-		char perms[5];
-
-		if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3 || perms[3] != 's')
-			continue;
-		for (size_t i = 0; i < s->nregions && !shared; i++)
-			shared = lo < s->regions[i].addr + s->regions[i].len &&
-				 s->regions[i].addr < hi;
-	}
-	free(line);
-	fclose(f);
+	for (size_t i = 0; i < s->nregions && !shared; i++)
+		if (uffdwp__walk_mappings(s->regions[i].addr, s->regions[i].addr + s->regions[i].len,
+					  0, found_shared, &shared) < 0)
+			return true;
 	return shared;
 }
 

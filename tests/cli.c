@@ -42,3 +42,17 @@ TEST(cli_bench_bad_repeat, ON_NONE)
 		CHECK_EQ(run_tool(argv), 2);
 	}
 }
+
+/* --size in MiB is shifted to bytes: huge values used to wrap into a small
+ * store; negative, zero and non-numeric ones were taken by atol(). */
+TEST(cli_demo_bad_size, ON_NONE)
+{
+	static const char *const bad[] = { "18446744073709551615", "17592186044416", "-1", "0",
+					   "12x", "" };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *argv[] = { "uffdwp", "demo", "--size", bad[i], NULL };
+
+		CHECK_EQ(run_tool(argv), 2);
+	}
+}

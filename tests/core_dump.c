@@ -12,10 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <stddef.h>
-#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -78,16 +75,9 @@ static bool read_line(int fd, char *buf, size_t len, int timeout_ms)
  * vm.unprivileged_userfaultfd=0 or a sandbox's seccomp filter. */
 static void forbid_userfaultfd(void)
 {
-	struct sock_filter filter[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_userfaultfd, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
+	static const struct test_forbidden rule = { .nr = __NR_userfaultfd, .errno_value = EPERM };
 
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
-		_exit(126);
+	test_forbid(&rule, 1);
 }
 
 static void target_start_with(struct target *t, bool no_userfaultfd)

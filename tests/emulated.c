@@ -6,9 +6,6 @@
  * removed, each shown on both backends where it exists on both.
  */
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -16,7 +13,6 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -41,22 +37,6 @@ static struct uffdwp *open_protected(enum uffdwp_backend backend, char *mem, siz
 	CHECK_OK(uffdwp_register(ctx, mem, len, UFFDWP_REGISTER_MODE_WP));
 	CHECK_OK(uffdwp_writeprotect(ctx, mem, len, UFFDWP_WRITEPROTECT_MODE_WP));
 	return ctx;
-}
-
-/* Run fn in a child process; returns its wait status. */
-static int in_child(void (*fn)(void *), void *arg)
-{
-	int status;
-	pid_t pid = fork();
-
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		alarm(20);
-		fn(arg);
-		_exit(0);
-	}
-	CHECK_EQ(waitpid(pid, &status, 0), pid);
-	return status;
 }
 
 /* ------------------------------------------------------------------------
@@ -286,10 +266,10 @@ TEST(previous_handler_sa_resethand, ON_EMULATED)
 {
 	int status;
 
-	status = in_child(resethand_child, NULL);
+	status = test_in_child(resethand_child, NULL, 20);
 	CHECK(WIFSIGNALED(status));
 	CHECK_EQ(WTERMSIG(status), SIGSEGV);
-	status = in_child(resethand_child, (void *)1);
+	status = test_in_child(resethand_child, (void *)1, 20);
 	CHECK(WIFSIGNALED(status));
 	CHECK_EQ(WTERMSIG(status), SIGSEGV);
 }
@@ -349,11 +329,11 @@ static void crash_with_context_open(void *arg)
  * page, still dies of SIGSEGV while the library's handler is installed. */
 TEST(real_crash_dies_of_sigsegv, ON_EMULATED)
 {
-	int status = in_child(crash_with_context_open, (void *)(intptr_t)PROT_NONE);
+	int status = test_in_child(crash_with_context_open, (void *)(intptr_t)PROT_NONE, 20);
 
 	CHECK(WIFSIGNALED(status));
 	CHECK_EQ(WTERMSIG(status), SIGSEGV);
-	status = in_child(crash_with_context_open, (void *)(intptr_t)PROT_READ);
+	status = test_in_child(crash_with_context_open, (void *)(intptr_t)PROT_READ, 20);
 	CHECK(WIFSIGNALED(status));
 	CHECK_EQ(WTERMSIG(status), SIGSEGV);
 }
@@ -620,7 +600,7 @@ TEST(unprotect_past_a_hole_on_close_and_fork, ON_BOTH)
 	int status;
 
 	CHECK_OK(munmap(mem + page, page));
-	status = in_child(write_past_hole, mem);
+	status = test_in_child(write_past_hole, mem, 20);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	uffdwp_close(ctx);
 	write_past_hole(mem);  /* no context left: a fault here would kill us */
@@ -657,7 +637,7 @@ TEST(fork_child_gets_empty_contexts, ON_EMULATED)
 	struct fork_case fc = { open_protected(backend, mem, 3), mem };
 	struct test_writer *w = test_writer_start(mem + 2 * test_page(), 4);
 	struct uffdwp_event ev = test_read_event(fc.ctx);
-	int status = in_child(child_gets_empty_context, &fc);
+	int status = test_in_child(child_gets_empty_context, &fc, 20);
 
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	CHECK(!test_writer_done(w, 0));
@@ -803,29 +783,16 @@ TEST(kernel_only_features_refused, ON_EMULATED)
  * AUTO falls back when the kernel path is forbidden
  * ------------------------------------------------------------------------ */
 
-#define USERFAULTFD_IOC_NEW_NR 0xAA00  /* _IO(0xAA, 0x00) */
-
 /* A sandbox without userfaultfd: the syscall is ENOSYS, and creating one
- * through /dev/userfaultfd (its only ioctl) is EACCES. */
+ * through /dev/userfaultfd (its only ioctl, USERFAULTFD_IOC_NEW) EACCES. */
 static void forbid_userfaultfd(void)
 {
-	struct sock_filter filter[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_userfaultfd, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, USERFAULTFD_IOC_NEW_NR, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EACCES),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	static const struct test_forbidden rules[] = {
+		{ .nr = __NR_userfaultfd, .errno_value = ENOSYS },
+		{ .nr = __NR_ioctl, .ioctl = 0xAA00 /* _IO(0xAA, 0x00) */, .errno_value = EACCES },
 	};
-	struct sock_fprog prog = { sizeof(filter) / sizeof(filter[0]), filter };
 
-	CHECK_OK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-	CHECK_OK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog));
+	test_forbid(rules, 2);
 }
 
 static void auto_round_trip_without_userfaultfd(void *arg)
@@ -864,7 +831,7 @@ static void auto_round_trip_without_userfaultfd(void *arg)
 
 TEST(auto_falls_back_without_userfaultfd, ON_NONE)
 {
-	int status = in_child(auto_round_trip_without_userfaultfd, NULL);
+	int status = test_in_child(auto_round_trip_without_userfaultfd, NULL, 20);
 
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }

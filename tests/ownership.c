@@ -162,5 +162,5 @@ static void without_procmap_query(void *arg)
 
 TEST(ownership_without_procmap_query, ON_EMULATED)
 {
-	CHECK_EQ(test_in_child(without_procmap_query, NULL), 0);
+	test_check_exited_0(test_in_child(without_procmap_query, NULL, 20));
 }

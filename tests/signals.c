@@ -7,7 +7,6 @@
  * regression test of one defect of issue 9 (named in its comment).
  */
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <setjmp.h>
@@ -19,39 +18,6 @@
 #include <time.h>
 #include "test.h"
 #include "backend.h"  /* UFFDWP__UNDER_TSAN, the private allocator */
-
-/* Run fn(arg) in a child process, which must exit 0 within timeout_s (a
- * hang detector): returns its wait status, or fails on a hang. */
-static int in_child(void (*fn)(void *), void *arg, int timeout_s)
-{
-	struct pollfd exited = { .events = POLLIN };
-	int status;
-	pid_t pid = fork();
-
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		fn(arg);
-		_exit(0);
-	}
-	exited.fd = (int)syscall(SYS_pidfd_open, pid, 0);
-	CHECK(exited.fd >= 0);
-	if (poll(&exited, 1, timeout_s * 1000) != 1) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		FAIL("the child hung for %d s", timeout_s);
-	}
-	close(exited.fd);
-	CHECK_EQ(waitpid(pid, &status, 0), pid);
-	return status;
-}
-
-static void check_exited_0(int status)
-{
-	if (WIFSIGNALED(status))
-		FAIL("the child died of signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
-	CHECK(WIFEXITED(status));
-	CHECK_EQ(WEXITSTATUS(status), 0);
-}
 
 /* Features for a context whose faults an engine in mode can resolve. */
 static uint64_t features_for(enum uffdwp_backend backend, enum uffdwp_engine_mode mode)
@@ -187,7 +153,7 @@ TEST_MEM(last_close_while_writers_fault, ON_BOTH, ON_ALLMEM)
 {
 	struct close_loop c = { backend, (test_mem == MEM_HUGETLB ? 2 : 16) * test_mem_page() };
 
-	check_exited_0(in_child(close_while_faulting, &c, 20));
+	test_check_exited_0(test_in_child(close_while_faulting, &c, 20));
 }
 
 /* ------------------------------------------------------------------------
@@ -262,12 +228,12 @@ static void sigbus_after_stop(void *arg)
 
 TEST_MEM(late_sigbus_after_engine_stop_waits, ON_KERNEL, ON_ALLMEM)
 {
-	check_exited_0(in_child(sigbus_after_stop, (void *)1, 20));
+	test_check_exited_0(test_in_child(sigbus_after_stop, (void *)1, 20));
 }
 
 TEST_MEM(late_sigbus_after_engine_stop_never_touched, ON_KERNEL, ON_ANON | ON_SHMEM)
 {
-	check_exited_0(in_child(sigbus_after_stop, NULL, 20));
+	test_check_exited_0(test_in_child(sigbus_after_stop, NULL, 20));
 }
 
 /* ------------------------------------------------------------------------
@@ -509,7 +475,7 @@ TEST_TIMEOUT(engine_start_stop_across_fork, ON_BOTH, 120)
 	while (atomic_load(&c.cycles) == 0)
 		sched_yield();
 	for (int i = 0; i < 200; i++)
-		check_exited_0(in_child(child_starts_an_engine, &c, 10));
+		test_check_exited_0(test_in_child(child_starts_an_engine, &c, 10));
 	atomic_store(&c.stop, true);
 	pthread_join(t, NULL);
 	printf("%lu start/stop cycles during 200 forks\n", atomic_load(&c.cycles));
@@ -543,7 +509,7 @@ TEST(fork_child_stops_inherited_inthread_engine, ON_EMULATED)
 {
 	forked_ctx = test_open(backend, 0);
 	forked_eng = start_engine(forked_ctx, UFFDWP_ENGINE_INTHREAD, NULL, NULL);
-	check_exited_0(in_child(child_stops_inherited_engine, NULL, 20));
+	test_check_exited_0(test_in_child(child_stops_inherited_engine, NULL, 20));
 	uffdwp_engine_stop(forked_eng);
 	uffdwp_close(forked_ctx);
 }
@@ -605,7 +571,7 @@ static void protect_the_heap(enum uffdwp_backend backend, enum uffdwp_engine_mod
 		h[i].buf = malloc(512);
 	}
 	if (!find_heap(&start, &end))
-		SKIP("no [heap] mapping");
+		SKIP("no [heap] mapping (a sanitizer's allocator does not use brk)");
 	CHECK((uintptr_t)h[0].buf >= start && (uintptr_t)h[0].buf < end);
 	CHECK_OK(uffdwp_register(ctx, (void *)start, end - start, UFFDWP_REGISTER_MODE_WP));
 	eng = start_engine(ctx, mode, NULL, NULL);

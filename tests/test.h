@@ -128,9 +128,13 @@ struct test_forbidden {
  * test's child: it cannot be undone). */
 void test_forbid(const struct test_forbidden *rules, size_t n);
 
-/* Run fn(arg) in a child process and return its exit status (0 when fn
- * returned; a test failure inside it exits 1); -1 if it died of a signal. */
-int test_in_child(void (*fn)(void *), void *arg);
+/* Run fn(arg) in a child process, which must end within timeout_s (a hang
+ * detector: it is killed and the test fails): returns its wait status
+ * (exit 0 when fn returned; a test failure inside it exits 1). */
+int test_in_child(void (*fn)(void *), void *arg, int timeout_s);
+
+/* Fail the test unless status (a wait status) is an exit with status 0. */
+void test_check_exited_0(int status);
 
 /* Make sure swap is active, for tests of swapped-out pages: if none is,
  * and we are root, a swap file is made and enabled for this test only.

@@ -12,6 +12,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/swap.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include "test.h"
 
@@ -372,8 +373,9 @@ void test_forbid(const struct test_forbidden *rules, size_t n)
 	CHECK_OK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog));
 }
 
-int test_in_child(void (*fn)(void *), void *arg)
+int test_in_child(void (*fn)(void *), void *arg, int timeout_s)
 {
+	struct pollfd exited = { .events = POLLIN };
 	int status;
 	pid_t pid;
 
@@ -386,7 +388,23 @@ int test_in_child(void (*fn)(void *), void *arg)
 		fflush(NULL);
 		_exit(0);
 	}
+	exited.fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	CHECK(exited.fd >= 0);
+	if (poll(&exited, 1, timeout_s * 1000) != 1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		FAIL("the child hung for %d s", timeout_s);
+	}
+	close(exited.fd);
 	if (waitpid(pid, &status, 0) != pid)
 		FAIL("waitpid: %s", strerror(errno));
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+	return status;
+}
+
+void test_check_exited_0(int status)
+{
+	if (WIFSIGNALED(status))
+		FAIL("the child died of signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 0);
 }

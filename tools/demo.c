@@ -21,6 +21,7 @@
  * format from its frozen copy; the parent's writers pay copy-on-write
  * instead. Each row of the table marks the side that did better.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -459,6 +460,24 @@ static void print_results(const char *title, const struct result *live,
 	printf("  live: %s\n  fork(): %s\n", live->detail, frk->detail);
 }
 
+/* Sizes past this would wrap size_t once shifted to bytes (and no machine
+ * has 64 TiB for the two copies). */
+#define DEMO_MAX_MIB (1L << 26)
+#define DEMO_MAX_WRITERS 64
+
+/* A decimal count in 1..max, or -1: atol() took "-1" and wrapped huge ones. */
+static long parse_count(const char *arg, long max)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (!isdigit((unsigned char)arg[0]) || *end || errno || v == 0 || v > (unsigned long)max)
+		return -1;
+	return (long)v;
+}
+
 static int usage(void)
 {
 	fprintf(stderr, "usage: uffdwp demo [--size MIB] [--writers N] [--dir DIR] [--thp] [--keep]\n");
@@ -486,15 +505,15 @@ int cmd_demo(int argc, char **argv)
 
 	while ((opt = getopt_long(argc, argv, "s:w:d:kth", longopts, NULL)) != -1) {
 		switch (opt) {
-		case 's': size_mib = atol(optarg); break;
-		case 'w': nwriters = atol(optarg); break;
+		case 's': size_mib = parse_count(optarg, DEMO_MAX_MIB); break;
+		case 'w': nwriters = parse_count(optarg, DEMO_MAX_WRITERS); break;
 		case 'd': dir = optarg; break;
 		case 'k': keep = true; break;
 		case 't': thp = true; break;
 		default: return usage();
 		}
 	}
-	if (size_mib <= 0 || nwriters <= 0 || nwriters > 64 || optind != argc)
+	if (size_mib <= 0 || nwriters <= 0 || optind != argc)
 		return usage();
 	st.len = (size_t)size_mib << 20;
 	st.nrec = st.len / sizeof(struct record);
