@@ -920,7 +920,8 @@ struct uffdwp_snapshot_opts {
  * Errors: -EINVAL bad arguments (no sink: fn NULL and fd <= 0; unaligned
  * or overlapping regions, nregions 0, sz too small, engine mode CALLER,
  * parent_id without tracker or not the tracker's last saved snapshot, an
- * unknown codec or level, a
+ * unknown codec or level, a region in hugetlbfs memory (snapshots save
+ * base pages; not supported yet), a
  * tracker whose ranges are not exactly the regions: checked before
  * anything changes, the tracker keeps its answer); -E2BIG non-zero bytes
  * in opts past the fields this library knows;

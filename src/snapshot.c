@@ -1237,6 +1237,19 @@ static int by_addr(const void *a, const void *b)
 	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
+struct page_check {
+	size_t page;
+	bool other;  /* a mapping of another page size seen */
+};
+
+static bool of_page_size(void *arg, const struct uffdwp__mapping *m)
+{
+	struct page_check *c = arg;
+
+	c->other = m->page != c->page;
+	return !c->other;
+}
+
 /* Copy, sort and check the regions. */
 static int take_regions(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_region *regions,
 			size_t n)
@@ -1259,6 +1272,17 @@ static int take_regions(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_
 			return -EINVAL;
 		if (i && s->regions[i - 1].addr + s->regions[i - 1].len > g->addr)
 			return -EINVAL;
+		/* Saved, copied and un-protected in base pages: hugetlbfs
+		 * memory would fail mid-save (its pages split no further).
+		 * (PROCMAP_QUERY tells page sizes for a few microseconds.) */
+		if (!s->pid) {
+			struct page_check c = { .page = s->page };
+
+			if (uffdwp__walk_mappings(g->addr, g->addr + g->len,
+						  UFFDWP__MAPS_PAGE_SIZES, of_page_size, &c) == 0 &&
+			    c.other)
+				return -EINVAL;
+		}
 	}
 	return 0;
 }

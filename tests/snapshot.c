@@ -1615,3 +1615,34 @@ TEST_TIMEOUT(snapshot_protected_in_two_halves, ON_BOTH, 120)
 	check_restores_to(paths, 1, ref, len);
 	snapfile_close(&f);
 }
+
+/* Snapshots save, copy and un-protect base pages: hugetlbfs memory (whose
+ * pages split no further) is refused at begin with -EINVAL, on its own or
+ * beside ordinary memory, and left as it was. (It used to begin, then fail
+ * the save with -EINVAL after the instant.) */
+TEST_MEM(snapshot_huge_pages_refused, ON_BOTH, ON_HUGETLB)
+{
+	size_t len = 2 * test_mem_page();
+	char *mem = test_mem_map(len, true);
+	char *plain = test_map(4, true);
+	struct uffdwp_snapshot_region both[2] = {
+		{ (uintptr_t)plain, 4 * test_page() }, { (uintptr_t)mem, len },
+	};
+	struct uffdwp_snapshot *snap = NULL;
+	struct snapfile f;
+
+	snapfile_open(&f);
+	struct uffdwp_snapshot_opts o = file_opts(backend, f.fd);
+
+	CHECK_RET(uffdwp_snapshot_begin(&snap, &both[1], 1, &o), -EINVAL);
+	CHECK_RET(uffdwp_snapshot_begin(&snap, both, 2, &o), -EINVAL);
+	CHECK(snap == NULL);
+	mem[len - 1] = 2;  /* not protected: would block or fault otherwise */
+	plain[0] = 2;
+	CHECK_EQ(lseek(f.fd, 0, SEEK_END), 0);
+	/* The ordinary memory alone still snapshots. */
+	snap = begin1(plain, 4 * test_page(), &o);
+	CHECK_OK(uffdwp_snapshot_end(snap));
+	snapfile_close(&f);
+	test_mem_unmap(mem, len);
+}
