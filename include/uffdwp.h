@@ -89,7 +89,8 @@ struct uffdwp_opts {
 
 /*
  * Open a context. On success *ctx is set and 0 is returned.
- * Errors: -EINVAL bad opts (sz, backend, unknown feature bits);
+ * Errors: -EINVAL bad opts (sz, backend, unknown feature bits); -E2BIG
+ * non-zero bytes in opts past the fields this library knows;
  * -EOPNOTSUPP a requested feature is missing from the chosen backend;
  * -ENOSYS the kernel has no userfaultfd (KERNEL backend);
  * -EMFILE also when UFFDWP_ENGINE_MAX_INTHREAD kernel contexts with
@@ -268,8 +269,8 @@ struct uffdwp_remote;
  * uffdwp_open(); features 0 asks UFFDWP_FEATURES_DEFAULT where available.
  * One thread of the target (a running one if any) is stopped for the
  * moment of the call; if we die meanwhile it is put back all the same.
- * Errors: -EINVAL bad arguments, pid <= 0 or our own; -ESRCH no such
- * process; -EPERM we may not trace it (another user, not dumpable, Yama
+ * Errors: -EINVAL bad arguments, pid <= 0 or our own; -E2BIG as for
+ * uffdwp_open(); -ESRCH no such process; -EPERM we may not trace it (another user, not dumpable, Yama
  * ptrace_scope, traced by someone else: nothing was changed); -EOPNOTSUPP
  * as above, a requested feature is missing, or not x86_64; -EACCES the
  * target may not create a userfaultfd (its userfaultfd(2) answered EPERM:

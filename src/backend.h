@@ -210,6 +210,11 @@ int uffdwp__open_fd(struct uffdwp **ctx, int fd, pid_t pid, uint64_t features) U
 /* The kernel backend's open over a given fd (kernel.c): as ops->open. */
 int uffdwp__kernel_adopt(struct uffdwp *ctx, int fd, uint64_t features) UFFDWP__HIDDEN;
 
+/* Check a caller's uffdwp_opts (NULL: the defaults) into *o, as
+ * uffdwp_open() takes them: 0, -EINVAL (sz too small, unknown features) or
+ * -E2BIG (a newer caller's non-zero fields) (context.c). */
+int uffdwp__take_opts(struct uffdwp_opts *o, const struct uffdwp_opts *opts) UFFDWP__HIDDEN;
+
 /* The kernel half of uffdwp_probe() (kernel.c). */
 void uffdwp__kernel_probe(struct uffdwp_probe *p) UFFDWP__HIDDEN;
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include "backend.h"
+#include "opts.h"
 
 /* The end of user space: ranges reaching past it are rejected with -EINVAL,
  * as the kernel does. x86_64 is taken with 4-level paging (the kernel's
@@ -207,21 +208,32 @@ int uffdwp__open_fd(struct uffdwp **out, int fd, pid_t pid, uint64_t features)
 			    features ? features | UFFDWP_FEATURE_PAGEFAULT_FLAG_WP : 0, fd, pid);
 }
 
+int uffdwp__take_opts(struct uffdwp_opts *o, const struct uffdwp_opts *opts)
+{
+	int ret;
+
+	*o = (struct uffdwp_opts){ .sz = sizeof(*o) };
+	if (opts) {
+		ret = uffdwp__opts_check(opts, opts->sz,
+					 UFFDWP__OPTS_END(struct uffdwp_opts, features), sizeof(*o));
+		if (ret)
+			return ret;
+		UFFDWP__OPTS_COPY(*o, opts);
+		o->sz = sizeof(*o);
+	}
+	return o->features & ~UFFDWP__KNOWN_FEATURES ? -EINVAL : 0;
+}
+
 int uffdwp_open(struct uffdwp **ctx, const struct uffdwp_opts *opts)
 {
-	struct uffdwp_opts o = { .sz = sizeof(o) };
+	struct uffdwp_opts o;
 	int ret;
 
 	if (!ctx)
 		return -EINVAL;
-	if (opts) {
-		if (opts->sz < offsetof(struct uffdwp_opts, features) + sizeof(opts->features))
-			return -EINVAL;
-		o.backend = opts->backend;
-		o.features = opts->features;
-	}
-	if (o.features & ~UFFDWP__KNOWN_FEATURES)
-		return -EINVAL;
+	ret = uffdwp__take_opts(&o, opts);
+	if (ret)
+		return ret;
 	if (o.features)
 		o.features |= UFFDWP_FEATURE_PAGEFAULT_FLAG_WP;
 

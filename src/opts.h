@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <string.h>
 
 /*
  * opts (sz bytes as the caller says) against a library that knows `known`

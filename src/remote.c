@@ -672,7 +672,7 @@ static int stop_seized(struct uffdwp_remote *r)
 
 int uffdwp_remote_open(pid_t pid, struct uffdwp **ctx, const struct uffdwp_opts *opts)
 {
-	struct uffdwp_opts o = { .sz = sizeof(o) };
+	struct uffdwp_opts o;
 	struct injection in = { 0 };
 	struct uffdwp_remote *r;
 	long target_fd;
@@ -680,13 +680,9 @@ int uffdwp_remote_open(pid_t pid, struct uffdwp **ctx, const struct uffdwp_opts 
 
 	if (!ctx || pid <= 0 || pid == getpid())
 		return -EINVAL;
-	if (opts) {
-		if (opts->sz < offsetof(struct uffdwp_opts, features) + sizeof(opts->features))
-			return -EINVAL;
-		o = *opts;
-	}
-	if (o.features & ~UFFDWP__KNOWN_FEATURES)
-		return -EINVAL;
+	ret = uffdwp__take_opts(&o, opts);
+	if (ret)
+		return ret;
 	if (o.backend == UFFDWP_BACKEND_EMULATED || (o.features & UFFDWP_FEATURE_SIGBUS))
 		return -EOPNOTSUPP;
 	if (o.backend != UFFDWP_BACKEND_AUTO && o.backend != UFFDWP_BACKEND_KERNEL)

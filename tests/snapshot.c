@@ -1293,6 +1293,11 @@ TEST(opts_from_a_newer_caller, ON_NONE)
 		struct uffdwp_engine_opts o;
 		uint64_t newer;
 	} eo = { .o = { .sz = sizeof(eo), .mode = UFFDWP_ENGINE_THREAD } };
+	struct {
+		struct uffdwp_opts o;
+		uint64_t newer;
+	} uo = { .o = { .sz = sizeof(uo), .backend = UFFDWP_BACKEND_EMULATED }, .newer = 1 };
+	struct uffdwp *opened = NULL;
 	struct uffdwp_snapshot *snap = NULL;
 	struct uffdwp_tracker *t = NULL;
 	struct uffdwp_engine *eng = NULL;
@@ -1305,7 +1310,12 @@ TEST(opts_from_a_newer_caller, ON_NONE)
 	CHECK_RET(uffdwp_tracker_create(&t, &to.o), -E2BIG);
 	eo.newer = 1;
 	CHECK_RET(uffdwp_engine_start(&eng, ctx, &eo.o), -E2BIG);
-	CHECK(snap == NULL && t == NULL && eng == NULL);
+	CHECK_RET(uffdwp_open(&opened, &uo.o), -E2BIG);
+	CHECK_RET(uffdwp_remote_open(getppid(), &opened, &uo.o), -E2BIG);
+	CHECK(snap == NULL && t == NULL && eng == NULL && opened == NULL);
+	uo.newer = 0;
+	CHECK_OK(uffdwp_open(&opened, &uo.o));
+	uffdwp_close(opened);
 	so.newer = to.newer = eo.newer = 0;
 	CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &so.o));
 	CHECK_OK(uffdwp_snapshot_end(snap));
