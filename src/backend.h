@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <time.h>
 #include "uffdwp.h"
 
 #define UFFDWP__HIDDEN __attribute__((visibility("hidden")))
@@ -142,7 +143,8 @@ void uffdwp__unlock(uffdwp__lock_t *l) UFFDWP__HIDDEN;
 void uffdwp__no_sleep_enter(void) UFFDWP__HIDDEN;
 void uffdwp__no_sleep_exit(void) UFFDWP__HIDDEN;
 
-/* CLOCK_MONOTONIC in ns. Async-signal-safe. */
+/* A clock in ns; uffdwp__now_ns(): CLOCK_MONOTONIC. Async-signal-safe. */
+uint64_t uffdwp__clock_ns(clockid_t clock) UFFDWP__HIDDEN;
 uint64_t uffdwp__now_ns(void) UFFDWP__HIDDEN;
 
 /* Around every change that can make protected memory writable or release

@@ -73,14 +73,6 @@ struct uffdwp_remote {
 	uint64_t stop_ns, pause_ns;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 pid_t uffdwp_remote_pid(const struct uffdwp_remote *r)
 {
 	return r->pid;
@@ -218,7 +210,7 @@ static int seize_new(struct uffdwp_remote *r)
 			continue;
 		}
 		if (!r->stop_ns)
-			r->stop_ns = now_ns();
+			r->stop_ns = uffdwp__now_ns();
 		ret = add_thread(r, tid);
 		if (!ret)
 			r->threads[r->nthreads - 1].state = state;
@@ -272,7 +264,7 @@ static int resume_all(struct uffdwp_remote *r)
 			syscall(SYS_tgkill, r->pid, t->tid, t->stop_signal);
 		t->stop_signal = 0;
 	}
-	r->pause_ns = now_ns() - r->stop_ns;
+	r->pause_ns = uffdwp__now_ns() - r->stop_ns;
 	r->stopped = false;
 	return ret;
 }
@@ -663,7 +655,7 @@ static int seize_one(struct uffdwp_remote *r)
 static int stop_seized(struct uffdwp_remote *r)
 {
 	r->stopped = true;
-	r->stop_ns = now_ns();
+	r->stop_ns = uffdwp__now_ns();
 	if (ptrace(PTRACE_INTERRUPT, r->threads[0].tid, 0, 0) < 0 ||
 	    wait_stop(&r->threads[0], PTRACE_CONT) < 0)
 		return -ESRCH;

@@ -43,12 +43,17 @@
 #include <unistd.h>
 #include "backend.h"
 
-uint64_t uffdwp__now_ns(void)
+uint64_t uffdwp__clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t uffdwp__now_ns(void)
+{
+	return uffdwp__clock_ns(CLOCK_MONOTONIC);
 }
 
 /* ---------------------------------------------------------------------------

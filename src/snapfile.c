@@ -914,14 +914,6 @@ struct uffdwp_lazy_restore {
 	int error;
 };
 
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* The index of a file without one: scan it (which also checks it whole). */
 static int scan_index(struct snapshot_file *f, struct lazy_file *lf, size_t index,
 		      struct uffdwp_snapshot_error *err)
@@ -1355,7 +1347,7 @@ int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void *
 				 struct uffdwp_snapshot_error *err)
 {
 	struct uffdwp_opts o = { .sz = sizeof(o), .backend = UFFDWP_BACKEND_KERNEL };
-	uint64_t t0 = monotonic_ns(), prev_id = 0;
+	uint64_t t0 = uffdwp__now_ns(), prev_id = 0;
 	struct uffdwp_lazy_restore *lr;
 	int ret = check_error_arg(err);
 
@@ -1416,7 +1408,7 @@ int uffdwp_snapshot_restore_lazy(const char *const *paths, size_t npaths, void *
 		lazy_free(lr);
 		return ret;
 	}
-	lr->begin_ns = monotonic_ns() - t0;
+	lr->begin_ns = uffdwp__now_ns() - t0;
 	*mapping = lr->image.mapping;
 	*mapping_len = (size_t)lr->image.image_size;
 	*lrp = lr;

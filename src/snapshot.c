@@ -247,14 +247,6 @@ static void futex_wake_all(_Atomic uint32_t *word)
 	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-static uint64_t now_ns(clockid_t clock)
-{
-	struct timespec ts;
-
-	clock_gettime(clock, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /*
  * Copy a page of the program's memory that write-protection holds still.
  * The kernel (or the emulated backend) orders the writer's earlier and
@@ -1146,9 +1138,9 @@ static int protect_regions(struct uffdwp_snapshot *s)
 	for (size_t i = 0; i < s->nregions; i++)
 		bytes += s->regions[i].len;
 	probe = bytes < 4 * PROTECT_PROBE ? bytes : PROTECT_PROBE;
-	t0 = now_ns(CLOCK_MONOTONIC);
+	t0 = uffdwp__now_ns();
 	ret = protect_part(s, 0, probe);
-	dt = now_ns(CLOCK_MONOTONIC) - t0;
+	dt = uffdwp__now_ns() - t0;
 	if (ret || probe == bytes)
 		return ret;
 	if (s->backend != UFFDWP_BACKEND_KERNEL || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
@@ -1379,7 +1371,7 @@ static uint64_t new_id(void)
 	uint64_t id = 0;
 
 	if (getrandom(&id, sizeof(id), GRND_NONBLOCK) != sizeof(id))
-		id = now_ns(CLOCK_REALTIME) ^ ((uint64_t)getpid() << 32);
+		id = uffdwp__clock_ns(CLOCK_REALTIME) ^ ((uint64_t)getpid() << 32);
 	id += atomic_fetch_add(&counter, 1) * UINT64_C(0x9e3779b97f4a7c15);
 	return id ? id : 1;
 }
@@ -1922,7 +1914,7 @@ static int begin_tracked(struct uffdwp_snapshot *s, struct uffdwp_tracker *t,
 		if (!ret)
 			ret = set_from_regions(s);
 	}
-	s->time_ns = now_ns(CLOCK_REALTIME);
+	s->time_ns = uffdwp__clock_ns(CLOCK_REALTIME);
 	s->tracker_resets = uffdwp__tracker_resets(t);
 	/* Writers wait for the set (wait_ready()): one pass suffices. */
 	if (!ret && s->backend == UFFDWP_BACKEND_EMULATED)
@@ -1952,7 +1944,7 @@ static int begin_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opt
 	}
 	if (!ret)
 		ret = protect_regions(s);
-	s->time_ns = now_ns(CLOCK_REALTIME);
+	s->time_ns = uffdwp__clock_ns(CLOCK_REALTIME);
 	/* Pages that came to hold memory just before the instant. */
 	if (!ret)
 		ret = note_resident(s);
@@ -2030,7 +2022,7 @@ static int begin_async(struct uffdwp_snapshot *s, struct uffdwp_tracker *t,
 	ret = start_saver(s);
 	if (!ret)
 		ret = set_from_tracker(s);
-	s->time_ns = now_ns(CLOCK_REALTIME);
+	s->time_ns = uffdwp__clock_ns(CLOCK_REALTIME);
 	s->tracker_resets = uffdwp__tracker_resets(t);
 	return ret ? ret : copy_set(s);
 }
@@ -2039,7 +2031,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 			  const struct uffdwp_snapshot_region *regions, size_t nregions,
 			  const struct uffdwp_snapshot_opts *opts)
 {
-	uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+	uint64_t t0 = uffdwp__now_ns();
 	struct uffdwp_snapshot_opts o = { 0 };
 	enum uffdwp__codec_id codec;
 	struct uffdwp_snapshot *s;
@@ -2108,7 +2100,7 @@ int uffdwp_snapshot_begin(struct uffdwp_snapshot **snap,
 	futex_wake_all(&s->gate);
 	*snap = s;
 	/* The pause as the caller sees it: from the call to the return. */
-	s->begin_ns = now_ns(CLOCK_MONOTONIC) - t0;
+	s->begin_ns = uffdwp__now_ns() - t0;
 	return 0;
 fail:
 	stop_with(s, ret);  /* releases writers waiting for the instant */
@@ -2207,7 +2199,7 @@ int uffdwp__snapshot_write_frozen(int fd, const struct uffdwp_snapshot_region *r
 		return -ENOMEM;
 	s->fd = s->sink_fd = fd;
 	s->frozen = true;
-	s->time_ns = now_ns(CLOCK_REALTIME);
+	s->time_ns = uffdwp__clock_ns(CLOCK_REALTIME);
 	set_ready(s);
 	ret = take_regions(s, regions, nregions);
 	if (!ret)
