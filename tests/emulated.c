@@ -783,18 +783,6 @@ TEST(kernel_only_features_refused, ON_EMULATED)
  * AUTO falls back when the kernel path is forbidden
  * ------------------------------------------------------------------------ */
 
-/* A sandbox without userfaultfd: the syscall is ENOSYS, and creating one
- * through /dev/userfaultfd (its only ioctl, USERFAULTFD_IOC_NEW) EACCES. */
-static void forbid_userfaultfd(void)
-{
-	static const struct test_forbidden rules[] = {
-		{ .nr = __NR_userfaultfd, .errno_value = ENOSYS },
-		{ .nr = __NR_ioctl, .ioctl = 0xAA00 /* _IO(0xAA, 0x00) */, .errno_value = EACCES },
-	};
-
-	test_forbid(rules, 2);
-}
-
 static void auto_round_trip_without_userfaultfd(void *arg)
 {
 	struct uffdwp_opts o = { .sz = sizeof(o), .backend = UFFDWP_BACKEND_AUTO };
@@ -803,7 +791,7 @@ static void auto_round_trip_without_userfaultfd(void *arg)
 	struct uffdwp_event ev;
 	struct uffdwp *ctx;
 
-	forbid_userfaultfd();
+	test_forbid_userfaultfd();
 	CHECK_EQ(syscall(__NR_userfaultfd, O_CLOEXEC), -1);
 	CHECK_EQ(errno, ENOSYS);
 	o.backend = UFFDWP_BACKEND_KERNEL;

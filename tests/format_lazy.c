@@ -276,3 +276,28 @@ TEST(format_lazy_restore_leaves_zero_pages_unpopulated, ON_NONE)
 	free(path);
 	fx_cleanup();
 }
+
+static void lazy_without_userfaultfd(void *path)
+{
+	struct uffdwp_snapshot_error err = ERR_INIT;
+	struct uffdwp_lazy_restore *lr = NULL;
+	void *image = NULL;
+	size_t len = 0;
+
+	test_forbid_userfaultfd();
+	CHECK_RET(uffdwp_snapshot_restore_lazy((const char *const[]){ path }, 1, &image, &len, &lr,
+					       &err),
+		  -EOPNOTSUPP);
+	CHECK(image == NULL && lr == NULL);
+}
+
+/* Where the kernel's userfaultfd cannot be opened (a sandbox), a lazy
+ * restore is -EOPNOTSUPP, as documented, and leaves nothing behind. */
+TEST(format_lazy_restore_without_userfaultfd, ON_NONE)
+{
+	char *path = region_file("forbidden.snap", 64, 16, 2, 5);
+
+	test_check_exited_0(test_in_child(lazy_without_userfaultfd, path, 20));
+	free(path);
+	fx_cleanup();
+}

@@ -128,6 +128,10 @@ struct test_forbidden {
  * test's child: it cannot be undone). */
 void test_forbid(const struct test_forbidden *rules, size_t n);
 
+/* A sandbox without userfaultfd (test_forbid): the syscall is ENOSYS, and
+ * creating one through /dev/userfaultfd (USERFAULTFD_IOC_NEW) EACCES. */
+void test_forbid_userfaultfd(void);
+
 /* Run fn(arg) in a child process, which must end within timeout_s (a hang
  * detector: it is killed and the test fails): returns its wait status
  * (exit 0 when fn returned; a test failure inside it exits 1). */

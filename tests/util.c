@@ -373,6 +373,16 @@ void test_forbid(const struct test_forbidden *rules, size_t n)
 	CHECK_OK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog));
 }
 
+void test_forbid_userfaultfd(void)
+{
+	static const struct test_forbidden rules[] = {
+		{ .nr = __NR_userfaultfd, .errno_value = ENOSYS },
+		{ .nr = __NR_ioctl, .ioctl = 0xAA00 /* USERFAULTFD_IOC_NEW */, .errno_value = EACCES },
+	};
+
+	test_forbid(rules, 2);
+}
+
 int test_in_child(void (*fn)(void *), void *arg, int timeout_s)
 {
 	struct pollfd exited = { .events = POLLIN };
