@@ -8,6 +8,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -88,18 +89,31 @@ static void *mmap_hugetlb(size_t len)
 }
 
 /* Reserve the huge pages a mapping needs when too few are free (root can),
- * and shrink the pool back at once: pages in use stay allocated to us. */
+ * and shrink the pool back at once: pages in use stay allocated to us.
+ * Suites run side by side (gcc, ASan, TSan) take turns with a lock, or one
+ * would shrink the pool under another's reservation. */
 static void *map_hugetlb(size_t len)
 {
 	void *mem = mmap_hugetlb(len);
+	int lock;
 	FILE *f;
 	long have = 0;
 
 	if (mem != MAP_FAILED)
 		return mem;
+	lock = open("/tmp/uffdwp-test-hugepages.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+	if (lock >= 0)
+		flock(lock, LOCK_EX);
+	mem = mmap_hugetlb(len);  /* freed while we waited for the lock? */
+	if (mem != MAP_FAILED) {
+		close(lock);
+		return mem;
+	}
 	f = fopen("/proc/sys/vm/nr_hugepages", "r+");
-	if (!f)
+	if (!f) {
+		close(lock);
 		SKIP("no free huge pages and /proc/sys/vm/nr_hugepages not writable");
+	}
 	if (fscanf(f, "%ld", &have) != 1)
 		have = 0;
 	rewind(f);
@@ -111,6 +125,7 @@ static void *map_hugetlb(size_t len)
 		fprintf(f, "%ld\n", have);
 		fclose(f);
 	}
+	close(lock);  /* also releases it */
 	if (mem == MAP_FAILED)
 		SKIP("%zu huge pages could not be reserved: %s", len / huge_page_size(),
 		     strerror(errno));
