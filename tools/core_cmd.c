@@ -730,6 +730,8 @@ int cmd_core(int argc, char **argv)
 		return 1;
 	}
 	info = read_smaps(pid, &ninfo);
+	/* Set at exec and never changed: read before the stop, not in it. */
+	auxv = read_proc(pid, "auxv", &auxv_len);
 	/* The context first: it stalls one thread, not all. */
 	uint64_t t_open = now_ns();
 
@@ -750,7 +752,6 @@ int cmd_core(int argc, char **argv)
 	}
 	/* --- the target is stopped: keep this short --- */
 	ret = while_stopped(&c, ctx, &snap, &notes_at, info, ninfo);
-	auxv = read_proc(pid, "auxv", &auxv_len);
 	uffdwp_remote_resume(r);
 	/* --- the target runs --- */
 	sum.pause_ns = uffdwp_remote_pause_ns(r);
