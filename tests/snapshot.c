@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include "snapshot.h"
@@ -1655,4 +1656,54 @@ TEST_MEM(snapshot_huge_pages_refused, ON_BOTH, ON_HUGETLB)
 	CHECK_OK(uffdwp_snapshot_end(snap));
 	snapfile_close(&f);
 	test_mem_unmap(mem, len);
+}
+
+static char *volatile handler_region;
+static size_t handler_pages;
+static _Atomic unsigned long handler_writes;
+
+static void write_a_page(int sig)
+{
+	unsigned long n = atomic_fetch_add(&handler_writes, 1);
+
+	(void)sig;
+	handler_region[(n * 7919 % handler_pages) * test_page()] ^= 1;
+}
+
+/*
+ * In-thread writers that fault while begin protects sleep until the instant;
+ * the thread running begin must not: a program's signal handler that runs
+ * on it (here a 100 us timer) and writes the regions would wait for an
+ * instant only its own thread can reach. Each begin must return and each
+ * snapshot complete.
+ */
+TEST_TIMEOUT(snapshot_signal_handler_writes_during_begin, ON_KERNEL, 60)
+{
+	const size_t npages = 65536;  /* 256 MiB: begin lasts milliseconds */
+	struct sigaction sa = { .sa_handler = write_a_page, .sa_flags = SA_RESTART };
+	struct itimerval every = { { 0, 100 }, { 0, 100 } }, off = { { 0, 0 }, { 0, 0 } };
+	struct uffdwp_snapshot_region r;
+	unsigned long before;
+
+	handler_pages = npages;
+	handler_region = test_map(npages, true);
+	r = (struct uffdwp_snapshot_region){ (uintptr_t)handler_region, npages * test_page() };
+	CHECK_OK(sigaction(SIGALRM, &sa, NULL));
+	for (int round = 0; round < 5; round++) {
+		int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+		struct uffdwp_snapshot_opts o = file_opts(backend, fd);
+		struct uffdwp_snapshot *snap = NULL;
+
+		before = atomic_load(&handler_writes);
+		CHECK_OK(setitimer(ITIMER_REAL, &every, NULL));
+		int ret = uffdwp_snapshot_begin(&snap, &r, 1, &o);
+
+		CHECK_OK(setitimer(ITIMER_REAL, &off, NULL));
+		CHECK_OK(ret);
+		CHECK_OK(uffdwp_snapshot_end(snap));
+		close(fd);
+		if (atomic_load(&handler_writes) == before)
+			FAIL("round %d: the timer never fired during begin", round);
+	}
+	signal(SIGALRM, SIG_DFL);
 }
