@@ -200,6 +200,7 @@ struct uffdwp_snapshot {
 	_Atomic uint32_t pub_gen, saver_sleeping;   /* a slot was published */
 	_Atomic uint32_t ready;   /* the set is known (or the snapshot stops) */
 	_Atomic uint32_t instant; /* every page is protected (or the snapshot stops) */
+	_Atomic bool writers_wait;  /* in-thread engine: writers wait for the instant */
 	pid_t begin_tid;          /* the threads that protect: they never wait for */
 	_Atomic pid_t saver_tid;  /* the instant (wait_instant()) */
 	int ready_efd;            /* tracker: readable once ready */
@@ -527,7 +528,7 @@ static void wait_instant(struct uffdwp_snapshot *s)
 {
 	pid_t self;
 
-	if (s->engine_mode != UFFDWP_ENGINE_INTHREAD || atomic_load(&s->instant))
+	if (!atomic_load(&s->writers_wait) || atomic_load(&s->instant))
 		return;
 	/* The threads that set the instant (a program's signal handler on
 	 * begin's thread, the saver writing its state where the regions
@@ -1991,6 +1992,9 @@ static int begin_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opt
 		if (!ret)
 			ret = note_resident(s);
 	}
+	/* Read by faulting threads: engine_mode was set after the engine
+	 * could run. */
+	atomic_store(&s->writers_wait, s->engine_mode == UFFDWP_ENGINE_INTHREAD);
 	if (!ret)
 		ret = protect_regions(s);
 	if (!ret)

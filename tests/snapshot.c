@@ -16,6 +16,7 @@
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
+#include "backend.h"  /* UFFDWP__UNDER_TSAN */
 #include "snapshot.h"
 #include "test.h"
 
@@ -1685,6 +1686,8 @@ TEST_TIMEOUT(snapshot_signal_handler_writes_during_begin, ON_KERNEL, 60)
 	struct uffdwp_snapshot_region r;
 	unsigned long before;
 
+	if (UFFDWP__UNDER_TSAN)
+		SKIP("TSan defers signal handlers past the fault, and runs them with SIGBUS blocked");
 	handler_pages = npages;
 	handler_region = test_map(npages, true);
 	r = (struct uffdwp_snapshot_region){ (uintptr_t)handler_region, npages * test_page() };
