@@ -917,7 +917,10 @@ struct uffdwp_snapshot_opts {
  * Begin a snapshot of nregions regions ([addr, addr + len), page-aligned,
  * non-overlapping, in any order): returns once every page to save is
  * write-protected (the snapshot instant), with *snap set and the saving
- * under way in a thread of the snapshot's own.
+ * under way in a thread of the snapshot's own. With an in-thread engine (the
+ * default), a thread that writes the regions while begin protects waits
+ * for the instant; the calling thread (and a signal handler on it) never
+ * waits.
  * Errors: -EINVAL bad arguments (no sink: fn NULL and fd <= 0; unaligned
  * or overlapping regions, nregions 0, sz too small, engine mode CALLER,
  * parent_id without tracker or not the tracker's last saved snapshot, an
