@@ -376,8 +376,11 @@ enum uffdwp_engine_mode {
  * THREAD and CALLER modes call it from one thread at a time. In INTHREAD
  * mode it runs inside a signal handler (SIGBUS on the kernel backend,
  * SIGSEGV on the emulated one) in the faulting thread, possibly in several
- * threads at once: it must be async-signal-safe, must not write protected
- * memory, and UFFDWP_KEEP is treated as UFFDWP_RESOLVE.
+ * threads at once: it must be async-signal-safe and must not write protected
+ * memory. UFFDWP_KEEP leaves the page protected there too: the writer waits
+ * in the handler, taking signals, until an un-protect or unregister of any
+ * context (or a close) ends, then writes again, and faults again (fn is
+ * called again) if the page is still protected.
  */
 typedef int (*uffdwp_fault_fn)(void *arg, const struct uffdwp_event *ev);
 

@@ -22,9 +22,10 @@
 /* Called in the faulting thread (emulated in-thread mode), outside any
  * read section: must be async-signal-safe, may block. page: the mapping's
  * page size (huge on hugetlbfs). Returns 0 when it resolved the fault (page
- * writable), a positive value to fall back to queueing the event and
- * blocking the writer, a negative errno when it failed to resolve it (the
- * write is retried: it faults again rather than sleep). */
+ * writable), a positive value when it kept the page protected (the writer
+ * waits, taking signals, until the generation moves, then faults again), a
+ * negative errno when it failed to resolve it (the write is retried: it
+ * faults again rather than sleep). */
 typedef int (*uffdwp__fault_hook)(void *arg, struct uffdwp *ctx,
 				  const struct uffdwp_event *ev, size_t page);
 
@@ -51,6 +52,8 @@ enum uffdwp__resolved {
 	UFFDWP__NOT_MINE,  /* not its page */
 	UFFDWP__RESOLVED,  /* un-protected: the write retries and succeeds */
 	UFFDWP__FAILED,    /* its page, but the un-protect failed: it retries */
+	UFFDWP__KEPT,      /* its page, left protected (UFFDWP_KEEP): the writer
+			    * waits for the generation to move, then retries */
 };
 
 /* The ranges a kernel SIGBUS context registered (context.c), for the
@@ -147,18 +150,23 @@ void uffdwp__no_sleep_exit(void) UFFDWP__HIDDEN;
 uint64_t uffdwp__clock_ns(clockid_t clock) UFFDWP__HIDDEN;
 uint64_t uffdwp__now_ns(void) UFFDWP__HIDDEN;
 
-/* Around every change that can make protected memory writable or release
- * a fault's owner: un-protect, unregister, close, an engine's start. */
+/* Around every change that can make protected memory writable: un-protect,
+ * unregister, close. */
 void uffdwp__unprotect_begin(void) UFFDWP__HIDDEN;
 void uffdwp__unprotect_end(void) UFFDWP__HIDDEN;
-/* Moves when an uffdwp__unprotect_end() has run. */
+/* Moves when an uffdwp__unprotect_end() or uffdwp__generation_move() has
+ * run. */
 uint32_t uffdwp__generation(void) UFFDWP__HIDDEN;
+/* Move it without an un-protect, for what else a waiting writer waits on:
+ * an engine's start, room for a kept page (UFFDWP_KEEP). It faults again. */
+void uffdwp__generation_move(void) UFFDWP__HIDDEN;
 
 /* What a claimant says about a fault at f->addr. */
 enum uffdwp__claim {
 	UFFDWP__NOT_OURS,  /* not protected by an open context (as far as it knows) */
 	UFFDWP__RETRY,     /* handled: resolved, or waited for: retry the write */
-	UFFDWP__WAIT,      /* protected by an open context nobody resolves now */
+	UFFDWP__WAIT,      /* protected by an open context nobody resolves now,
+			    * or kept by its resolver: wait for the generation */
 	UFFDWP__FOREIGN,   /* known not to be a write-protect fault: forward now */
 };
 

@@ -682,14 +682,14 @@ static enum uffdwp__claim handle_fault(struct emu_ctx *ec, struct emu_hook *hook
 		struct uffdwp_event ev = fault_event(ec, page, tid);
 		int ret = hook->fn(hook->arg, ec->ctx, &ev, page_len);
 
-		if (ret <= 0) {
-			/* Resolved; or failed, and then the write retries rather
-			 * than sleep where nothing would wake it. */
-			atomic_fetch_sub(&ec->users, 1);
-			if (ret < 0)
-				sched_yield();
-			return UFFDWP__RETRY;
-		}
+		/* Resolved; or failed, and then the write retries rather than
+		 * sleep where nothing would wake it; or kept, and the writer
+		 * waits for the generation unpinned, so a signal handler may
+		 * leave that wait with siglongjmp(). */
+		atomic_fetch_sub(&ec->users, 1);
+		if (ret < 0)
+			sched_yield();
+		return ret > 0 ? UFFDWP__WAIT : UFFDWP__RETRY;
 	}
 	w = pool_get();
 	if (!w) {

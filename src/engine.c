@@ -507,7 +507,11 @@ static enum uffdwp__resolved sigbus_resolve(void *arg, uintptr_t addr, uint64_t 
 		if (writeprotect_pages(eng, &page, &len, UFFDWP_WRITEPROTECT_MODE_WP, true) < 0)
 			return UFFDWP__NOT_MINE;
 		ev.pagefault.address = page;
-		eng->fn(eng->arg, &ev);
+		if (eng->fn(eng->arg, &ev) == UFFDWP_KEEP) {
+			count(&eng->stats.faults, 1);
+			count(&eng->stats.kept, 1);
+			return UFFDWP__KEPT;
+		}
 	}
 	/* DONTWAKE: on a SIGBUS context nobody sleeps on a fault. */
 	ret = writeprotect_pages(eng, &page, &len, UFFDWP_WRITEPROTECT_MODE_DONTWAKE, true);
@@ -555,7 +559,8 @@ static void sigbus_detach(struct uffdwp_engine *eng)
 
 /* Called in the faulting thread from the backend's SIGSEGV claimant, which
  * has already found that the page is one of ctx's protected pages; page:
- * the mapping's page size. A failure is returned (the write retries). */
+ * the mapping's page size. A failure is returned (the write retries); a
+ * kept page returns 1 (the writer waits for the generation). */
 static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_event *ev,
 			 size_t page)
 {
@@ -565,8 +570,10 @@ static int emulated_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_even
 	int ret;
 
 	count(&eng->stats.faults, 1);
-	if (eng->fn)
-		eng->fn(eng->arg, ev);
+	if (eng->fn && eng->fn(eng->arg, ev) == UFFDWP_KEEP) {
+		count(&eng->stats.kept, 1);
+		return 1;
+	}
 	/* Waking costs little here and releases any writer of this page
 	 * that queued before the hook was installed. */
 	ret = uffdwp_writeprotect(ctx, (void *)start, page, 0);
@@ -636,8 +643,7 @@ static int start_mode(struct uffdwp_engine *eng)
 		if (ret < 0)
 			return ret;
 		/* Faults that waited for a resolver retry, and find us. */
-		uffdwp__unprotect_begin();
-		uffdwp__unprotect_end();
+		uffdwp__generation_move();
 		/* Events still come through the fd; fork() waits for its. */
 		if (events) {
 			ret = start_thread(eng);

@@ -13,10 +13,13 @@
  *    SIGBUS) that finds the fault's owner among the open contexts without
  *    locks (the emulated range table, the registry below) and answers:
  *    handled (retry the write), protected by an open context with nobody
- *    resolving it now (wait), or not found protected.
- *  - A generation counts every un-protect, unregister, close and engine
- *    start (uffdwp__unprotect_begin/end around each). One rule for a fault
- *    no claimant handled:
+ *    resolving it now or kept protected by its resolver (wait), or not
+ *    found protected. A claimant holds no context while the handler waits,
+ *    so a program's handler may leave the wait with siglongjmp().
+ *  - A generation counts every un-protect, unregister and close
+ *    (uffdwp__unprotect_begin/end around each), engine start, and what a
+ *    kept writer waits for (a snapshot's side buffer freeing slots). One
+ *    rule for a fault no claimant handled:
  *      not protected           -> retry the write, once per generation: a
  *                                 second fault at the same page with no
  *                                 un-protect in between is a real one;
@@ -125,6 +128,13 @@ void uffdwp__unprotect_end(void)
 {
 	atomic_fetch_add(&gen.seq, 1);
 	atomic_fetch_sub(&gen.active, 1);
+	if (atomic_load(&gen.waiters))
+		uffdwp__futex_wake(&gen.seq, INT32_MAX);
+}
+
+void uffdwp__generation_move(void)
+{
+	atomic_fetch_add(&gen.seq, 1);
 	if (atomic_load(&gen.waiters))
 		uffdwp__futex_wake(&gen.seq, INT32_MAX);
 }
@@ -441,6 +451,8 @@ static enum uffdwp__claim sigbus_claim(const struct uffdwp__fault *f)
 		registry_unpin(slot);
 		if (r == UFFDWP__FAILED)
 			sched_yield();
+		if (r == UFFDWP__KEPT)
+			return UFFDWP__WAIT;
 		if (r != UFFDWP__NOT_MINE)
 			return UFFDWP__RETRY;
 	}

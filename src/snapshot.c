@@ -23,8 +23,9 @@
  * Copy-before-write. A writer faulting on a PENDING page claims it, copies
  * it into a slot of the side buffer, publishes the slot and goes on at once.
  * The side buffer is a ring of slots: a writer reserves a free slot (the
- * count `avail`; when it is 0 the writer sleeps on it: back-pressure), takes
- * the next ring index, copies, and marks the slot with its sequence number.
+ * count `avail`; when it is 0 the writer sleeps on it: back-pressure; one
+ * in a signal handler waits outside it, see before_write()), takes the
+ * next ring index, copies, and marks the slot with its sequence number.
  * The saver consumes slots strictly in ring order and frees them in that
  * order, so a slot handed out is always one already consumed. All of this
  * is lock-free and async-signal-safe (atomics, memcpy and futexes), because
@@ -200,7 +201,7 @@ struct uffdwp_snapshot {
 	_Atomic uint32_t pub_gen, saver_sleeping;   /* a slot was published */
 	_Atomic uint32_t ready;   /* the set is known (or the snapshot stops) */
 	_Atomic uint32_t instant; /* every page is protected (or the snapshot stops) */
-	_Atomic bool writers_wait;  /* in-thread engine: writers wait for the instant */
+	_Atomic bool inthread_writers;  /* in-thread engine: writers fault in a handler */
 	pid_t begin_tid;          /* the threads that protect: they never wait for */
 	_Atomic pid_t saver_tid;  /* the instant (wait_instant()) */
 	int ready_efd;            /* tracker: readable once ready */
@@ -326,6 +327,7 @@ static void stop_with(struct uffdwp_snapshot *s, int err)
 	wake_done_waiters(s);
 	atomic_fetch_add(&s->avail_gen, 1);
 	futex_wake_all(&s->avail_gen);
+	uffdwp__generation_move();  /* kept writers fault again, and go on */
 	set_ready(s);
 	set_instant(s);
 	atomic_fetch_add(&s->pub_gen, 1);
@@ -366,9 +368,10 @@ static void wait_done(struct uffdwp_snapshot *s, int64_t idx)
 	}
 }
 
-/* Take a free slot of the side buffer, sleeping while there is none
- * (back-pressure). False when the snapshot stops meanwhile. */
-static bool reserve_slot(struct uffdwp_snapshot *s)
+/* Take a free slot of the side buffer. With wait, sleep while there is none
+ * (back-pressure). False when the snapshot stops meanwhile, or without
+ * wait when there is none. */
+static bool reserve_slot(struct uffdwp_snapshot *s, bool wait)
 {
 	bool waited = false;
 	uint32_t a;
@@ -384,6 +387,8 @@ static bool reserve_slot(struct uffdwp_snapshot *s)
 		if (a == 0) {
 			if (!waited)
 				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
+			if (!wait)
+				return false;
 			waited = true;
 			atomic_fetch_add(&s->avail_waiters, 1);
 			futex_wait(&s->avail_gen, gen);
@@ -399,6 +404,21 @@ static bool reserve_slot(struct uffdwp_snapshot *s)
 	while (used > peak && !atomic_compare_exchange_weak(&s->side_peak, &peak, used))
 		;
 	return true;
+}
+
+/* n slots are free again (consumed, or reserved and not used): wake the
+ * writers that wait for room, and let the kept ones fault again. */
+static void free_slots(struct uffdwp_snapshot *s, uint32_t n)
+{
+	/* A kept writer read the generation before it found no room: the
+	 * first free after that finds avail 0, and moves the generation. */
+	bool none = atomic_fetch_add(&s->avail, n) == 0;
+
+	atomic_fetch_add(&s->avail_gen, 1);
+	if (atomic_load(&s->avail_waiters))
+		futex_wake_all(&s->avail_gen);
+	if (none)
+		uffdwp__generation_move();
 }
 
 /* Bits of a /proc/self/pagemap entry (Documentation/admin-guide/mm/pagemap.rst). */
@@ -450,27 +470,44 @@ static bool check_resident(struct uffdwp_snapshot *s, uint64_t first, uint64_t a
 /*
  * A writer is about to write the page at addr (a fault on a protected
  * page): make sure the snapshot has its contents first. Runs in the faulting
- * thread (possibly in a signal handler) or in an engine thread; returns when
- * the page may be written.
+ * thread (in a signal handler: in_handler) or in an engine thread. True
+ * when the page may be written; false when an in-handler writer found no
+ * room for it in the side buffer: it must not sleep for room there, where
+ * it holds its context and takes no signals (a program's handler leaving
+ * with siglongjmp() would leave the context held, and a close waiting, for
+ * ever). The page is then left protected and unclaimed, and the writer
+ * waits for room outside (UFFDWP_KEEP), taking signals, and faults again.
  */
-static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
+static bool before_write(struct uffdwp_snapshot *s, uint64_t addr, bool in_handler)
 {
 	uint8_t expected = PAGE_PENDING;
+	bool reserved = false;
 	int64_t idx;
 
 	if (atomic_load(&s->stop))
-		return;
+		return true;
 	idx = page_index(s, addr);
 	if (idx < 0)
-		return;
+		return true;
+	/* In a handler the slot comes first: a writer that claimed the page
+	 * could not give the claim back to writers waiting for DONE. A page
+	 * never returns to PENDING, so one seen past it is not claimed here. */
+	if (in_handler && atomic_load(&s->state[idx]) == PAGE_PENDING) {
+		if (!reserve_slot(s, false))
+			return atomic_load(&s->stop) != 0;
+		reserved = true;
+	}
 	if (!atomic_compare_exchange_strong(&s->state[idx], &expected, PAGE_CLAIMED)) {
+		if (reserved)
+			free_slots(s, 1);
 		if (expected == PAGE_CLAIMED)
 			wait_done(s, idx);
-		return;
+		return true;
 	}
-	if (!reserve_slot(s)) {
+	UFFDWP__ASSERT(reserved || !in_handler);
+	if (!reserved && !reserve_slot(s, true)) {
 		atomic_store(&s->state[idx], PAGE_DONE);
-		return;
+		return true;
 	}
 	uint64_t k = atomic_fetch_add(&s->head, 1);
 	size_t slot = (size_t)(k % s->nslots);
@@ -489,6 +526,7 @@ static void before_write(struct uffdwp_snapshot *s, uint64_t addr)
 	atomic_fetch_add(&s->pub_gen, 1);
 	if (atomic_load(&s->saver_sleeping))
 		futex_wake_all(&s->pub_gen);
+	return true;
 }
 
 /*
@@ -528,7 +566,7 @@ static void wait_instant(struct uffdwp_snapshot *s)
 {
 	pid_t self;
 
-	if (!atomic_load(&s->writers_wait) || atomic_load(&s->instant))
+	if (!atomic_load(&s->inthread_writers) || atomic_load(&s->instant))
 		return;
 	/* The threads that set the instant (a program's signal handler on
 	 * begin's thread, the saver writing its state where the regions
@@ -549,7 +587,11 @@ static int on_fault(void *arg, const struct uffdwp_event *ev)
 	switch (ev->type) {
 	case UFFDWP_EVENT_PAGEFAULT:
 		wait_instant(s);
-		before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1));
+		/* The saver is never kept: only it makes room. */
+		if (!before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1),
+				  atomic_load(&s->inthread_writers) &&
+				  gettid() != atomic_load(&s->saver_tid)))
+			return UFFDWP_KEEP;
 		break;
 	case UFFDWP_EVENT_REMOVE:
 	case UFFDWP_EVENT_UNMAP:
@@ -599,7 +641,7 @@ static void on_tracked_write(void *arg, uintptr_t page)
 
 	wait_ready(s, page);
 	for (size_t off = 0; off < s->granule; off += s->page)
-		before_write(s, page + off);
+		before_write(s, page + off, false);
 }
 
 /* ---- the sink ---------------------------------------------------------- */
@@ -811,10 +853,7 @@ static int drain_side(struct uffdwp_snapshot *s)
 			return ret;
 		s->tail += n;
 		atomic_fetch_add(&s->done, n);
-		atomic_fetch_add(&s->avail, (uint32_t)n);
-		atomic_fetch_add(&s->avail_gen, 1);
-		if (atomic_load(&s->avail_waiters))
-			futex_wake_all(&s->avail_gen);
+		free_slots(s, (uint32_t)n);
 	}
 }
 
@@ -1994,7 +2033,7 @@ static int begin_own(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_opt
 	}
 	/* Read by faulting threads: engine_mode was set after the engine
 	 * could run. */
-	atomic_store(&s->writers_wait, s->engine_mode == UFFDWP_ENGINE_INTHREAD);
+	atomic_store(&s->inthread_writers, s->engine_mode == UFFDWP_ENGINE_INTHREAD);
 	if (!ret)
 		ret = protect_regions(s);
 	if (!ret)

@@ -46,7 +46,7 @@ static struct uffdwp *open_protected(enum uffdwp_backend backend, char *mem, siz
 struct hook_log {
 	atomic_int calls;
 	atomic_int failures;
-	bool refuse;                /* return non-zero: fall back to queue+block */
+	bool keep;                  /* return 1: keep the page protected */
 	uint64_t last_address, last_flags;
 	uint32_t last_tid;
 	unsigned char *faulted;     /* one byte per page of base, or NULL */
@@ -64,13 +64,13 @@ static int resolving_hook(void *arg, struct uffdwp *ctx, const struct uffdwp_eve
 	log->last_address = page;
 	log->last_flags = ev->pagefault.flags;
 	log->last_tid = ev->pagefault.tid;
-	if (log->refuse)
+	if (log->keep)
 		return 1;
 	if (log->faulted)
 		log->faulted[(page - (uintptr_t)log->base) / test_page()] = 1;
 	if (uffdwp_writeprotect(ctx, (void *)page, test_page(), 0) < 0) {
 		atomic_fetch_add(&log->failures, 1);
-		return 1;
+		return -1;
 	}
 	return 0;
 }
@@ -97,12 +97,16 @@ TEST(hook_resolves_in_faulting_thread, ON_EMULATED)
 	CHECK_EQ(log.last_tid, gettid());
 	CHECK_RET(uffdwp_read_events(ctx, &ev, 1), -EAGAIN);
 
-	/* A hook that declines leaves the fault to the queue, as without one. */
-	log.refuse = true;
+	/* A hook that keeps the page leaves the writer waiting, with nothing
+	 * queued, until an un-protect. */
+	log.keep = true;
 	w = test_writer_start(mem, 6);
-	ev = test_read_event(ctx);
-	CHECK_EQ(ev.pagefault.address, (uintptr_t)mem);
+	for (int tries = 0; atomic_load(&log.calls) < 2; tries++) {
+		CHECK(tries < 5000);
+		usleep(1000);
+	}
 	CHECK(!test_writer_done(w, 50));
+	CHECK_RET(uffdwp_read_events(ctx, &ev, 1), -EAGAIN);
 	CHECK_OK(uffdwp_writeprotect(ctx, mem, test_page(), 0));
 	test_writer_join(w);
 	CHECK_EQ(mem[0], 6);

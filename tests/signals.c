@@ -667,3 +667,177 @@ TEST(register_refuses_library_memory, ON_BOTH)
 	uffdwp__private_free(own);
 	uffdwp_close(ctx);
 }
+
+/* ------------------------------------------------------------------------
+ * Item 22: a writer whose page is kept protected in its signal handler
+ * waits there holding nothing, and takes signals
+ * ------------------------------------------------------------------------ */
+
+struct kept_round {
+	struct jumper *j;
+	sem_t fault_on_a;  /* posted by the callback at each fault on page A */
+};
+
+/* Keeps page A protected, resolves B. */
+static int keep_page_a(void *arg, const struct uffdwp_event *ev)
+{
+	struct kept_round *k = arg;
+
+	if (ev->type != UFFDWP_EVENT_PAGEFAULT || ev->pagefault.address != (uintptr_t)k->j->mem)
+		return UFFDWP_RESOLVE;
+	sem_post(&k->fault_on_a);  /* async-signal-safe */
+	return UFFDWP_KEEP;
+}
+
+/* In-thread UFFDWP_KEEP left the page writable (it counted as RESOLVE);
+ * a kept page must leave its writer waiting, as on a handler thread, and
+ * a signal handler of the program's must run meanwhile and may leave with
+ * siglongjmp(), after which closing does not wait for ever. */
+TEST_MEM(inthread_keep_waits_taking_signals, ON_BOTH, ON_ALLMEM)
+{
+	struct jumper j = { .page = test_mem_page() };
+	struct kept_round k = { .j = &j };
+	struct sigaction sa = { .sa_handler = jump_out };
+	struct uffdwp *ctx = test_open(backend, features_for(backend, UFFDWP_ENGINE_INTHREAD));
+	struct uffdwp_engine_stats st = { .sz = sizeof(st) };
+	struct uffdwp_engine *eng;
+	pthread_t t;
+
+	j.mem = test_mem_map(2 * j.page, true);
+	sem_init(&j.go, 0, 0);
+	sem_init(&k.fault_on_a, 0, 0);
+	the_jumper = &j;
+	CHECK_OK(sigaction(SIGUSR1, &sa, NULL));
+	CHECK_OK(uffdwp_register(ctx, j.mem, 2 * j.page, UFFDWP_REGISTER_MODE_WP));
+	eng = start_engine(ctx, UFFDWP_ENGINE_INTHREAD, keep_page_a, &k);
+	CHECK_EQ(pthread_create(&t, NULL, jumper_main, &j), 0);
+	for (int round = 0; round < 3; round++) {
+		CHECK_OK(uffdwp_writeprotect(ctx, j.mem, 2 * j.page, UFFDWP_WRITEPROTECT_MODE_WP));
+		sem_post(&j.go);
+		if (!test_sem_wait(&k.fault_on_a, 5000))
+			FAIL("round %d: no fault on the kept page", round);
+		wait_asleep(&j.tid);
+		/* Asleep in the write of A, not past the round. */
+		CHECK_EQ(atomic_load(&j.rounds_done), round);
+		/* (TSan defers signal handlers past the fault: there, the
+		 * un-protect of A is what releases the writer.) */
+		if (UFFDWP__UNDER_TSAN)
+			CHECK_OK(uffdwp_writeprotect(ctx, j.mem, j.page, 0));
+		else
+			CHECK_EQ(pthread_kill(t, SIGUSR1), 0);
+		for (int tries = 0; atomic_load(&j.rounds_done) <= round; tries++) {
+			CHECK(tries < 5000);
+			usleep(1000);
+		}
+	}
+	pthread_join(t, NULL);
+	CHECK_EQ(j.mem[j.page], 2);
+	CHECK_OK(uffdwp_engine_stats(eng, &st));
+	CHECK(st.kept >= 3);
+	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+}
+
+/* A writer that finds the side buffer full. */
+struct roomless {
+	char *mem;
+	size_t page;
+	sigjmp_buf env;
+	sem_t handler_ran;
+	_Atomic pid_t tid;
+	_Atomic int stage;  /* 1: first page written; 2: left the second write; 3: done */
+};
+
+static struct roomless *the_roomless;
+
+static void note_and_jump(int sig)
+{
+	sem_post(&the_roomless->handler_ran);
+	siglongjmp(the_roomless->env, 1);
+}
+
+enum { ROOMLESS_PAGES = 1024, ROOMLESS_FIRST = 1000 };  /* far past the saver */
+
+static void *roomless_main(void *arg)
+{
+	struct roomless *r = arg;
+	volatile char *mem = r->mem;
+
+	atomic_store(&r->tid, gettid());
+	mem[ROOMLESS_FIRST * r->page] = 1;  /* takes the one slot */
+	atomic_store(&r->stage, 1);
+	if (sigsetjmp(r->env, 1) == 0)
+		mem[(ROOMLESS_FIRST + 1) * r->page] = 2;  /* no room: waits */
+	atomic_store(&r->stage, 2);
+	mem[(ROOMLESS_FIRST + 2) * r->page] = 3;  /* no room until the cancel */
+	atomic_store(&r->stage, 3);
+	return NULL;
+}
+
+static void wait_stage(struct roomless *r, int stage)
+{
+	for (int tries = 0; atomic_load(&r->stage) < stage; tries++) {
+		CHECK(tries < 5000);
+		usleep(1000);
+	}
+}
+
+/* An in-thread writer waiting for room in a live snapshot's side buffer (a
+ * one-page buffer, a saver stalled on a pipe nobody reads) ran no signal
+ * handlers: it slept inside the library's handler. It must take signals,
+ * leave with siglongjmp(), and the cancel and end still return at once. */
+TEST(snapshot_writer_without_room_takes_signals, ON_BOTH)
+{
+	struct roomless r = { .page = test_page() };
+	struct sigaction sa = { .sa_handler = note_and_jump };
+	struct uffdwp_snapshot_progress pr = { .sz = sizeof(pr) };
+	struct uffdwp_snapshot_region region;
+	struct uffdwp_snapshot *snap = NULL;
+	pthread_t t;
+	int p[2], ret;
+
+	r.mem = test_map(ROOMLESS_PAGES, true);
+	memset(r.mem, 7, ROOMLESS_PAGES * r.page);
+	sem_init(&r.handler_ran, 0, 0);
+	the_roomless = &r;
+	CHECK_OK(sigaction(SIGUSR1, &sa, NULL));
+	CHECK_EQ(pipe(p), 0);
+	struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = p[1], .backend = backend,
+					  .side_buffer = r.page };
+
+	region = (struct uffdwp_snapshot_region){ (uintptr_t)r.mem, ROOMLESS_PAGES * r.page };
+	ret = uffdwp_snapshot_begin(&snap, &region, 1, &o);
+	if (ret == -EOPNOTSUPP)
+		SKIP("no live snapshot on %s", uffdwp_backend_name(backend));
+	CHECK_OK(ret);
+	/* The saver fills the pipe (64 KiB) and stalls. */
+	do {
+		usleep(1000);
+		CHECK_OK(uffdwp_snapshot_progress(snap, &pr));
+	} while (pr.bytes_out < 8 * r.page);
+	CHECK_EQ(pthread_create(&t, NULL, roomless_main, &r), 0);
+	wait_stage(&r, 1);
+	wait_asleep(&r.tid);
+	CHECK_EQ(atomic_load(&r.stage), 1);
+	CHECK_OK(uffdwp_snapshot_progress(snap, &pr));
+	CHECK_EQ(pr.pages_copied, 1);
+	CHECK(pr.writer_waits >= 1);
+	/* (TSan defers signal handlers past the fault: there, the cancel
+	 * releases the first wait.) */
+	if (!UFFDWP__UNDER_TSAN) {
+		CHECK_EQ(pthread_kill(t, SIGUSR1), 0);
+		if (!test_sem_wait(&r.handler_ran, 5000))
+			FAIL("the writer waiting for room ran no signal handler in 5 s");
+		wait_stage(&r, 2);
+		wait_asleep(&r.tid);
+		CHECK_EQ(atomic_load(&r.stage), 2);
+	}
+	uffdwp_snapshot_cancel(snap);
+	CHECK_RET(uffdwp_snapshot_end(snap), -ECANCELED);
+	pthread_join(t, NULL);
+	/* Left by the siglongjmp(), or written after the cancel. */
+	CHECK_EQ(r.mem[(ROOMLESS_FIRST + 1) * r.page], UFFDWP__UNDER_TSAN ? 2 : 7);
+	CHECK_EQ(r.mem[(ROOMLESS_FIRST + 2) * r.page], 3);
+	close(p[0]);
+	close(p[1]);
+}
