@@ -474,7 +474,9 @@ struct uffdwp_engine_stats {
 	size_t sz;           /* sizeof(struct uffdwp_engine_stats), set by the caller */
 	uint64_t faults;     /* page faults handed to fn (or resolved, fn NULL) */
 	uint64_t resolved;   /* of those, un-protected by the engine */
-	uint64_t kept;       /* of those, left pending by fn (UFFDWP_KEEP) */
+	uint64_t kept;       /* of those, left pending by fn (UFFDWP_KEEP); in
+				INTHREAD mode a kept writer faults again at each
+				un-protect, and each fault counts */
 	uint64_t events;     /* fork, remap, remove and unmap events */
 	uint64_t eagain;     /* un-protects retried because the address space changed */
 	uint64_t errors;     /* faults whose un-protect failed other than with -ENOENT;

@@ -116,6 +116,11 @@ extern const struct uffdwp__backend_ops uffdwp__emulated_ops UFFDWP__HIDDEN;
 /* Zeroed memory for at least size bytes, or NULL. Any thread; not from a
  * signal handler. 16-byte aligned. */
 void *uffdwp__private_alloc(size_t size) UFFDWP__HIDDEN;
+/* uffdwp__private_alloc() of n * size bytes; NULL if that overflows. */
+void *uffdwp__private_calloc(size_t n, size_t size) UFFDWP__HIDDEN;
+/* Grow a block to size bytes, as realloc(3): NULL (p kept) when out of
+ * memory. */
+void *uffdwp__private_realloc(void *p, size_t size) UFFDWP__HIDDEN;
 /* Give back a block of uffdwp__private_alloc() (NULL is fine). */
 void uffdwp__private_free(void *p) UFFDWP__HIDDEN;
 /* A zeroed mapping of len bytes (a multiple of the page size) that is
@@ -177,6 +182,11 @@ struct uffdwp__fault {
 };
 
 typedef enum uffdwp__claim (*uffdwp__claim_fn)(const struct uffdwp__fault *f);
+
+/* Block every signal but the synchronous ones (a fault, SIGSEGV and SIGBUS
+ * among them, still reaches its handler: blocked, it would kill the
+ * process), for a thread of ours to inherit; the old mask into *old. */
+void uffdwp__block_async_signals(sigset_t *old) UFFDWP__HIDDEN;
 
 /* Install the handler of sig (SIGSEGV; SIGBUS is the layer's own) with
  * its claimant; it is never removed. If the program replaced it meanwhile

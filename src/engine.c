@@ -441,7 +441,7 @@ static void *handler_thread(void *arg)
 
 static int start_thread(struct uffdwp_engine *eng)
 {
-	sigset_t all, old;
+	sigset_t old;
 	int ret;
 
 	eng->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -449,12 +449,7 @@ static int start_thread(struct uffdwp_engine *eng)
 		return -errno;
 	/* The thread takes no asynchronous signal: the program's handlers
 	 * run in the program's threads, and poll is not interrupted. */
-	sigfillset(&all);
-	sigdelset(&all, SIGSEGV);
-	sigdelset(&all, SIGBUS);
-	sigdelset(&all, SIGILL);
-	sigdelset(&all, SIGFPE);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
+	uffdwp__block_async_signals(&old);
 	ret = -pthread_create(&eng->thread, NULL, handler_thread, eng);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (ret < 0) {
@@ -486,7 +481,9 @@ static void stop_thread(struct uffdwp_engine *eng)
  * With one, ownership must be known before the callback runs, so it is
  * asked first by protecting the page again: a no-op on a protected page
  * that fails the same way outside eng's ranges (and if the program
- * un-protected the page meanwhile, the un-protect below restores that).
+ * un-protected the page meanwhile, the un-protect below restores that,
+ * unless fn keeps the page: uffdwp_engine(3) tells programs to update what
+ * fn reads before they un-protect).
  */
 static enum uffdwp__resolved sigbus_resolve(void *arg, uintptr_t addr, uint64_t t0)
 {

@@ -16,8 +16,10 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include "backend.h"
 
 #define MIN_SHIFT 6           /* 64-byte blocks */
@@ -112,6 +114,24 @@ static void *carve(size_t shift)
 	return p;
 }
 
+/*
+ * The whole pages of a block of class shift past its header: what a large
+ * block gives back on free (MADV_DONTNEED), so what reads as zero when it
+ * is reused. A block in an arena is aligned to 16 bytes only: its edges
+ * are not.
+ */
+static void block_pages(struct block_header *h, size_t shift, char **start, char **end)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t last = (uintptr_t)h + ((uintptr_t)1 << shift);
+	uintptr_t a = ((uintptr_t)(h + 1) + page - 1) & ~(page - 1);
+	uintptr_t b = last & ~(page - 1);
+
+	a = a < last ? a : last;
+	*start = (char *)a;
+	*end = (char *)(b > a ? b : a);
+}
+
 void *uffdwp__private_alloc(size_t size)
 {
 	size_t shift = class_of(size);
@@ -131,11 +151,42 @@ void *uffdwp__private_alloc(size_t size)
 	pthread_mutex_unlock(&priv.lock);
 	if (!h)
 		return NULL;
-	/* Fresh memory and large freed blocks (MADV_DONTNEED) read as zero. */
-	if (!fresh && shift < DONTNEED_SHIFT)
+	/* Fresh memory reads as zero, and so do the pages a large freed
+	 * block gave back (MADV_DONTNEED): clear the rest. */
+	if (!fresh && shift < DONTNEED_SHIFT) {
 		memset(h, 0, (size_t)1 << shift);
+	} else if (!fresh) {
+		char *a, *b, *end = (char *)h + ((size_t)1 << shift);
+
+		block_pages(h, shift, &a, &b);
+		memset(h, 0, (size_t)(a - (char *)h));
+		memset(b, 0, (size_t)(end - b));
+	}
 	h->shift = shift;
 	return h + 1;
+}
+
+void *uffdwp__private_calloc(size_t n, size_t size)
+{
+	return size && n > SIZE_MAX / size ? NULL : uffdwp__private_alloc(n * size);
+}
+
+void *uffdwp__private_realloc(void *p, size_t size)
+{
+	size_t have;
+	void *q;
+
+	if (!p)
+		return uffdwp__private_alloc(size);
+	have = ((size_t)1 << ((struct block_header *)p - 1)->shift) - sizeof(struct block_header);
+	if (size <= have)
+		return p;
+	q = uffdwp__private_alloc(size);
+	if (q) {
+		memcpy(q, p, have);
+		uffdwp__private_free(p);
+	}
+	return q;
 }
 
 void uffdwp__private_free(void *p)
@@ -147,8 +198,13 @@ void uffdwp__private_free(void *p)
 		return;
 	h = (struct block_header *)p - 1;
 	shift = h->shift;
-	if (shift >= DONTNEED_SHIFT)
-		madvise(h, (size_t)1 << shift, MADV_DONTNEED);
+	if (shift >= DONTNEED_SHIFT) {
+		char *a, *b;
+
+		block_pages(h, shift, &a, &b);
+		if (b > a)
+			madvise(a, (size_t)(b - a), MADV_DONTNEED);
+	}
 	pthread_mutex_lock(&priv.lock);
 	((struct free_block *)h)->next = priv.free[shift];
 	priv.free[shift] = (struct free_block *)h;

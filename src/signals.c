@@ -117,6 +117,7 @@ static struct {
 	_Atomic uint32_t active;   /* un-protects in progress */
 	_Atomic uint32_t seq;      /* bumped as each ends */
 	_Atomic uint32_t waiters;  /* threads in uffdwp__wait_generation */
+	_Atomic uint32_t forks;    /* fork() children this process is one of */
 } gen;
 
 void uffdwp__unprotect_begin(void)
@@ -144,18 +145,20 @@ uint32_t uffdwp__generation(void)
 	return atomic_load(&gen.seq);
 }
 
-/* Sleep until the generation moves past seen, with the interrupted code's
+/* Sleep until the generation moves past seen (or a handler that ran
+ * meanwhile forked, and this is the child), with the interrupted code's
  * signal mask, so that the thread still takes signals while it waits (as a
  * writer blocked in the kernel does). A signal handler that leaves the wait
  * with siglongjmp() leaves gen.waiters counted: every later un-protect then
  * pays a futex wake it may not need, nothing worse. */
 static void wait_generation(uint32_t seen, const ucontext_t *uc)
 {
+	uint32_t forks = atomic_load(&gen.forks);
 	sigset_t mask;
 
 	pthread_sigmask(SIG_SETMASK, &uc->uc_sigmask, &mask);
 	atomic_fetch_add(&gen.waiters, 1);
-	while (atomic_load(&gen.seq) == seen)
+	while (atomic_load(&gen.seq) == seen && atomic_load(&gen.forks) == forks)
 		uffdwp__futex_wait(&gen.seq, seen);
 	atomic_fetch_sub(&gen.waiters, 1);
 	pthread_sigmask(SIG_SETMASK, &mask, NULL);
@@ -321,6 +324,18 @@ static void on_fault(int sig, siginfo_t *si, void *ucv)
 	errno = saved_errno;  /* the previous handler sees it too */
 	if (!ours)
 		chain_signal(atomic_load(&handlers[index].chained), sig, si, uc);
+}
+
+void uffdwp__block_async_signals(sigset_t *old)
+{
+	sigset_t all;
+
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGILL);
+	sigdelset(&all, SIGFPE);
+	pthread_sigmask(SIG_SETMASK, &all, old);
 }
 
 int uffdwp__signals_install(int sig, uffdwp__claim_fn claim)
@@ -547,6 +562,10 @@ static void child_after_fork(void)
 	}
 	atomic_store(&gen.active, 0);
 	atomic_store(&gen.waiters, 0);
+	/* A wait that fork() interrupted (a program's handler that ran during
+	 * it forked) ends: what it waited for was the parent's. (Not the
+	 * generation: a fault's retry in the child counts as its parent's.) */
+	atomic_fetch_add(&gen.forks, 1);
 	unlock_after_fork(true);
 }
 

@@ -385,10 +385,10 @@ static bool reserve_slot(struct uffdwp_snapshot *s, bool wait)
 			return false;
 		a = atomic_load(&s->avail);
 		if (a == 0) {
-			if (!waited)
-				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
 			if (!wait)
 				return false;
+			if (!waited)
+				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
 			waited = true;
 			atomic_fetch_add(&s->avail_waiters, 1);
 			futex_wait(&s->avail_gen, gen);
@@ -467,6 +467,11 @@ static bool check_resident(struct uffdwp_snapshot *s, uint64_t first, uint64_t a
 	return true;
 }
 
+/* The page this thread was last kept waiting on, and the snapshot that
+ * kept it (before_write()). Initial-exec: nothing allocated in a handler. */
+static __thread uint64_t kept_page __attribute__((tls_model("initial-exec")));
+static __thread uint64_t kept_by __attribute__((tls_model("initial-exec")));
+
 /*
  * A writer is about to write the page at addr (a fault on a protected
  * page): make sure the snapshot has its contents first. Runs in the faulting
@@ -493,8 +498,17 @@ static bool before_write(struct uffdwp_snapshot *s, uint64_t addr, bool in_handl
 	 * could not give the claim back to writers waiting for DONE. A page
 	 * never returns to PENDING, so one seen past it is not claimed here. */
 	if (in_handler && atomic_load(&s->state[idx]) == PAGE_PENDING) {
-		if (!reserve_slot(s, false))
-			return atomic_load(&s->stop) != 0;
+		if (!reserve_slot(s, false)) {
+			if (atomic_load(&s->stop))
+				return true;
+			/* It faults again at every generation move: one wait. */
+			if (kept_page != addr || kept_by != s->id) {
+				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
+				kept_page = addr;
+				kept_by = s->id;
+			}
+			return false;
+		}
 		reserved = true;
 	}
 	if (!atomic_compare_exchange_strong(&s->state[idx], &expected, PAGE_CLAIMED)) {
@@ -1051,7 +1065,7 @@ static int save_all(struct uffdwp_snapshot *s)
 
 	if (!s->fn) {
 		size_t hlen = uffdwp__format_header_size(h.region_count);
-		unsigned char *buf = malloc(hlen);
+		unsigned char *buf = uffdwp__private_alloc(hlen);
 
 		if (!buf)
 			return -ENOMEM;
@@ -1066,7 +1080,7 @@ static int save_all(struct uffdwp_snapshot *s)
 
 			ret = n < 0 ? (int)n : write_buf(s, buf, (size_t)n);
 		}
-		free(buf);
+		uffdwp__private_free(buf);
 		if (ret)
 			return ret;
 	}
@@ -1124,13 +1138,13 @@ static int save_all(struct uffdwp_snapshot *s)
 		return ret;
 	if (!s->fn) {
 		size_t cap = uffdwp__encoder_index_size(&s->enc) + UFFDWP__FORMAT_TRAILER_SIZE;
-		unsigned char *buf = malloc(cap);
+		unsigned char *buf = uffdwp__private_alloc(cap);
 		ssize_t n = buf ? uffdwp__encode_index(&s->enc, buf, cap) : -ENOMEM, m = 0;
 
 		if (n >= 0)
 			m = uffdwp__encode_trailer(&s->enc, buf + n, cap - (size_t)n);
 		ret = n < 0 ? (int)n : m < 0 ? (int)m : write_buf(s, buf, (size_t)(n + m));
-		free(buf);
+		uffdwp__private_free(buf);
 	}
 	return ret;
 }
@@ -1339,7 +1353,7 @@ static int take_regions(struct uffdwp_snapshot *s, const struct uffdwp_snapshot_
 
 	if (!regions || n == 0 || n > UFFDWP__FORMAT_MAX_REGIONS)
 		return -EINVAL;
-	s->regions = malloc(n * sizeof(*regions));
+	s->regions = uffdwp__private_calloc(n, sizeof(*regions));
 	if (!s->regions)
 		return -ENOMEM;
 	memcpy(s->regions, regions, n * sizeof(*regions));
@@ -1401,7 +1415,7 @@ static void add_run(struct uffdwp_snapshot *s, uint64_t addr, uint64_t npages,
 /* The regions as the set (a full snapshot). */
 static int set_from_regions(struct uffdwp_snapshot *s)
 {
-	s->runs = calloc(s->nregions, sizeof(*s->runs));
+	s->runs = uffdwp__private_calloc(s->nregions, sizeof(*s->runs));
 	if (!s->runs)
 		return -ENOMEM;
 	for (size_t i = 0; i < s->nregions; i++)
@@ -1423,7 +1437,7 @@ static int set_from_tracker(struct uffdwp_snapshot *s)
 					   UFFDWP_COLLECT_RESET)) > 0) {
 		if (s->nruns + (size_t)n > cap) {
 			size_t ncap = cap ? 2 * cap : 4 * COLLECT_CHUNK;
-			struct run *nr = realloc(s->runs, ncap * sizeof(*nr));
+			struct run *nr = uffdwp__private_realloc(s->runs, ncap * sizeof(*nr));
 
 			if (!nr)
 				return -ENOMEM;
@@ -1543,9 +1557,9 @@ static int alloc_buffers(struct uffdwp_snapshot *s, size_t side_bytes)
 		s->side = NULL;
 		return -ENOMEM;
 	}
-	s->slot_addr = calloc(s->nslots, sizeof(*s->slot_addr));
-	s->slot_seq = calloc(s->nslots, sizeof(*s->slot_seq));
-	s->bounce = malloc(BATCH * s->page);
+	s->slot_addr = uffdwp__private_calloc(s->nslots, sizeof(*s->slot_addr));
+	s->slot_seq = uffdwp__private_calloc(s->nslots, sizeof(*s->slot_seq));
+	s->bounce = uffdwp__private_alloc(BATCH * s->page);
 	if (!s->slot_addr || !s->slot_seq || !s->bounce)
 		return -ENOMEM;
 	atomic_store(&s->avail, (uint32_t)s->nslots);
@@ -1832,7 +1846,7 @@ static int open_pagemap(struct uffdwp_snapshot *s)
 
 	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (s->pagemap_fd >= 0) {
-		s->resident = calloc((size_t)(s->total + 63) / 64, sizeof(*s->resident));
+		s->resident = uffdwp__private_calloc((size_t)(s->total + 63) / 64, sizeof(*s->resident));
 		if (!s->resident) {
 			close(s->pagemap_fd);
 			s->pagemap_fd = -1;
@@ -1891,13 +1905,15 @@ static int note_resident(struct uffdwp_snapshot *s)
 
 static int start_saver(struct uffdwp_snapshot *s)
 {
-	sigset_t all, old;
+	sigset_t old;
 	int ret;
 
-	/* The saver takes no signals: a closed pipe is EPIPE, not SIGPIPE,
-	 * and the program's handlers never run on our thread. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
+	/* The saver takes no asynchronous signals: a closed pipe is EPIPE,
+	 * not SIGPIPE, and the program's handlers never run on our thread.
+	 * A write it makes to protected memory still reaches the fault
+	 * handler (its own state is in private memory: it makes none of
+	 * its own). */
+	uffdwp__block_async_signals(&old);
 	ret = -pthread_create(&s->thread, NULL, saver_main, s);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	s->thread_started = ret == 0;
@@ -1937,21 +1953,21 @@ static void destroy(struct uffdwp_snapshot *s)
 		munmap(s->side, s->nslots * s->page);
 	if (s->copy)
 		munmap(s->copy, (size_t)s->total * s->page);
-	free(s->resident);
-	free(s->slot_addr);
-	free(s->slot_seq);
-	free(s->bounce);
+	uffdwp__private_free(s->resident);
+	uffdwp__private_free(s->slot_addr);
+	uffdwp__private_free(s->slot_seq);
+	uffdwp__private_free(s->bounce);
 	uffdwp__batcher_release(&s->batcher);
 	uffdwp__encoder_release(&s->enc);
-	free(s->runs);
-	free(s->regions);
-	free(s);
+	uffdwp__private_free(s->runs);
+	uffdwp__private_free(s->regions);
+	uffdwp__private_free(s);
 }
 
 /* A snapshot with nothing opened yet (destroy() may take it from here). */
 static struct uffdwp_snapshot *create(void)
 {
-	struct uffdwp_snapshot *s = calloc(1, sizeof(*s));
+	struct uffdwp_snapshot *s = uffdwp__private_alloc(sizeof(*s));
 
 	if (!s)
 		return NULL;

@@ -772,7 +772,7 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 	}
 	/* Under fault_lock too: the engine thread reads the array. */
 	pthread_mutex_lock(&t->fault_lock);
-	grown = realloc(t->ranges, (t->nranges + 1) * sizeof(*grown));
+	grown = uffdwp__private_realloc(t->ranges, (t->nranges + 1) * sizeof(*grown));
 	if (grown)
 		t->ranges = grown;
 	pthread_mutex_unlock(&t->fault_lock);
@@ -784,8 +784,8 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 		size_t words = (len / t->granule + 63) / 64;
 		bool removes = uffdwp_features(t->ctx) & UFFDWP_FEATURE_EVENT_REMOVE;
 
-		r.bits = calloc(words, sizeof(*r.bits));
-		r.discarded = removes ? calloc(words, sizeof(*r.discarded)) : NULL;
+		r.bits = uffdwp__private_calloc(words, sizeof(*r.bits));
+		r.discarded = removes ? uffdwp__private_calloc(words, sizeof(*r.discarded)) : NULL;
 		if (!r.bits || (removes && !r.discarded)) {
 			ret = -ENOMEM;
 			goto out_free;
@@ -825,8 +825,8 @@ int uffdwp_tracker_add(struct uffdwp_tracker *t, void *addr, size_t len)
 out_unregister:
 	uffdwp_unregister(t->ctx, addr, len);
 out_free:
-	free(r.bits);
-	free(r.discarded);
+	uffdwp__private_free(r.bits);
+	uffdwp__private_free(r.discarded);
 out:
 	pthread_mutex_unlock(&t->collect_lock);
 	return ret;
@@ -850,8 +850,8 @@ int uffdwp_tracker_remove(struct uffdwp_tracker *t, void *addr, size_t len)
 	 * memory is gone already, which is what remove is for too. */
 	uffdwp_unregister(t->ctx, addr, len);
 	pthread_mutex_lock(&t->fault_lock);
-	free(r->bits);
-	free(r->discarded);
+	uffdwp__private_free(r->bits);
+	uffdwp__private_free(r->discarded);
 	t->nranges--;
 	memmove(r, r + 1, (size_t)(&t->ranges[t->nranges] - r) * sizeof(*r));
 	pthread_mutex_unlock(&t->fault_lock);
@@ -983,7 +983,7 @@ int uffdwp_tracker_create(struct uffdwp_tracker **out, const struct uffdwp_track
 	pthread_once(&atfork_once, register_atfork);
 	if (!atfork_registered)
 		return -ENOMEM;  /* pthread_atfork()'s only failure */
-	t = calloc(1, sizeof(*t));
+	t = uffdwp__private_alloc(sizeof(*t));
 	if (!t)
 		return -ENOMEM;
 	t->flags = flags;
@@ -1029,12 +1029,12 @@ void uffdwp_tracker_destroy(struct uffdwp_tracker *t)
 			close(t->pagemap_fd);
 	}
 	for (size_t k = 0; k < t->nranges; k++) {
-		free(t->ranges[k].bits);
-		free(t->ranges[k].discarded);
+		uffdwp__private_free(t->ranges[k].bits);
+		uffdwp__private_free(t->ranges[k].discarded);
 	}
-	free(t->ranges);
+	uffdwp__private_free(t->ranges);
 	pthread_mutex_destroy(&t->collect_lock);
 	pthread_mutex_destroy(&t->fault_lock);
 	pthread_mutex_destroy(&t->interposer_lock);
-	free(t);
+	uffdwp__private_free(t);
 }

@@ -606,6 +606,95 @@ TEST(protect_the_heap_inthread, ON_BOTH)
 	protect_the_heap(backend, UFFDWP_ENGINE_INTHREAD);
 }
 
+/*
+ * Live snapshots of the whole [heap] while threads write there and this
+ * thread allocates. The snapshot kept its state, and the tracker its bits
+ * and locks, in the heap: the saver died of SIGBUS or SIGSEGV at its first
+ * write (it also blocked those signals). Each snapshot must also be the
+ * heap at its instant: a marker written just before begin and overwritten
+ * just after restores to its old value.
+ */
+static void snapshot_the_heap(enum uffdwp_backend backend, enum uffdwp_engine_mode mode,
+			      bool tracked)
+{
+	struct heap_writer h[2];
+	struct uffdwp_tracker *t = NULL;
+	size_t page = test_page(), marker_len = 3 * page;
+	char *marker = malloc(marker_len), path[64];
+	uintptr_t start, end;
+	int fd = memfd_create("uffdwp-test-heap", MFD_CLOEXEC);
+
+	CHECK(fd >= 0);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	for (int i = 0; i < 2; i++) {
+		memset(&h[i], 0, sizeof(h[i]));
+		h[i].buf = malloc(512);
+	}
+	if (!find_heap(&start, &end))
+		SKIP("no [heap] mapping (a sanitizer's allocator does not use brk)");
+	CHECK((uintptr_t)marker >= start && (uintptr_t)marker + marker_len <= end);
+	if (tracked) {
+		struct uffdwp_tracker_opts to = {
+			.sz = sizeof(to),
+			.method = backend == UFFDWP_BACKEND_KERNEL ? UFFDWP_TRACK_SYNC
+								   : UFFDWP_TRACK_EMULATED,
+		};
+
+		CHECK_OK(uffdwp_tracker_create(&t, &to));
+		CHECK_OK(uffdwp_tracker_add(t, (void *)start, end - start));
+	}
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(pthread_create(&h[i].thread, NULL, heap_writer_main, &h[i]), 0);
+	for (int round = 0; round < 5; round++) {
+		struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = fd, .backend = backend,
+						  .engine_mode = mode, .tracker = t };
+		struct uffdwp_snapshot_region r = { start, end - start };
+		const char *const paths[] = { path };
+		struct uffdwp_snapshot *snap = NULL;
+		void *blocks[64], *image;
+		size_t image_len;
+
+		CHECK_OK(ftruncate(fd, 0));
+		CHECK_EQ(lseek(fd, 0, SEEK_SET), 0);
+		memset(marker, 'a' + round, marker_len);
+		CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+		memset(marker, 0xee, marker_len);
+		for (int i = 0; i < 64; i++)
+			blocks[i] = malloc(64 + (size_t)(i + round) % 256);
+		for (int i = 0; i < 64; i++)
+			free(blocks[i]);
+		CHECK_OK(uffdwp_snapshot_end(snap));
+		CHECK_OK(uffdwp_snapshot_restore_mapping(paths, 1, &image, &image_len, NULL));
+		CHECK_EQ(image_len, end - start);
+		for (size_t i = 0; i < marker_len; i++)
+			if (((char *)image)[(uintptr_t)marker - start + i] != 'a' + round)
+				FAIL("round %d: marker byte %zu is not the instant's", round, i);
+		munmap(image, image_len);
+	}
+	for (int i = 0; i < 2; i++) {
+		atomic_store(&h[i].stop, true);
+		pthread_join(h[i].thread, NULL);
+		CHECK(atomic_load(&h[i].writes) > 0);
+	}
+	uffdwp_tracker_destroy(t);
+	close(fd);
+}
+
+TEST(snapshot_the_heap_inthread, ON_BOTH)
+{
+	snapshot_the_heap(backend, UFFDWP_ENGINE_AUTO, false);
+}
+
+TEST(snapshot_the_heap_thread, ON_BOTH)
+{
+	snapshot_the_heap(backend, UFFDWP_ENGINE_THREAD, false);
+}
+
+TEST(snapshot_the_heap_tracked, ON_BOTH)
+{
+	snapshot_the_heap(backend, UFFDWP_ENGINE_AUTO, true);
+}
+
 /* ------------------------------------------------------------------------
  * Item 16: uffdwp_close() while its engine runs
  * ------------------------------------------------------------------------ */
@@ -738,6 +827,83 @@ TEST_MEM(inthread_keep_waits_taking_signals, ON_BOTH, ON_ALLMEM)
 	uffdwp_close(ctx);
 }
 
+/* A kept writer whose signal handler forks: in the child, the wait it
+ * returns to was the parent's, and the write must go on (it waited for
+ * ever on the kernel backend: nothing moves the generation there). */
+struct fork_in_wait {
+	char *mem;
+	pid_t parent;
+	_Atomic pid_t tid, child;
+};
+
+static struct fork_in_wait *the_fork_in_wait;
+
+static void fork_from_handler(int sig)
+{
+	pid_t pid = fork();
+
+	if (pid > 0)
+		atomic_store(&the_fork_in_wait->child, pid);
+}
+
+static void *fork_in_wait_writer(void *arg)
+{
+	struct fork_in_wait *f = arg;
+
+	atomic_store(&f->tid, gettid());
+	((volatile char *)f->mem)[0] = 2;  /* kept (test_map() wrote 1) */
+	if (getpid() != f->parent)
+		_exit(((volatile char *)f->mem)[0] == 2 ? 0 : 1);
+	return NULL;
+}
+
+TEST(kept_writer_forks_from_its_handler, ON_BOTH)
+{
+	struct jumper j = { .page = test_page() };
+	struct kept_round k = { .j = &j };
+	struct fork_in_wait f = { .parent = getpid() };
+	struct sigaction sa = { .sa_handler = fork_from_handler };
+	struct uffdwp *ctx = test_open(backend, features_for(backend, UFFDWP_ENGINE_INTHREAD));
+	struct uffdwp_engine *eng;
+	int status = 0, tries;
+	pthread_t t;
+
+	if (UFFDWP__UNDER_TSAN)
+		SKIP("TSan defers signal handlers past the fault");
+	j.mem = f.mem = test_map(2, true);
+	sem_init(&k.fault_on_a, 0, 0);
+	the_fork_in_wait = &f;
+	CHECK_OK(sigaction(SIGUSR1, &sa, NULL));
+	CHECK_OK(uffdwp_register(ctx, j.mem, 2 * j.page, UFFDWP_REGISTER_MODE_WP));
+	CHECK_OK(uffdwp_writeprotect(ctx, j.mem, 2 * j.page, UFFDWP_WRITEPROTECT_MODE_WP));
+	eng = start_engine(ctx, UFFDWP_ENGINE_INTHREAD, keep_page_a, &k);
+	CHECK_EQ(pthread_create(&t, NULL, fork_in_wait_writer, &f), 0);
+	if (!test_sem_wait(&k.fault_on_a, 5000))
+		FAIL("no fault on the kept page");
+	wait_asleep(&f.tid);
+	CHECK_EQ(pthread_kill(t, SIGUSR1), 0);
+	for (tries = 0; !atomic_load(&f.child); tries++) {
+		CHECK(tries < 5000);
+		usleep(1000);
+	}
+	for (tries = 0; waitpid(atomic_load(&f.child), &status, WNOHANG) == 0; tries++) {
+		if (tries == 10000) {
+			kill(atomic_load(&f.child), SIGKILL);
+			waitpid(atomic_load(&f.child), &status, 0);
+			FAIL("the fork child's writer still waits after 10 s");
+		}
+		usleep(1000);
+	}
+	test_check_exited_0(status);
+	/* The parent's writer still waits, until the page is resolved. */
+	CHECK_EQ(j.mem[0], 1);
+	CHECK_OK(uffdwp_writeprotect(ctx, j.mem, j.page, 0));
+	pthread_join(t, NULL);
+	CHECK_EQ(j.mem[0], 2);
+	uffdwp_engine_stop(eng);
+	uffdwp_close(ctx);
+}
+
 /* A writer that finds the side buffer full. */
 struct roomless {
 	char *mem;
@@ -819,9 +985,19 @@ TEST(snapshot_writer_without_room_takes_signals, ON_BOTH)
 	wait_stage(&r, 1);
 	wait_asleep(&r.tid);
 	CHECK_EQ(atomic_load(&r.stage), 1);
+	/* Un-protects elsewhere wake it to fault again: still one wait. */
+	struct uffdwp *other = test_open(UFFDWP_BACKEND_EMULATED, 0);
+	char *elsewhere = test_map(1, true);
+
+	CHECK_OK(uffdwp_register(other, elsewhere, r.page, UFFDWP_REGISTER_MODE_WP));
+	for (int i = 0; i < 100; i++)
+		CHECK_OK(uffdwp_writeprotect(other, elsewhere, r.page, 0));
+	uffdwp_close(other);
+	wait_asleep(&r.tid);
+	CHECK_EQ(atomic_load(&r.stage), 1);
 	CHECK_OK(uffdwp_snapshot_progress(snap, &pr));
 	CHECK_EQ(pr.pages_copied, 1);
-	CHECK(pr.writer_waits >= 1);
+	CHECK_EQ(pr.writer_waits, 1);
 	/* (TSan defers signal handlers past the fault: there, the cancel
 	 * releases the first wait.) */
 	if (!UFFDWP__UNDER_TSAN) {
@@ -840,4 +1016,32 @@ TEST(snapshot_writer_without_room_takes_signals, ON_BOTH)
 	CHECK_EQ(r.mem[(ROOMLESS_FIRST + 2) * r.page], 3);
 	close(p[0]);
 	close(p[1]);
+}
+
+/* A large block given back (MADV_DONTNEED) and taken again reads as zero,
+ * edges included: a block in an arena is not page-aligned, and the
+ * give-back failed on it (EINVAL), so a reused block kept its old bytes
+ * (a snapshot's slot sequence numbers: a slot counted twice, the saver
+ * waiting for ever). */
+TEST(private_memory_reused_reads_zero, ON_NONE)
+{
+	const size_t sizes[] = { 64 << 10, 100 << 10, 300 << 10, 1 << 20 };
+
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		/* Carved before it: the large block starts off a page boundary
+		 * (unless a new arena begins with it). */
+		void *spacer = uffdwp__private_alloc(100);
+		unsigned char *a = uffdwp__private_alloc(sizes[k]), *b;
+
+		CHECK(spacer != NULL && a != NULL);
+		memset(a, 0xa5, sizes[k]);
+		uffdwp__private_free(a);
+		b = uffdwp__private_alloc(sizes[k]);
+		CHECK(b == a);  /* the same block, from its class's free list */
+		for (size_t i = 0; i < sizes[k]; i++)
+			if (b[i])
+				FAIL("%zu-byte block: byte %zu reads %#x after reuse", sizes[k], i, b[i]);
+		uffdwp__private_free(b);
+		uffdwp__private_free(spacer);
+	}
 }

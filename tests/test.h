@@ -137,7 +137,8 @@ void test_forbid_userfaultfd(void);
  * (exit 0 when fn returned; a test failure inside it exits 1). */
 int test_in_child(void (*fn)(void *), void *arg, int timeout_s);
 
-/* Fail the test unless status (a wait status) is an exit with status 0. */
+/* Fail the test unless status (a wait status) is an exit with status 0;
+ * skip it if the child skipped (77). */
 void test_check_exited_0(int status);
 
 /* Make sure swap is active, for tests of swapped-out pages: if none is,
