@@ -144,16 +144,18 @@ FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 .PHONY: fuzz fuzz-seeds
-build/fuzz/fuzz_decode: fuzz/fuzz_decode.c fuzz/harness.h src/format.c src/format.h include/uffdwp.h | $(DEPS_STAMP)
+# format.c's encoder allocates from the library's private memory (private.c).
+FUZZ_SRCS    := src/format.c src/private.c
+build/fuzz/fuzz_decode: fuzz/fuzz_decode.c fuzz/harness.h $(FUZZ_SRCS) src/format.h include/uffdwp.h | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_decode.c src/format.c $(DEP_LIBS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_decode.c $(FUZZ_SRCS) $(DEP_LIBS)
 
 fuzz: build/fuzz/fuzz_decode
 	@mkdir -p build/fuzz/corpus
 	build/fuzz/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
 	    -dict=fuzz/snapshot.dict build/fuzz/corpus fuzz/corpus
 
-fuzz-seeds: fuzz/make_seeds.c src/format.c src/format.h | $(DEPS_STAMP)
+fuzz-seeds: fuzz/make_seeds.c $(FUZZ_SRCS) src/format.h | $(DEPS_STAMP)
 	@mkdir -p build/fuzz fuzz/corpus
-	$(CC) -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -O2 -o build/fuzz/make_seeds fuzz/make_seeds.c src/format.c $(DEP_LIBS)
+	$(CC) -std=gnu11 -D_GNU_SOURCE -Iinclude -Isrc -O2 -o build/fuzz/make_seeds fuzz/make_seeds.c $(FUZZ_SRCS) $(DEP_LIBS) -pthread
 	build/fuzz/make_seeds fuzz/corpus

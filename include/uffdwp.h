@@ -820,7 +820,9 @@ struct uffdwp_snapshot;
  * (a multiple of the page) holding the pages from addr as they were at the
  * snapshot instant; every page of the snapshot is passed exactly once, in
  * no particular order. data is valid during the call only. Return 0, or a
- * negative errno to stop the snapshot with that error.
+ * negative errno to stop the snapshot with that error. It must not write
+ * the snapshot's regions (its allocations must not come from a heap they
+ * cover): the snapshot's thread would wait on itself.
  */
 typedef int (*uffdwp_snapshot_sink_fn)(void *arg, uint64_t addr, const void *data,
 				       size_t len);

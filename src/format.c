@@ -4,6 +4,12 @@
  * on bytes (no system calls, no knowledge of memory), so the decoder can be
  * fuzzed on its own: see format.h for the contract and uffdwp-snapshot(5)
  * for the bytes.
+ *
+ * The encoder runs in a live snapshot's saver while the program's memory
+ * is protected, maybe its whole heap: what it allocates (the index, the
+ * batcher's buffers, the zstd context) comes from the library's private
+ * memory (backend.h), never from malloc(3). The decoder runs in restore
+ * and verify, on no protected memory, and uses malloc(3).
  */
 #include <endian.h>
 #include <errno.h>
@@ -14,7 +20,9 @@
 #include <string.h>
 #include <lz4.h>
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY  /* ZSTD_createCCtx_advanced(), in libzstd since 1.3 */
 #include <zstd.h>
+#include "backend.h"  /* the private allocator */
 #include "format.h"
 
 /* On x86-64, libxxhash picks the widest vector unit (SSE2, AVX2, AVX-512)
@@ -278,7 +286,8 @@ static void index_note(struct uffdwp__encoder *enc, enum uffdwp__index_kind kind
 		return;
 	if (enc->index_n == enc->index_cap) {
 		size_t cap = enc->index_cap ? enc->index_cap * 2 : 64;
-		struct uffdwp__index_entry *grown = realloc(enc->index, cap * sizeof(*grown));
+		struct uffdwp__index_entry *grown = uffdwp__private_realloc(enc->index,
+									   cap * sizeof(*grown));
 
 		if (!grown) {
 			enc->index_error = -ENOMEM;
@@ -301,7 +310,7 @@ int uffdwp__encoder_keep_index(struct uffdwp__encoder *enc)
 
 void uffdwp__encoder_release(struct uffdwp__encoder *enc)
 {
-	free(enc->index);
+	uffdwp__private_free(enc->index);
 	enc->index = NULL;
 	enc->index_n = enc->index_cap = 0;
 }
@@ -494,6 +503,18 @@ ssize_t uffdwp__encode_zero(struct uffdwp__encoder *enc, uint64_t addr, uint64_t
 	return UFFDWP__FORMAT_ZERO_SIZE;
 }
 
+static void *zstd_alloc(void *opaque, size_t size)
+{
+	return uffdwp__private_alloc(size);
+}
+
+static void zstd_free(void *opaque, void *p)
+{
+	uffdwp__private_free(p);
+}
+
+static const ZSTD_customMem private_zstd_memory = { zstd_alloc, zstd_free, NULL };
+
 int uffdwp__codec_init(struct uffdwp__codec *c, enum uffdwp__codec_id id, int level)
 {
 	memset(c, 0, sizeof(*c));
@@ -506,7 +527,7 @@ int uffdwp__codec_init(struct uffdwp__codec *c, enum uffdwp__codec_id id, int le
 	case UFFDWP__CODEC_ZSTD:
 		if (level < 0 || level > ZSTD_maxCLevel())
 			return -EINVAL;
-		c->zstd = ZSTD_createCCtx();
+		c->zstd = ZSTD_createCCtx_advanced(private_zstd_memory);
 		if (!c->zstd)
 			return -ENOMEM;
 		break;
@@ -636,8 +657,8 @@ int uffdwp__batcher_init(struct uffdwp__batcher *b, struct uffdwp__encoder *enc,
 	b->max_pages = max_pages;
 	/* Worst case: every page its own record. */
 	b->out_cap = (size_t)max_pages * uffdwp__format_batch_bound(page, 1);
-	b->stage = malloc((size_t)max_pages * page);
-	b->out = malloc(b->out_cap);
+	b->stage = uffdwp__private_alloc((size_t)max_pages * page);
+	b->out = uffdwp__private_alloc(b->out_cap);
 	if (!b->stage || !b->out) {
 		uffdwp__batcher_release(b);
 		return -ENOMEM;
@@ -699,8 +720,8 @@ void uffdwp__batcher_reset(struct uffdwp__batcher *b)
 void uffdwp__batcher_release(struct uffdwp__batcher *b)
 {
 	uffdwp__codec_release(&b->codec);
-	free(b->stage);
-	free(b->out);
+	uffdwp__private_free(b->stage);
+	uffdwp__private_free(b->out);
 	b->stage = b->out = NULL;
 }
 

@@ -30,7 +30,8 @@
 
 struct block_header {
 	size_t shift;
-	size_t pad;  /* keeps the payload 16-byte aligned */
+	size_t zeroed;  /* while free: its interior pages were given back
+			   (MADV_DONTNEED), so reuse clears only the edges */
 };
 
 struct free_block {
@@ -152,8 +153,9 @@ void *uffdwp__private_alloc(size_t size)
 	if (!h)
 		return NULL;
 	/* Fresh memory reads as zero, and so do the pages a large freed
-	 * block gave back (MADV_DONTNEED): clear the rest. */
-	if (!fresh && shift < DONTNEED_SHIFT) {
+	 * block gave back (MADV_DONTNEED; it fails on locked memory, after
+	 * mlockall()): clear the rest. */
+	if (!fresh && !h->zeroed) {
 		memset(h, 0, (size_t)1 << shift);
 	} else if (!fresh) {
 		char *a, *b, *end = (char *)h + ((size_t)1 << shift);
@@ -163,6 +165,7 @@ void *uffdwp__private_alloc(size_t size)
 		memset(b, 0, (size_t)(end - b));
 	}
 	h->shift = shift;
+	h->zeroed = false;
 	return h + 1;
 }
 
@@ -198,12 +201,12 @@ void uffdwp__private_free(void *p)
 		return;
 	h = (struct block_header *)p - 1;
 	shift = h->shift;
+	h->zeroed = false;
 	if (shift >= DONTNEED_SHIFT) {
 		char *a, *b;
 
 		block_pages(h, shift, &a, &b);
-		if (b > a)
-			madvise(a, (size_t)(b - a), MADV_DONTNEED);
+		h->zeroed = b > a && madvise(a, (size_t)(b - a), MADV_DONTNEED) == 0;
 	}
 	pthread_mutex_lock(&priv.lock);
 	((struct free_block *)h)->next = priv.free[shift];

@@ -117,7 +117,6 @@ static struct {
 	_Atomic uint32_t active;   /* un-protects in progress */
 	_Atomic uint32_t seq;      /* bumped as each ends */
 	_Atomic uint32_t waiters;  /* threads in uffdwp__wait_generation */
-	_Atomic uint32_t forks;    /* fork() children this process is one of */
 } gen;
 
 void uffdwp__unprotect_begin(void)
@@ -145,20 +144,19 @@ uint32_t uffdwp__generation(void)
 	return atomic_load(&gen.seq);
 }
 
-/* Sleep until the generation moves past seen (or a handler that ran
- * meanwhile forked, and this is the child), with the interrupted code's
- * signal mask, so that the thread still takes signals while it waits (as a
+/* Sleep until the generation moves past seen (it moves in a fork child
+ * too: a handler that ran meanwhile may have forked), with the interrupted
+ * code's signal mask, so that the thread still takes signals while it waits (as a
  * writer blocked in the kernel does). A signal handler that leaves the wait
  * with siglongjmp() leaves gen.waiters counted: every later un-protect then
  * pays a futex wake it may not need, nothing worse. */
 static void wait_generation(uint32_t seen, const ucontext_t *uc)
 {
-	uint32_t forks = atomic_load(&gen.forks);
 	sigset_t mask;
 
 	pthread_sigmask(SIG_SETMASK, &uc->uc_sigmask, &mask);
 	atomic_fetch_add(&gen.waiters, 1);
-	while (atomic_load(&gen.seq) == seen && atomic_load(&gen.forks) == forks)
+	while (atomic_load(&gen.seq) == seen)
 		uffdwp__futex_wait(&gen.seq, seen);
 	atomic_fetch_sub(&gen.waiters, 1);
 	pthread_sigmask(SIG_SETMASK, &mask, NULL);
@@ -563,9 +561,9 @@ static void child_after_fork(void)
 	atomic_store(&gen.active, 0);
 	atomic_store(&gen.waiters, 0);
 	/* A wait that fork() interrupted (a program's handler that ran during
-	 * it forked) ends: what it waited for was the parent's. (Not the
-	 * generation: a fault's retry in the child counts as its parent's.) */
-	atomic_fetch_add(&gen.forks, 1);
+	 * it forked) ends: what it waited for was the parent's. A futex wait
+	 * the kernel restarts (SA_RESTART) sees the new value too. */
+	atomic_fetch_add(&gen.seq, 1);
 	unlock_after_fork(true);
 }
 

@@ -7,6 +7,7 @@
  * regression test of one defect of issue 9 (named in its comment).
  */
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <setjmp.h>
@@ -518,17 +519,22 @@ TEST(fork_child_stops_inherited_inthread_engine, ON_EMULATED)
  * Item 15: the program protects its own heap
  * ------------------------------------------------------------------------ */
 
-/* The [heap] mapping, page-aligned. */
+/* The [heap] mappings (one or several, back to back), page-aligned. */
 static bool find_heap(uintptr_t *start, uintptr_t *end)
 {
 	FILE *f = fopen("/proc/self/maps", "r");
 	char line[256];
+	uintptr_t a, b;
 	bool found = false;
 
 	CHECK(f != NULL);
-	while (!found && fgets(line, sizeof(line), f))
-		if (strstr(line, "[heap]"))
-			found = sscanf(line, "%lx-%lx", start, end) == 2;
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, "[heap]") && sscanf(line, "%lx-%lx", &a, &b) == 2) {
+			if (!found)
+				*start = a;
+			*end = b;
+			found = true;
+		}
 	fclose(f);
 	return found;
 }
@@ -678,6 +684,67 @@ static void snapshot_the_heap(enum uffdwp_backend backend, enum uffdwp_engine_mo
 	}
 	uffdwp_tracker_destroy(t);
 	close(fd);
+}
+
+/*
+ * The same, the saver's allocations forced into the main arena
+ * (M_ARENA_MAX 1): its index and batch buffers, malloc'd there, made the
+ * saver fault on the heap while a one-page side buffer was full, and wait
+ * for room only it makes. A writer writes all over an 8 MiB heap block.
+ */
+struct heap_sweeper {
+	pthread_t thread;
+	char *block;
+	size_t len;
+	_Atomic bool stop;
+};
+
+static void *heap_sweeper_main(void *arg)
+{
+	struct heap_sweeper *w = arg;
+
+	for (size_t i = 0; !atomic_load(&w->stop); i++)
+		w->block[(i * 4096 + i % 4096) % w->len]++;
+	return NULL;
+}
+
+static void snapshot_heap_one_arena(void *arg)
+{
+	enum uffdwp_engine_mode mode = (enum uffdwp_engine_mode)(uintptr_t)arg;
+	struct heap_sweeper w = { .len = 8 << 20 };
+	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	uintptr_t start, end;
+
+	CHECK_EQ(mallopt(M_ARENA_MAX, 1), 1);
+	CHECK_EQ(mallopt(M_MMAP_THRESHOLD, 16 << 20), 1);  /* the block in [heap] */
+	w.block = malloc(w.len);
+	CHECK(w.block != NULL);
+	memset(w.block, 1, w.len);
+	if (!find_heap(&start, &end))
+		SKIP("no [heap] mapping (a sanitizer's allocator does not use brk)");
+	CHECK((uintptr_t)w.block >= start && (uintptr_t)w.block + w.len <= end);
+	CHECK_EQ(pthread_create(&w.thread, NULL, heap_sweeper_main, &w), 0);
+	for (int round = 0; round < 3; round++) {
+		struct uffdwp_snapshot_opts o = { .sz = sizeof(o), .fd = fd, .engine_mode = mode,
+						  .side_buffer = test_page(),
+						  .codec = UFFDWP_CODEC_ZSTD };
+		struct uffdwp_snapshot_region r = { start, end - start };
+		struct uffdwp_snapshot *snap = NULL;
+
+		CHECK_OK(uffdwp_snapshot_begin(&snap, &r, 1, &o));
+		CHECK_OK(uffdwp_snapshot_end(snap));
+	}
+	atomic_store(&w.stop, true);
+	pthread_join(w.thread, NULL);
+	close(fd);
+}
+
+TEST(snapshot_the_heap_one_arena, ON_NONE)
+{
+	test_check_exited_0(test_in_child(snapshot_heap_one_arena,
+					  (void *)(uintptr_t)UFFDWP_ENGINE_AUTO, 20));
+	test_check_exited_0(test_in_child(snapshot_heap_one_arena,
+					  (void *)(uintptr_t)UFFDWP_ENGINE_THREAD, 20));
 }
 
 TEST(snapshot_the_heap_inthread, ON_BOTH)
@@ -862,7 +929,8 @@ TEST(kept_writer_forks_from_its_handler, ON_BOTH)
 	struct jumper j = { .page = test_page() };
 	struct kept_round k = { .j = &j };
 	struct fork_in_wait f = { .parent = getpid() };
-	struct sigaction sa = { .sa_handler = fork_from_handler };
+	/* SA_RESTART: the kernel restarts the interrupted futex wait. */
+	struct sigaction sa = { .sa_handler = fork_from_handler, .sa_flags = SA_RESTART };
 	struct uffdwp *ctx = test_open(backend, features_for(backend, UFFDWP_ENGINE_INTHREAD));
 	struct uffdwp_engine *eng;
 	int status = 0, tries;
@@ -1022,8 +1090,8 @@ TEST(snapshot_writer_without_room_takes_signals, ON_BOTH)
  * edges included: a block in an arena is not page-aligned, and the
  * give-back failed on it (EINVAL), so a reused block kept its old bytes
  * (a snapshot's slot sequence numbers: a slot counted twice, the saver
- * waiting for ever). */
-TEST(private_memory_reused_reads_zero, ON_NONE)
+ * waiting for ever). The give-back also fails on locked memory. */
+static void private_blocks_reused(void *unused)
 {
 	const size_t sizes[] = { 64 << 10, 100 << 10, 300 << 10, 1 << 20 };
 
@@ -1044,4 +1112,21 @@ TEST(private_memory_reused_reads_zero, ON_NONE)
 		uffdwp__private_free(b);
 		uffdwp__private_free(spacer);
 	}
+}
+
+TEST(private_memory_reused_reads_zero, ON_NONE)
+{
+	private_blocks_reused(NULL);
+}
+
+static void private_blocks_reused_locked(void *unused)
+{
+	if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
+		SKIP("mlockall: %s", strerror(errno));
+	private_blocks_reused(NULL);
+}
+
+TEST(private_memory_reused_reads_zero_when_locked, ON_NONE)
+{
+	test_check_exited_0(test_in_child(private_blocks_reused_locked, NULL, 20));
 }
