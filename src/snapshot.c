@@ -498,9 +498,11 @@ static bool before_write(struct uffdwp_snapshot *s, uint64_t addr, bool in_handl
 	 * could not give the claim back to writers waiting for DONE. A page
 	 * never returns to PENDING, so one seen past it is not claimed here. */
 	if (in_handler && atomic_load(&s->state[idx]) == PAGE_PENDING) {
-		if (!reserve_slot(s, false)) {
-			if (atomic_load(&s->stop))
-				return true;
+		if (reserve_slot(s, false)) {
+			reserved = true;
+		} else if (atomic_load(&s->stop)) {
+			return true;
+		} else if (gettid() != atomic_load(&s->saver_tid)) {
 			/* It faults again at every generation move: one wait. */
 			if (kept_page != addr || kept_by != s->id) {
 				atomic_fetch_add_explicit(&s->waits, 1, memory_order_relaxed);
@@ -509,7 +511,8 @@ static bool before_write(struct uffdwp_snapshot *s, uint64_t addr, bool in_handl
 			}
 			return false;
 		}
-		reserved = true;
+		/* The saver is never kept (only it makes room): it claims the
+		 * page and sleeps for a slot below, as a handler thread does. */
 	}
 	if (!atomic_compare_exchange_strong(&s->state[idx], &expected, PAGE_CLAIMED)) {
 		if (reserved)
@@ -518,7 +521,6 @@ static bool before_write(struct uffdwp_snapshot *s, uint64_t addr, bool in_handl
 			wait_done(s, idx);
 		return true;
 	}
-	UFFDWP__ASSERT(reserved || !in_handler);
 	if (!reserved && !reserve_slot(s, true)) {
 		atomic_store(&s->state[idx], PAGE_DONE);
 		return true;
@@ -601,10 +603,8 @@ static int on_fault(void *arg, const struct uffdwp_event *ev)
 	switch (ev->type) {
 	case UFFDWP_EVENT_PAGEFAULT:
 		wait_instant(s);
-		/* The saver is never kept: only it makes room. */
 		if (!before_write(s, ev->pagefault.address & ~(uint64_t)(s->page - 1),
-				  atomic_load(&s->inthread_writers) &&
-				  gettid() != atomic_load(&s->saver_tid)))
+				  atomic_load(&s->inthread_writers)))
 			return UFFDWP_KEEP;
 		break;
 	case UFFDWP_EVENT_REMOVE:
