@@ -488,13 +488,19 @@ TEST_TIMEOUT(core_unprivileged_caller, ON_NONE, 60)
 	CHECK(child >= 0);
 	if (child == 0) {
 		char tool[PATH_MAX], out[64];
+		int fd;
 
 		build_path(tool, sizeof(tool), "uffdwp");
 		snprintf(out, sizeof(out), "/tmp/uffdwp-test-core-nobody-%d", getpid());
+		/* Opened as root: nobody may not reach a clone made under a
+		 * private directory (mktemp -d), only run the tool itself. */
+		fd = open(tool, O_RDONLY | O_CLOEXEC);
 		dup2(errp[1], 2);
 		if (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
 			_exit(126);
-		execl(tool, tool, "core", "-q", "-o", out, pid, (char *)NULL);
+		char *argv[] = { tool, "core", "-q", "-o", out, pid, NULL };
+
+		fexecve(fd, argv, environ);
 		_exit(127);
 	}
 	close(errp[1]);
