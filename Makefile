@@ -99,10 +99,11 @@ $(BUILD)/examples/%: examples/%.c $(STATIC) include/uffdwp.h
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
 
 # Plain programs, as the processes uffdwp core meets are: no sanitizer (their
-# deliberate unsynchronised writes are what a core must catch at one instant).
+# deliberate unsynchronised writes are what a core must catch at one instant)
+# and only the C library, so they never wait for $(DEPS_STAMP)'s install.
 $(BUILD)/tests/targets/%: tests/targets/%.c Makefile
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu11 -D_GNU_SOURCE -pthread $(WARN) $(CFLAGS) -o $@ $< $(LDLIBS)
+	$(CC) -std=gnu11 -D_GNU_SOURCE -pthread $(WARN) $(CFLAGS) -o $@ $<
 
 # TESTFLAGS passes options to the runner, e.g. TESTFLAGS='-f wp -b kernel'.
 check: all
