@@ -143,11 +143,13 @@ void test_check_exited_0(int status);
 
 /* Make sure swap is active, for tests of swapped-out pages: if none is,
  * and we are root, a swap file is made and enabled for this test only.
- * Skips when neither is possible. */
+ * Skips when neither is possible. Pins the calling thread to its CPU (see
+ * test_page_out), so call it before faulting in the pages to swap. */
 void test_need_swap(void);
 
-/* True if the page at addr is swapped out (/proc/self/pagemap). */
-bool test_page_swapped(const void *addr);
+/* Swap out npages at addr with MADV_PAGEOUT, after test_need_swap; fails
+ * the test unless /proc/self/pagemap then shows every page swapped. */
+void test_page_out(void *addr, size_t npages);
 
 /* The state letter of a thread of ours in /proc (S: sleeping), or '?'. */
 char test_thread_state(pid_t tid);

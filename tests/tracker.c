@@ -423,8 +423,7 @@ TRACK_TEST(tracker_swapped_out_pages)
 	mem = test_map(8, true);
 	CHECK_OK(uffdwp_tracker_add(t, mem, 8 * page));
 	mem[page] = 2;
-	CHECK_OK(madvise(mem, 8 * page, MADV_PAGEOUT));
-	CHECK(test_page_swapped(mem + 3 * page));
+	test_page_out(mem, 8);
 	CHECK_PATTERN(t, mem, 8, UFFDWP_COLLECT_RESET, ".W......");
 	CHECK_EQ(mem[3 * page], 1);  /* swap-in by a read */
 	CHECK_PATTERN(t, mem, 8, 0, "........");
