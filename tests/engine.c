@@ -364,14 +364,7 @@ TEST(engine_inthread_late_sigbus_retried_again_later, ON_KERNEL)
  * parent's page and leave the child faulting forever. */
 static bool page_write_protected(const void *addr)
 {
-	uint64_t entry = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY);
-
-	CHECK(fd >= 0);
-	CHECK_EQ(pread(fd, &entry, sizeof(entry),
-		       (off_t)((uintptr_t)addr / test_page() * sizeof(entry))), sizeof(entry));
-	close(fd);
-	return entry & (1ull << 57);
+	return test_pagemap_entry(addr) & (1ull << 57);
 }
 
 TEST(engine_inthread_fork_child_has_no_engine, ON_KERNEL)

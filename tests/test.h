@@ -147,6 +147,9 @@ void test_check_exited_0(int status);
  * test_page_out), so call it before faulting in the pages to swap. */
 void test_need_swap(void);
 
+/* The page's /proc/self/pagemap entry (bit 62: swapped, bit 57: uffd-wp). */
+uint64_t test_pagemap_entry(const void *addr);
+
 /* Swap out npages at addr with MADV_PAGEOUT, after test_need_swap; fails
  * the test unless /proc/self/pagemap then shows every page swapped. */
 void test_page_out(void *addr, size_t npages);

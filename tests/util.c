@@ -262,7 +262,7 @@ void test_need_swap(void)
 		SKIP("swapon: %s", strerror(errno));
 }
 
-static bool page_swapped(const void *addr)
+uint64_t test_pagemap_entry(const void *addr)
 {
 	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	uint64_t entry = 0;
@@ -273,7 +273,7 @@ static bool page_swapped(const void *addr)
 	read_ok = pread(fd, &entry, sizeof(entry), at) == (ssize_t)sizeof(entry);
 	close(fd);
 	CHECK(read_ok);
-	return entry & (UINT64_C(1) << 62); /* the pagemap's "swapped" bit */
+	return entry;
 }
 
 void test_page_out(void *addr, size_t npages)
@@ -282,7 +282,7 @@ void test_page_out(void *addr, size_t npages)
 
 	CHECK_OK(madvise(addr, npages * page, MADV_PAGEOUT));
 	for (size_t i = 0; i < npages; i++)
-		if (!page_swapped((char *)addr + i * page))
+		if (!(test_pagemap_entry((char *)addr + i * page) & (UINT64_C(1) << 62)))  /* swapped */
 			FAIL("page %zu of %zu still present after MADV_PAGEOUT", i, npages);
 }
 
